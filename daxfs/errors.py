@@ -1,0 +1,146 @@
+"""The engine's exception types: one class per meaning, each carrying the errno
+a kernel filesystem (XFS) would return for it.
+
+Only the FUSE adapter and the CLI turn these into errno values or messages;
+the engine raises them and never looks at errno itself.
+"""
+
+import errno as _errno
+
+
+class DaxfsError(Exception):
+    """Base of every error the engine raises on purpose."""
+
+    errno = _errno.EIO
+
+    def __init__(self, message: str = ""):
+        super().__init__(message or self.__class__.__doc__.strip().splitlines()[0])
+
+
+class NotFound(DaxfsError):
+    """No such file, directory or attribute."""
+    errno = _errno.ENOENT
+
+
+class Exists(DaxfsError):
+    """The name exists already."""
+    errno = _errno.EEXIST
+
+
+class NotADirectory(DaxfsError):
+    """Not a directory."""
+    errno = _errno.ENOTDIR
+
+
+class IsADirectory(DaxfsError):
+    """Is a directory."""
+    errno = _errno.EISDIR
+
+
+class NotEmpty(DaxfsError):
+    """Directory not empty."""
+    errno = _errno.ENOTEMPTY
+
+
+class NameTooLong(DaxfsError):
+    """A name is longer than 255 bytes."""
+    errno = _errno.ENAMETOOLONG
+
+
+class NoSpace(DaxfsError):
+    """No space left on the device."""
+    errno = _errno.ENOSPC
+
+
+class InvalidArgument(DaxfsError):
+    """Invalid argument (a bad range, alignment or request)."""
+    errno = _errno.EINVAL
+
+
+class NotSupported(DaxfsError):
+    """Operation not supported on this filesystem."""
+    errno = _errno.EOPNOTSUPP
+
+
+class NoAttribute(DaxfsError):
+    """No such extended attribute."""
+    errno = _errno.ENODATA
+
+
+class ValueTooLarge(DaxfsError):
+    """A value does not fit the caller's buffer or the format's limit."""
+    errno = _errno.ERANGE
+
+
+class AttributeTooBig(DaxfsError):
+    """An extended attribute value is larger than 64 KiB."""
+    errno = _errno.E2BIG
+
+
+class FileTooBig(DaxfsError):
+    """The file would exceed the maximum file size."""
+    errno = _errno.EFBIG
+
+
+class CrossDevice(DaxfsError):
+    """The two files are not on the same filesystem."""
+    errno = _errno.EXDEV
+
+
+class PermissionDenied(DaxfsError):
+    """Permission denied."""
+    errno = _errno.EACCES
+
+
+class NotPermitted(DaxfsError):
+    """Operation not permitted."""
+    errno = _errno.EPERM
+
+
+class BadFileDescriptor(DaxfsError):
+    """The file is not open in a mode that allows this."""
+    errno = _errno.EBADF
+
+
+class TooManyLinks(DaxfsError):
+    """Too many links."""
+    errno = _errno.EMLINK
+
+
+class ReadOnly(DaxfsError):
+    """The filesystem is read-only."""
+    errno = _errno.EROFS
+
+
+class MediaError(DaxfsError):
+    """A load from a poisoned (bad) range of the device failed."""
+    errno = _errno.EIO
+
+    def __init__(self, block: int, message: str = ""):
+        self.block = block
+        super().__init__(message or f"media error at block {block}")
+
+
+class Corrupted(DaxfsError):
+    """On-disk metadata failed verification."""
+    errno = _errno.EUCLEAN
+
+    def __init__(self, block: int, check: str):
+        self.block = block
+        self.check = check
+        super().__init__(f"block {block}: {check}")
+
+
+class Shutdown(DaxfsError):
+    """The filesystem shut down after a metadata error; unmount and run check."""
+    errno = _errno.EIO
+
+
+class NotAnImage(DaxfsError):
+    """The file is not a daxfs image."""
+    errno = _errno.EINVAL
+
+
+class ImageLocked(DaxfsError):
+    """Another process holds the image open."""
+    errno = _errno.EBUSY
