@@ -1,0 +1,531 @@
+"""One generic B+tree over device blocks, used by every index.
+
+A tree is described by a `TreeSpec` (record dtype, number of leading key
+fields, magic, and for trees whose records overlap, like the rmap, the
+start/length fields that give each record's high key).  This module never
+names a field of any particular tree.
+
+Nodes are 4 KiB blocks: a 64-byte header (format.NODE_HDR_DTYPE) followed by
+packed records.  Leaves hold records; internal nodes hold entries of
+(key fields..., [hi,] child).  Each entry's key is a lower bound of every key
+in its child's subtree and greater than every key in the previous child's
+subtree; for overlapping trees `hi` is the largest record end (start+len-1)
+in the subtree, so an interval query prunes whole subtrees (XFS's
+"overlapped" btrees keep the same low/high keys).
+
+Records are numpy structured arrays viewed on the block; searching a node is
+one `np.searchsorted`, shifting is one slice assignment.  Callers pass keys
+and records as tuples of Python ints/bytes and get tuples back.  Node blocks
+come from and return to the allocator passed in (`node_alloc`, `node_free`);
+all writes go through the journal's shadows.
+"""
+
+import numpy as np
+
+from .errors import Corrupted
+from .format import BLOCK_SIZE, NODE_HDR_DTYPE, NODE_HDR_SIZE, TREE_MAGICS, TREE_NAMES
+from .journal import sealed_ok
+
+MAX_HEIGHT = 16
+
+
+class TreeSpec:
+    """What the generic B+tree needs to know about one tree."""
+
+    def __init__(self, tree_id: int, rec_dtype: np.dtype, nkey: int,
+                 overlap: tuple[str, str] | None = None):
+        self.tree_id = tree_id
+        self.name = TREE_NAMES[tree_id]
+        self.magic = TREE_MAGICS[tree_id]
+        self.rec_dtype = rec_dtype
+        names = rec_dtype.names
+        self.key_fields = names[:nkey]
+        self.nkey = nkey
+        self.overlap = overlap
+        fields = [(n, rec_dtype.fields[n][0]) for n in self.key_fields]
+        # key view of a record: the key fields at their offsets, record itemsize
+        self.rec_key_view = np.dtype({
+            "names": list(self.key_fields),
+            "formats": [f[1] for f in fields],
+            "offsets": [rec_dtype.fields[n][1] for n in self.key_fields],
+            "itemsize": rec_dtype.itemsize})
+        self.key_dtype = np.dtype(fields)
+        ent = list(fields)
+        if overlap:
+            ent.append(("hi", "<u8"))
+        ent.append(("child", "<u8"))
+        self.ent_dtype = np.dtype(ent)
+        self.ent_key_view = np.dtype({
+            "names": list(self.key_fields),
+            "formats": [f[1] for f in fields],
+            "offsets": [self.ent_dtype.fields[n][1] for n in self.key_fields],
+            "itemsize": self.ent_dtype.itemsize})
+        self.leaf_cap = (BLOCK_SIZE - NODE_HDR_SIZE) // rec_dtype.itemsize
+        self.node_cap = (BLOCK_SIZE - NODE_HDR_SIZE) // self.ent_dtype.itemsize
+        assert self.leaf_cap >= 4 and self.node_cap >= 4
+        self.single = nkey == 1
+        self.kf0 = self.key_fields[0]
+
+
+class Node:
+    """A view of one node block: header fields and its record array."""
+
+    __slots__ = ("bno", "buf", "hdr", "level", "n", "recs", "writable", "cap")
+
+    def __init__(self, spec: TreeSpec, bno: int, buf: np.ndarray, writable: bool):
+        self.bno = bno
+        self.buf = buf
+        self.hdr = buf[:NODE_HDR_SIZE].view(NODE_HDR_DTYPE)
+        self.level = int(self.hdr["level"][0])
+        self.n = int(self.hdr["nrecs"][0])
+        dt = spec.rec_dtype if self.level == 0 else spec.ent_dtype
+        self.cap = spec.leaf_cap if self.level == 0 else spec.node_cap
+        self.recs = buf[NODE_HDR_SIZE:NODE_HDR_SIZE + self.cap * dt.itemsize].view(dt)
+        self.writable = writable
+
+    def set_n(self, n: int) -> None:
+        self.n = n
+        self.hdr["nrecs"][0] = n
+
+
+class BTree:
+    """Lookup, range query, insert, delete and update over one tree."""
+
+    def __init__(self, spec: TreeSpec, journal, sb, alloc, verified: set):
+        self.spec = spec
+        self.j = journal
+        self.sb = sb                  # numpy record of the in-core superblock
+        self.alloc = alloc
+        self.verified = verified      # block numbers whose checksum was verified
+        self.tid = spec.tree_id
+
+    # ---- root state (kept in the superblock) -------------------------------
+    @property
+    def root(self) -> int:
+        return int(self.sb["roots"][self.tid])
+
+    @property
+    def height(self) -> int:
+        return int(self.sb["heights"][self.tid])
+
+    @property
+    def count(self) -> int:
+        return int(self.sb["nrecs"][self.tid])
+
+    def _set_root(self, bno: int, height: int) -> None:
+        self.sb["roots"][self.tid] = bno
+        self.sb["heights"][self.tid] = height
+
+    def _add_count(self, d: int) -> None:
+        self.sb["nrecs"][self.tid] = self.count + d
+
+    # ---- node access --------------------------------------------------------
+    def _node(self, bno: int, level: int) -> Node:
+        blk = self.j.read(bno)
+        if bno not in self.verified and bno not in self.j.dirty:
+            self._verify(bno, blk, level)
+            self.verified.add(bno)
+        node = Node(self.spec, bno, blk, bno in self.j.dirty)
+        if node.level != level:
+            raise Corrupted(bno, f"{self.spec.name} btree node has level {node.level},"
+                                 f" expected {level}")
+        return node
+
+    def _verify(self, bno: int, blk: np.ndarray, level: int | None) -> None:
+        spec = self.spec
+        hdr = blk[:NODE_HDR_SIZE].view(NODE_HDR_DTYPE)[0]
+        if bytes(hdr["magic"]) != spec.magic:
+            raise Corrupted(bno, f"bad magic {bytes(hdr['magic'])!r} for a {spec.name}"
+                                 f" btree node (expected {spec.magic!r})")
+        if not sealed_ok(blk):
+            raise Corrupted(bno, f"{spec.name} btree node checksum mismatch")
+        if int(hdr["blkno"]) != bno:
+            raise Corrupted(bno, f"{spec.name} btree node claims to be block {int(hdr['blkno'])}")
+        if int(hdr["tree_id"]) != spec.tree_id:
+            raise Corrupted(bno, f"node belongs to tree {int(hdr['tree_id'])}, not {spec.name}")
+        lv = int(hdr["level"])
+        cap = spec.leaf_cap if lv == 0 else spec.node_cap
+        if int(hdr["nrecs"]) > cap or lv >= MAX_HEIGHT:
+            raise Corrupted(bno, f"{spec.name} btree node has {int(hdr['nrecs'])} records"
+                                 f" (capacity {cap}) at level {lv}")
+
+    def _w(self, node: Node) -> Node:
+        """The writable version of a node (shadowed in the journal)."""
+        if node.writable:
+            return node
+        blk = self.j.write(node.bno)
+        return Node(self.spec, node.bno, blk, True)
+
+    def _new_node(self, level: int) -> Node:
+        bno = self.alloc.node_alloc(self.tid)
+        blk = self.j.new(bno)
+        hdr = blk[:NODE_HDR_SIZE].view(NODE_HDR_DTYPE)[0]
+        hdr["magic"] = self.spec.magic
+        hdr["tree_id"] = self.tid
+        hdr["level"] = level
+        hdr["nrecs"] = 0
+        hdr["blkno"] = bno
+        return Node(self.spec, bno, blk, True)
+
+    def _free_node(self, node: Node) -> None:
+        self.j.discard(node.bno)
+        self.verified.discard(node.bno)
+        self.alloc.node_free(self.tid, node.bno)
+
+    # ---- key helpers --------------------------------------------------------
+    def _kscalar(self, key):
+        return np.array(tuple(key), dtype=self.spec.key_dtype)[()]
+
+    def _search(self, node: Node, key, side: str) -> int:
+        n = node.n
+        if n == 0:
+            return 0
+        spec = self.spec
+        raw = node.buf[NODE_HDR_SIZE:NODE_HDR_SIZE + n * node.recs.itemsize]
+        if spec.single:
+            col = node.recs[spec.kf0][:n]
+            return int(np.searchsorted(col, key[0], side))
+        kv = raw.view(spec.rec_key_view if node.level == 0 else spec.ent_key_view)
+        return int(np.searchsorted(kv, self._kscalar(key), side))
+
+    def _key_at(self, node: Node, i: int) -> tuple:
+        r = node.recs[i]
+        return tuple(r[f].item() for f in self.spec.key_fields)
+
+    def _child_index(self, node: Node, key) -> int:
+        i = self._search(node, key, "right") - 1
+        return i if i > 0 else 0
+
+    # ---- descent ------------------------------------------------------------
+    def _descend(self, key) -> list:
+        """Path from root to leaf as [(node, index)]; the leaf index is the
+        position of the first record >= key."""
+        path = []
+        bno, h = self.root, self.height
+        for level in range(h - 1, -1, -1):
+            node = self._node(bno, level)
+            if level:
+                i = self._child_index(node, key)
+                path.append([node, i])
+                bno = int(node.recs["child"][i])
+            else:
+                path.append([node, self._search(node, key, "left")])
+        return path
+
+    # ---- queries ------------------------------------------------------------
+    def lookup(self, key) -> tuple | None:
+        """The record with exactly this key, or None."""
+        if not self.height:
+            return None
+        node, i = self._descend(key)[-1]
+        if i < node.n and self._key_at(node, i) == tuple(key):
+            return node.recs[i].item()
+        return None
+
+    def scan(self, lo=None, hi=None):
+        """Records with lo <= key <= hi in key order (prefix keys allowed for
+        hi: records whose key prefix equals hi are included).  A generator:
+        do not modify the tree while it runs."""
+        if not self.height:
+            return
+        nk = None if hi is None else len(hi)
+        hi_t = None if hi is None else tuple(hi)
+        if lo is None:
+            path = self._leftmost_path()
+            start = 0
+        else:
+            path = self._descend(lo)
+            start = path[-1][1]
+        while True:
+            leaf = path[-1][0]
+            if start < leaf.n:
+                rows = leaf.recs[start:leaf.n].tolist()
+                for r in rows:
+                    if hi_t is not None and r[:nk] > hi_t:
+                        return
+                    yield r
+            if not self._next_leaf(path):
+                return
+            start = 0
+
+    def _leftmost_path(self) -> list:
+        path = []
+        bno = self.root
+        for level in range(self.height - 1, -1, -1):
+            node = self._node(bno, level)
+            path.append([node, 0])
+            if level:
+                bno = int(node.recs["child"][0])
+        return path
+
+    def _next_leaf(self, path) -> bool:
+        d = len(path) - 2
+        while d >= 0 and path[d][1] + 1 >= path[d][0].n:
+            d -= 1
+        if d < 0:
+            return False
+        path[d][1] += 1
+        for k in range(d, len(path) - 1):
+            node, i = path[k]
+            child = self._node(int(node.recs["child"][i]), node.level - 1)
+            path[k + 1] = [child, 0]
+        return True
+
+    def _prev_leaf(self, path) -> bool:
+        d = len(path) - 2
+        while d >= 0 and path[d][1] == 0:
+            d -= 1
+        if d < 0:
+            return False
+        path[d][1] -= 1
+        for k in range(d, len(path) - 1):
+            node, i = path[k]
+            child = self._node(int(node.recs["child"][i]), node.level - 1)
+            path[k + 1] = [child, child.n - 1 if child.level else child.n]
+        return True
+
+    def last_le(self, key) -> tuple | None:
+        """The record with the greatest key <= key, or None."""
+        if not self.height:
+            return None
+        path = self._descend(key)
+        leaf = path[-1][0]
+        i = self._search(leaf, key, "right") - 1
+        while i < 0:
+            if not self._prev_leaf(path):
+                return None
+            leaf = path[-1][0]
+            i = leaf.n - 1
+        return leaf.recs[i].item()
+
+    def first(self) -> tuple | None:
+        for r in self.scan():
+            return r
+        return None
+
+    def overlaps(self, lo: int, hi: int) -> list:
+        """Overlapping trees only: every record whose [start, start+len-1]
+        meets [lo, hi].  Subtrees whose high key is below lo are skipped."""
+        assert self.spec.overlap
+        if not self.height:
+            return []
+        sf, lf = self.spec.overlap
+        out = []
+        stack = [(self.root, self.height - 1)]
+        while stack:
+            bno, level = stack.pop()
+            node = self._node(bno, level)
+            n = node.n
+            if level:
+                starts = node.recs[sf][:n]
+                mask = (starts <= hi) & (node.recs["hi"][:n] >= lo)
+                if n:
+                    mask[0] = node.recs["hi"][0] >= lo
+                kids = node.recs["child"][:n][mask]
+                stack.extend((int(c), level - 1) for c in kids[::-1])
+            else:
+                starts = node.recs[sf][:n].astype(np.uint64)
+                ends = starts + node.recs[lf][:n].astype(np.uint64) - np.uint64(1)
+                mask = (starts <= hi) & (ends >= lo)
+                if mask.any():
+                    out.extend(node.recs[:n][mask].tolist())
+        return out
+
+    # ---- modification -------------------------------------------------------
+    def insert(self, rec: tuple) -> None:
+        """Add a record; its key must not be present."""
+        spec = self.spec
+        key = rec[:spec.nkey]
+        if not self.height:
+            leaf = self._new_node(0)
+            leaf.recs[0] = rec
+            leaf.set_n(1)
+            self._set_root(leaf.bno, 1)
+            self._add_count(1)
+            return
+        path = self._descend(key)
+        # keep entry-0 keys lower bounds along the leftmost path
+        for k in range(len(path) - 1):
+            node, i = path[k]
+            if i == 0 and node.n and key < self._key_at(node, 0):
+                node = path[k][0] = self._w(node)
+                for f, v in zip(spec.key_fields, key):
+                    node.recs[0][f] = v
+        leaf, i = path[-1]
+        if i < leaf.n and self._key_at(leaf, i) == tuple(key):
+            raise Corrupted(leaf.bno, f"{spec.name} btree: duplicate key {tuple(key)}")
+        leaf = path[-1][0] = self._w(leaf)
+        self._insert_at(path, len(path) - 1, i, rec)
+        self._add_count(1)
+
+    def _insert_at(self, path, depth: int, i: int, item) -> None:
+        """Insert item at index i of path[depth]'s node, splitting upwards."""
+        node = path[depth][0] = self._w(path[depth][0])
+        n = node.n
+        if n < node.cap:
+            node.recs[i + 1:n + 1] = node.recs[i:n]
+            node.recs[i] = item
+            node.set_n(n + 1)
+            self._fix_hi(path, depth)
+            return
+        # split: left keeps `half`, right gets the rest, then place the item
+        right = self._new_node(node.level)
+        half = (n + 1) // 2
+        allrecs = np.empty(n + 1, dtype=node.recs.dtype)
+        allrecs[:i] = node.recs[:i]
+        allrecs[i] = item
+        allrecs[i + 1:] = node.recs[i:n]
+        node.recs[:half] = allrecs[:half]
+        node.set_n(half)
+        right.recs[:n + 1 - half] = allrecs[half:]
+        right.set_n(n + 1 - half)
+        sep = self._key_at(right, 0)
+        if depth == 0:
+            root = self._new_node(node.level + 1)
+            root.recs[0] = self._entry(self._key_at(node, 0), node)
+            root.recs[1] = self._entry(sep, right)
+            root.set_n(2)
+            self._set_root(root.bno, self.height + 1)
+            return
+        parent, pi = path[depth - 1]
+        parent = path[depth - 1][0] = self._w(parent)
+        if self.spec.overlap:
+            parent.recs["hi"][pi] = self._node_hi(node)
+        self._insert_at(path, depth - 1, pi + 1, self._entry(sep, right))
+
+    def _entry(self, key, child: Node) -> tuple:
+        if self.spec.overlap:
+            return (*key, self._node_hi(child), child.bno)
+        return (*key, child.bno)
+
+    def _node_hi(self, node: Node) -> int:
+        n = node.n
+        if n == 0:
+            return 0
+        if node.level:
+            return int(node.recs["hi"][:n].max())
+        sf, lf = self.spec.overlap
+        return int((node.recs[sf][:n] + node.recs[lf][:n] - np.uint64(1)).max())
+
+    def _fix_hi(self, path, depth: int) -> None:
+        """Propagate a changed high key from path[depth] towards the root."""
+        if not self.spec.overlap:
+            return
+        while depth > 0:
+            node = path[depth][0]
+            parent, pi = path[depth - 1]
+            h = self._node_hi(node)
+            if int(parent.recs["hi"][pi]) == h:
+                return
+            parent = path[depth - 1][0] = self._w(parent)
+            parent.recs["hi"][pi] = h
+            depth -= 1
+
+    def update(self, rec: tuple) -> None:
+        """Replace the record with the same key."""
+        key = rec[:self.spec.nkey]
+        path = self._descend(key) if self.height else []
+        if not path:
+            raise KeyError(key)
+        leaf, i = path[-1]
+        if not (i < leaf.n and self._key_at(leaf, i) == tuple(key)):
+            raise KeyError(key)
+        leaf = path[-1][0] = self._w(leaf)
+        leaf.recs[i] = rec
+        self._fix_hi(path, len(path) - 1)
+
+    def delete(self, key) -> tuple | None:
+        """Remove the record with this key; returns it, or None if absent."""
+        if not self.height:
+            return None
+        path = self._descend(key)
+        leaf, i = path[-1]
+        if not (i < leaf.n and self._key_at(leaf, i) == tuple(key)):
+            return None
+        old = leaf.recs[i].item()
+        self._remove_at(path, len(path) - 1, i)
+        self._add_count(-1)
+        return old
+
+    def _remove_at(self, path, depth: int, i: int) -> None:
+        node = path[depth][0] = self._w(path[depth][0])
+        n = node.n
+        node.recs[i:n - 1] = node.recs[i + 1:n]
+        node.set_n(n - 1)
+        if depth == 0:
+            if node.n == 0 and node.level == 0:
+                self._free_node(node)
+                self._set_root(0, 0)
+            elif node.level and node.n == 1:
+                child = int(node.recs["child"][0])
+                self._free_node(node)
+                self._set_root(child, self.height - 1)
+            return
+        if node.n >= node.cap // 3:
+            self._fix_hi(path, depth)
+            return
+        self._rebalance(path, depth)
+
+    def _rebalance(self, path, depth: int) -> None:
+        node = path[depth][0]
+        parent, pi = path[depth - 1]
+        if parent.n < 2:
+            self._fix_hi(path, depth)
+            return
+        parent = path[depth - 1][0] = self._w(parent)
+        if pi > 0:
+            li = pi - 1
+            left = self._w(self._node(int(parent.recs["child"][li]), node.level))
+            right = node
+        else:
+            li = pi
+            left = node
+            right = self._w(self._node(int(parent.recs["child"][pi + 1]), node.level))
+        ln, rn = left.n, right.n
+        if ln + rn <= left.cap:
+            left.recs[ln:ln + rn] = right.recs[:rn]
+            left.set_n(ln + rn)
+            if self.spec.overlap:
+                parent.recs["hi"][li] = self._node_hi(left)
+            self._free_node(right)
+            path[depth - 1][1] = li
+            path[depth][0] = left
+            self._remove_at(path, depth - 1, li + 1)
+            return
+        total = ln + rn
+        want = total // 2
+        if ln > want:           # move the tail of left to the front of right
+            k = ln - want
+            right.recs[k:k + rn] = right.recs[:rn].copy()
+            right.recs[:k] = left.recs[want:ln]
+        else:                   # move the head of right to the end of left
+            k = want - ln
+            left.recs[ln:want] = right.recs[:k]
+            right.recs[:rn - k] = right.recs[k:rn].copy()
+        left.set_n(want)
+        right.set_n(total - want)
+        for f, v in zip(self.spec.key_fields, self._key_at(right, 0)):
+            parent.recs[li + 1][f] = v
+        if self.spec.overlap:
+            parent.recs["hi"][li] = self._node_hi(left)
+            parent.recs["hi"][li + 1] = self._node_hi(right)
+            self._fix_hi(path, depth - 1)
+
+    # ---- whole-tree walk (check, repair, statistics) -----------------------
+    def walk_nodes(self):
+        """Yield (node, parent_low_key, parent_hi) for every node, depth first.
+        Raises Corrupted at the first node that fails verification."""
+        if not self.height:
+            return
+        stack = [(self.root, self.height - 1, None, None)]
+        while stack:
+            bno, level, lowkey, hi = stack.pop()
+            node = self._node(bno, level)
+            yield node, lowkey, hi
+            if level:
+                n = node.n
+                for i in range(n - 1, -1, -1):
+                    e = node.recs[i]
+                    k = tuple(e[f].item() for f in self.spec.key_fields)
+                    h = int(e["hi"]) if self.spec.overlap else None
+                    stack.append((int(e["child"]), level - 1, k, h))

@@ -1,0 +1,200 @@
+"""Metadata blocks inside the running transaction, the redo log, and the
+commit order that makes a group of changes atomic and durable.
+
+Every metadata change goes through `write()`/`new()`, which hand out a shadow
+copy of the block kept in memory; the mapping itself is not touched until
+commit.  Readers get the shadow if there is one, else a view on the mapping.
+File data does not pass through here: it is stored straight into the
+mapping (DAX) and only its block ranges are remembered (`note_data`) so that
+commit can flush them first.
+
+Commit order (docs/format.md, "Transactions"):
+  1. flush the data ranges stored since the last commit;
+  2. seal every dirty block (crc32c at bytes 4..8);
+  3. write the log: header with the list of block numbers, then the block
+     images, one crc32c over all of it; flush the log;     <- commit point
+  4. write the images in place (checkpoint); flush them.
+Open replays a valid log before anything else reads the image; replay is
+idempotent, and blocks named in the last log cannot have been reused for
+data since (freed blocks stay busy until the freeing commit is durable), so
+a valid log is always replayed.
+"""
+
+import logging
+
+import crc32c
+import numpy as np
+
+from .errors import Corrupted
+from .format import (BLOCK_SIZE, LOG_BNOS_FIRST, LOG_BNOS_NEXT, LOG_HDR_DTYPE,
+                     LOG_HDR_SIZE, LOG_MAGIC)
+
+log = logging.getLogger(__name__)
+
+_ZERO4 = bytes(4)
+
+
+def seal(block: np.ndarray) -> None:
+    """Store the crc32c of a metadata block at bytes 4..8."""
+    block[4:8] = 0
+    c = crc32c.crc32c(block)
+    block[4:8] = np.frombuffer(c.to_bytes(4, "little"), dtype=np.uint8)
+
+
+def sealed_ok(block: np.ndarray) -> bool:
+    """True if the block's stored crc32c matches its contents."""
+    stored = int.from_bytes(bytes(block[4:8]), "little")
+    c = crc32c.crc32c(block[:4])
+    c = crc32c.crc32c(_ZERO4, c)
+    c = crc32c.crc32c(block[8:], c)
+    return c == stored
+
+
+def log_capacity(log_blocks: int) -> int:
+    """How many metadata blocks one commit may carry in a log of this size."""
+    n = log_blocks - 1
+    extra = 0
+    while n - extra > LOG_BNOS_FIRST + extra * LOG_BNOS_NEXT:
+        extra += 1
+        n = log_blocks - 1 - extra
+    return max(0, min(n, LOG_BNOS_FIRST + extra * LOG_BNOS_NEXT))
+
+
+class LogFull(Exception):
+    """A transaction grew past what one log write can carry (a bug)."""
+
+
+class Journal:
+    """The running transaction's dirty metadata blocks and the redo log."""
+
+    def __init__(self, pmem, log_start: int, log_blocks: int, seq: int):
+        self.pmem = pmem
+        self.log_start = log_start
+        self.log_blocks = log_blocks
+        self.capacity = log_capacity(log_blocks)
+        self.seq = seq
+        self.dirty: dict[int, np.ndarray] = {}
+        self.data_ranges: list[tuple[int, int]] = []
+        self.commits = 0
+
+    # ---- access -----------------------------------------------------------
+    def read(self, bno: int) -> np.ndarray:
+        """The current contents of a metadata block (shadow or mapping view)."""
+        blk = self.dirty.get(bno)
+        if blk is not None:
+            return blk
+        self.pmem.check_load(bno)
+        return self.pmem.block(bno)
+
+    def write(self, bno: int) -> np.ndarray:
+        """A writable shadow of a block, copied from the device on first use."""
+        blk = self.dirty.get(bno)
+        if blk is None:
+            self.pmem.check_load(bno)
+            blk = self.pmem.block(bno).copy()
+            self.dirty[bno] = blk
+        return blk
+
+    def new(self, bno: int) -> np.ndarray:
+        """A zeroed shadow for a block whose old contents do not matter."""
+        blk = np.zeros(BLOCK_SIZE, dtype=np.uint8)
+        self.dirty[bno] = blk
+        return blk
+
+    def discard(self, bno: int) -> None:
+        """Forget a shadow: the block was freed in this transaction."""
+        self.dirty.pop(bno, None)
+
+    def note_data(self, bno: int, n: int) -> None:
+        """Remember data blocks stored directly, to flush before the commit."""
+        self.data_ranges.append((bno, n))
+
+    @property
+    def pending(self) -> int:
+        return len(self.dirty)
+
+    def has_changes(self) -> bool:
+        return bool(self.dirty) or bool(self.data_ranges)
+
+    # ---- commit -------------------------------------------------------------
+    def commit(self) -> None:
+        """Make every change since the last commit durable, atomically."""
+        if not self.dirty:
+            if self.data_ranges:
+                self.pmem.flush(self.data_ranges)
+                self.data_ranges = []
+            return
+        if len(self.dirty) > self.capacity:
+            raise LogFull(f"{len(self.dirty)} dirty blocks, log holds {self.capacity}")
+        pm = self.pmem
+        # 1. data before the metadata that points at it
+        if self.data_ranges:
+            pm.flush(self.data_ranges)
+            self.data_ranges = []
+        # 2. seal
+        bnos = sorted(self.dirty)
+        for b in bnos:
+            seal(self.dirty[b])
+        # 3. the log
+        seq = self.seq + 1
+        n = len(bnos)
+        hdr_blocks = 1
+        if n > LOG_BNOS_FIRST:
+            hdr_blocks += -(-(n - LOG_BNOS_FIRST) // LOG_BNOS_NEXT)
+        area = pm.blocks(self.log_start, hdr_blocks + n)
+        hdr_area = area[:hdr_blocks * BLOCK_SIZE]
+        hdr_area[:] = 0
+        hdr = hdr_area[:LOG_HDR_SIZE].view(LOG_HDR_DTYPE)[0]
+        hdr["magic"] = LOG_MAGIC
+        hdr["seq"] = seq
+        hdr["nblocks"] = n
+        hdr["hdr_blocks"] = hdr_blocks
+        hdr_area[LOG_HDR_SIZE:LOG_HDR_SIZE + 8 * n].view("<u8")[:] = bnos
+        body = area[hdr_blocks * BLOCK_SIZE:].reshape(n, BLOCK_SIZE)
+        for i, b in enumerate(bnos):
+            body[i] = self.dirty[b]
+        c = crc32c.crc32c(area)
+        area[4:8] = np.frombuffer(c.to_bytes(4, "little"), dtype=np.uint8)
+        pm.flush([(self.log_start, hdr_blocks + n)])
+        # 4. checkpoint
+        for b in bnos:
+            pm.block(b)[:] = self.dirty[b]
+        pm.flush([(b, 1) for b in bnos])
+        self.seq = seq
+        self.dirty = {}
+        self.commits += 1
+
+
+def replay(pmem, log_start: int, log_blocks: int) -> int | None:
+    """Apply the last committed log to the device if it is valid.
+
+    Returns the log's sequence number, or None if there was no valid log.
+    """
+    pmem.check_load(log_start)
+    first = pmem.block(log_start)
+    hdr = first[:LOG_HDR_SIZE].view(LOG_HDR_DTYPE)[0]
+    if bytes(hdr["magic"]) != LOG_MAGIC:
+        return None
+    n = int(hdr["nblocks"])
+    hdr_blocks = int(hdr["hdr_blocks"])
+    if n == 0 or hdr_blocks < 1 or hdr_blocks + n > log_blocks:
+        return None
+    pmem.check_load(log_start, hdr_blocks + n)
+    area = pmem.blocks(log_start, hdr_blocks + n)
+    stored = int.from_bytes(bytes(area[4:8]), "little")
+    c = crc32c.crc32c(area[:4])
+    c = crc32c.crc32c(_ZERO4, c)
+    c = crc32c.crc32c(area[8:], c)
+    if c != stored:
+        return None
+    bnos = area[LOG_HDR_SIZE:LOG_HDR_SIZE + 8 * n].view("<u8").copy()
+    if bnos.size and int(bnos.max()) >= pmem.nblocks:
+        raise Corrupted(log_start, "log names a block beyond the end of the device")
+    if pmem.readonly:
+        return int(hdr["seq"])
+    body = area[hdr_blocks * BLOCK_SIZE:].reshape(n, BLOCK_SIZE)
+    for i, b in enumerate(bnos):
+        pmem.block(int(b))[:] = body[i]
+    pmem.flush([(int(b), 1) for b in bnos])
+    log.info("replayed log sequence %d (%d blocks)", int(hdr["seq"]), n)
+    return int(hdr["seq"])

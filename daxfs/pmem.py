@@ -1,0 +1,178 @@
+"""The persistent-memory device: one image file mapped MAP_SHARED.
+
+Owns the mapping, numpy views of its blocks, the persistence barrier
+(`flush`, an msync of the touched pages), the exclusive lock on the image,
+and loads that fail like a machine check on bad ranges (badblocks.py).
+
+`private=True` maps the image MAP_PRIVATE instead: stores stay in this
+process until `flush` writes those pages to the file.  Killing such a
+process loses exactly what was not flushed, which is how the tests simulate
+power loss.
+"""
+
+import fcntl
+import logging
+import mmap
+import os
+import struct
+
+import numpy as np
+
+from .badblocks import BadBlocks
+from .errors import ImageLocked, MediaError, NotAnImage
+from .format import BLOCK_SIZE, MIN_IMAGE_BYTES
+
+log = logging.getLogger(__name__)
+
+_FLOCK = "hhqqi4x"          # struct flock on Linux x86_64/aarch64
+_open_here: set[tuple[int, int]] = set()
+
+
+def _lock_holder(fd: int) -> int | None:
+    """pid of the process holding a conflicting lock on the image, if any."""
+    arg = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
+    try:
+        res = fcntl.fcntl(fd, fcntl.F_GETLK, arg)
+    except OSError:
+        return None
+    l_type, _, _, _, pid = struct.unpack(_FLOCK, res)
+    return pid if l_type != fcntl.F_UNLCK else None
+
+
+def _describe_pid(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        return f"pid {pid} ({cmd[:120]})"
+    except OSError:
+        return f"pid {pid}"
+
+
+class Pmem:
+    """A mapped image file: the device every other layer stores into."""
+
+    def __init__(self, path: str, *, readonly: bool = False, private: bool = False,
+                 lock: bool = True):
+        self.path = path
+        self.readonly = readonly
+        self.private = private
+        flags = os.O_RDONLY if readonly else os.O_RDWR
+        try:
+            self.fd = os.open(path, flags | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise NotAnImage(f"{path}: no such file") from None
+        except IsADirectoryError:
+            raise NotAnImage(f"{path}: is a directory, not an image") from None
+        try:
+            st = os.fstat(self.fd)
+            if not (st.st_mode & 0o170000 == 0o100000):
+                raise NotAnImage(f"{path}: not a regular file")
+            self.size = st.st_size
+            if self.size < MIN_IMAGE_BYTES:
+                raise NotAnImage(f"{path}: {self.size} bytes is too small to be a daxfs image"
+                                 f" (at least {MIN_IMAGE_BYTES} bytes)")
+            self._ident = (st.st_dev, st.st_ino)
+            if lock:
+                self._lock()
+            self.nblocks = self.size // BLOCK_SIZE
+            length = self.nblocks * BLOCK_SIZE
+            if readonly:
+                self.mm = mmap.mmap(self.fd, length, mmap.MAP_SHARED, mmap.PROT_READ)
+            elif private:
+                self.mm = mmap.mmap(self.fd, length, mmap.MAP_PRIVATE,
+                                    mmap.PROT_READ | mmap.PROT_WRITE)
+            else:
+                self.mm = mmap.mmap(self.fd, length, mmap.MAP_SHARED,
+                                    mmap.PROT_READ | mmap.PROT_WRITE)
+            self.buf = np.frombuffer(self.mm, dtype=np.uint8)
+            if readonly:
+                self.buf = self.buf.view()
+                self.buf.flags.writeable = False
+        except BaseException:
+            self._release()
+            raise
+        self.bad = BadBlocks(path)
+
+    def _lock(self) -> None:
+        if self._ident in _open_here:
+            raise ImageLocked(f"{self.path}: the image is already open in this process")
+        kind = fcntl.F_RDLCK if self.readonly else fcntl.F_WRLCK
+        arg = struct.pack(_FLOCK, kind, os.SEEK_SET, 0, 0, 0)
+        try:
+            fcntl.fcntl(self.fd, fcntl.F_SETLK, arg)
+        except OSError:
+            pid = _lock_holder(self.fd)
+            who = _describe_pid(pid) if pid else "another process"
+            raise ImageLocked(f"{self.path}: the image is in use by {who}"
+                              " (mounted? unmount it first)") from None
+        _open_here.add(self._ident)
+        self._locked = True
+
+    def _release(self) -> None:
+        if getattr(self, "_locked", False):
+            _open_here.discard(self._ident)
+            self._locked = False
+        if getattr(self, "fd", None) is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    # ---- views ------------------------------------------------------------
+    def block(self, bno: int) -> np.ndarray:
+        """A writable uint8 view of one block (no poison check)."""
+        o = bno * BLOCK_SIZE
+        return self.buf[o:o + BLOCK_SIZE]
+
+    def blocks(self, bno: int, n: int) -> np.ndarray:
+        o = bno * BLOCK_SIZE
+        return self.buf[o:o + n * BLOCK_SIZE]
+
+    def check_load(self, bno: int, n: int = 1) -> None:
+        """Raise MediaError if any block of [bno, bno+n) is bad."""
+        if self.bad:
+            b = self.bad.first_bad(bno, n)
+            if b is not None:
+                raise MediaError(b)
+
+    # ---- persistence ------------------------------------------------------
+    def flush(self, ranges) -> None:
+        """Make the stores to the given (block, count) ranges durable."""
+        merged = _merge(ranges)
+        if self.private:
+            for bno, n in merged:
+                o = bno * BLOCK_SIZE
+                os.pwrite(self.fd, self.mm[o:o + n * BLOCK_SIZE], o)
+            os.fdatasync(self.fd)
+            return
+        if len(merged) > 256:
+            self.mm.flush()
+            return
+        for bno, n in merged:
+            self.mm.flush(bno * BLOCK_SIZE, n * BLOCK_SIZE)
+
+    def flush_all(self) -> None:
+        if self.private:
+            os.pwrite(self.fd, self.mm[:], 0)
+            os.fdatasync(self.fd)
+        elif not self.readonly:
+            self.mm.flush()
+
+    def close(self) -> None:
+        if getattr(self, "mm", None) is not None:
+            self.buf = None
+            try:
+                self.mm.close()
+            except BufferError:
+                log.warning("views of %s still exist at close", self.path)
+            self.mm = None
+        self._release()
+
+
+def _merge(ranges):
+    out = []
+    for bno, n in sorted(ranges):
+        if out and bno <= out[-1][0] + out[-1][1]:
+            last = out[-1]
+            out[-1] = (last[0], max(last[1], bno + n - last[0]))
+        else:
+            out.append((bno, n))
+    return out
