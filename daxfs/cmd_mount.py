@@ -1,0 +1,263 @@
+"""`daxfs mount IMAGE MOUNTPOINT [-o OPTIONS] [--foreground] [--log FILE]`
+and `daxfs mount --install-helper [PATH]`.
+
+What this module owns
+---------------------
+* checking the arguments the parent can check without touching the image
+  (mountpoint exists and is a directory, /dev/fuse exists, options known);
+* daemonising: without --foreground the parent starts
+  ``python -m daxfs.cli mount --foreground ...`` in a new session with its
+  output going to the log file, then waits until the mount shows up in
+  /proc/self/mountinfo (success) or the child exits (failure: the child's
+  last error line is printed).  The image is opened only in the child:
+  its POSIX lock would not survive a fork;
+* the one-line error messages (no traceback, exit status 1);
+* the mount(8) helper: `--install-helper` writes /sbin/mount.fuse.daxfs so
+  that ``mount -t fuse.daxfs IMAGE MNT`` and fstab lines work.
+
+The mount itself (options, lifecycle, signals) is daxfs/mount.py's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import stat
+import subprocess
+import sys
+import time
+
+from daxfs import mount as _mount
+
+log = logging.getLogger(__name__)
+
+PROG = "daxfs mount"
+HELPER_PATH = "/sbin/mount.fuse.daxfs"
+HELPER_MARK = "# written by: daxfs mount --install-helper"
+READY_TIMEOUT = 60.0
+
+# Options libfuse understands that we pass through.
+FUSE_FLAGS = {
+    "allow_other", "allow_root", "auto_unmount", "default_permissions",
+    "suid", "nosuid", "dev", "nodev", "exec", "noexec", "async", "sync",
+    "dirsync", "atime", "noatime", "nodiratime", "relatime", "norelatime",
+    "strictatime", "nostrictatime", "lazytime", "nolazytime",
+}
+FUSE_KEYS = {"max_read"}
+# Options meant for mount(8)/fstab, not for the filesystem: dropped.
+IGNORED = {"rw", "defaults", "auto", "noauto", "user", "users", "nouser",
+           "owner", "group", "nofail", "_netdev", "fsname", "subtype"}
+IGNORED_PREFIXES = ("x-", "comment=", "fsname=", "subtype=")
+
+
+class UsageError(Exception):
+    """A problem with the command line or the environment: one line, exit 1."""
+
+
+def parse_options(text: str | None) -> tuple[list[str], bool]:
+    """-o text -> (options for FUSE, readonly)."""
+    opts, readonly = [], False
+    for opt in filter(None, (text or "").split(",")):
+        key = opt.split("=", 1)[0]
+        if opt == "ro":
+            readonly = True
+        elif opt in IGNORED or opt.startswith(IGNORED_PREFIXES):
+            continue
+        elif opt in FUSE_FLAGS or ("=" in opt and key in FUSE_KEYS):
+            opts.append(opt)
+        else:
+            raise UsageError(f"unknown mount option {opt!r}")
+    return opts, readonly
+
+
+def _unescape_mountinfo(field: str) -> str:
+    """mountinfo escapes space, tab, newline and backslash as \\ooo."""
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and i + 4 <= len(field) and field[i + 1:i + 4].isdigit():
+            out.append(chr(int(field[i + 1:i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def mounts():
+    """Yield (mountpoint, fstype, source) from /proc/self/mountinfo."""
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            fields = left.split()
+            rfields = right.split()
+            if len(fields) < 5 or len(rfields) < 2:
+                continue
+            yield _unescape_mountinfo(fields[4]), rfields[0], _unescape_mountinfo(rfields[1])
+
+
+def daxfs_mount_at(mountpoint: str):
+    """The source (daxfs:IMAGE) of the daxfs mount at `mountpoint`, or None."""
+    path = os.path.realpath(mountpoint)
+    found = None
+    for mnt, fstype, source in mounts():
+        if mnt == path:
+            found = source if fstype == "fuse." + _mount.SUBTYPE else None
+    return found
+
+
+def _check_environment(image: str, mountpoint: str) -> None:
+    if not os.path.exists(image):
+        raise UsageError(f"{image}: no such file")
+    if os.path.isdir(image):
+        raise UsageError(f"{image}: is a directory, not an image")
+    if not os.path.exists(mountpoint):
+        raise UsageError(f"mountpoint {mountpoint}: no such directory")
+    if not os.path.isdir(mountpoint):
+        raise UsageError(f"mountpoint {mountpoint}: not a directory")
+    if not os.path.exists("/dev/fuse"):
+        raise UsageError("/dev/fuse is missing: load the fuse module (modprobe fuse)")
+    if daxfs_mount_at(mountpoint) is not None:
+        raise UsageError(f"{mountpoint}: a daxfs image is already mounted here")
+
+
+def _default_log(image: str) -> str:
+    return f"/tmp/daxfs-{os.path.basename(image)}.log"
+
+
+def _last_error(log_path: str, offset: int) -> str:
+    """The child's error line: its last `daxfs mount:` line, else its last line."""
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(offset)
+            lines = [ln.strip() for ln in f.read().decode(errors="replace").splitlines()]
+    except OSError:
+        return ""
+    lines = [ln for ln in lines if ln]
+    for ln in reversed(lines):
+        if ln.startswith(PROG + ":"):
+            return ln
+    return lines[-1] if lines else ""
+
+
+def _package_root() -> str:
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _spawn(image: str, mountpoint: str, options: str | None, log_path: str,
+           timeout: float) -> int:
+    cmd = [sys.executable, "-m", "daxfs.cli", "mount", "--foreground", image, mountpoint]
+    if options:
+        cmd += ["-o", options]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [_package_root(), env.get("PYTHONPATH")]))
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    offset = os.lseek(fd, 0, os.SEEK_END)
+    try:
+        child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd,
+                                 start_new_session=True, cwd="/", env=env, close_fds=True)
+    finally:
+        os.close(fd)
+    deadline = time.monotonic() + timeout
+    want = _mount.fsname_for(image)
+    while True:
+        source = daxfs_mount_at(mountpoint)
+        if source is not None and (source == want or not want.isascii()):
+            return 0
+        rc = child.poll()
+        if rc is not None:
+            line = _last_error(log_path, offset) or f"{PROG}: the daemon exited with status {rc}"
+            if not line.startswith(PROG + ":"):
+                line = f"{PROG}: {line}"
+            print(line, file=sys.stderr)
+            return 1
+        if time.monotonic() > deadline:
+            print(f"{PROG}: the mount did not appear within {timeout:.0f} s "
+                  f"(daemon pid {child.pid} left running; see {log_path})", file=sys.stderr)
+            return 1
+        time.sleep(0.02)
+
+
+def _foreground(image: str, mountpoint: str, options: list[str], readonly: bool,
+                log_path: str | None) -> int:
+    from daxfs.errors import DaxfsError
+
+    handler = logging.FileHandler(log_path) if log_path else logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(
+        "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        _mount.run(image, mountpoint, options, readonly=readonly)
+    except DaxfsError as exc:
+        print(f"{PROG}: {image}: {exc}", file=sys.stderr, flush=True)
+        return 1
+    except RuntimeError as exc:
+        print(f"{PROG}: cannot mount on {mountpoint}: {exc}", file=sys.stderr, flush=True)
+        return 1
+    except OSError as exc:
+        print(f"{PROG}: {exc.filename or image}: {exc.strerror}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+def install_helper(path: str = HELPER_PATH) -> str:
+    """Write the mount(8) helper script; returns its path."""
+    if os.path.exists(path):
+        with open(path, errors="replace") as f:
+            if HELPER_MARK not in f.read():
+                raise UsageError(f"{path} exists and was not written by daxfs: not replacing it")
+    text = (
+        "#!/bin/sh\n"
+        f"{HELPER_MARK}\n"
+        f"PYTHONPATH={_package_root()} exec {sys.executable} -m daxfs.cli mount --helper \"$@\"\n"
+    )
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o755)
+    os.replace(tmp, path)
+    return path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description="Mount a daxfs image with FUSE.")
+    p.add_argument("image", nargs="?", help="the image file")
+    p.add_argument("mountpoint", nargs="?", help="an existing directory")
+    p.add_argument("-o", dest="options", metavar="OPTIONS",
+                   help="comma-separated mount options (ro, nosuid, noexec, ...)")
+    p.add_argument("-f", "--foreground", action="store_true",
+                   help="serve in this process until unmounted")
+    p.add_argument("--log", metavar="FILE",
+                   help="the daemon's log (default /tmp/daxfs-IMAGENAME.log)")
+    p.add_argument("--timeout", type=float, default=READY_TIMEOUT, help=argparse.SUPPRESS)
+    p.add_argument("--install-helper", nargs="?", const=HELPER_PATH, metavar="PATH",
+                   help=f"write the mount(8) helper (default {HELPER_PATH}) and exit")
+    # Flags mount(8) passes to helpers: -n (no mtab), -s (sloppy), -v (verbose).
+    p.add_argument("--helper", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("-n", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("-s", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("-v", action="store_true", help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.install_helper:
+            print(f"installed {install_helper(args.install_helper)}")
+            return 0
+        if not args.image or not args.mountpoint:
+            raise UsageError("usage: daxfs mount IMAGE MOUNTPOINT [-o OPTIONS] [--foreground]")
+        image = os.path.abspath(args.image)
+        mountpoint = os.path.abspath(args.mountpoint)
+        options, readonly = parse_options(args.options)
+        _check_environment(image, mountpoint)
+        if args.foreground:
+            return _foreground(image, mountpoint, options, readonly, args.log)
+        return _spawn(image, mountpoint, args.options, args.log or _default_log(image),
+                      args.timeout)
+    except UsageError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,428 @@
+"""The pyfuse3 adapter: turns kernel FUSE requests into calls of the
+filesystem API (`daxfs.fs.Filesystem`) and the answers back into replies.
+
+What this module owns
+---------------------
+* the mapping request -> engine call -> reply (EntryAttributes, FileInfo,
+  StatvfsData, readdir_reply);
+* the errno boundary: every handler runs inside `_boundary`, the ONE place
+  where exceptions become errno values.  A `DaxfsError` answers its own
+  ``.errno``; `pyfuse3.FUSEError` passes through; anything else is logged
+  with its traceback and answered EIO (an exception escaping a handler would
+  end the whole mount);
+* the kernel's lookup counts (lookup/create/mkdir/mknod/symlink/link and
+  readdirplus entries +1, forget -n); when a count reaches zero the engine
+  is told with `fs.forget(ino)` (which frees an unlinked inode);
+* the background group commit (`commit_loop`: `fs.commit()` once a second
+  when something changed);
+* cache invalidation (`_invalidate`, always via a worker thread: calling
+  `pyfuse3.invalidate_inode` inside a handler deadlocks the kernel);
+* the dispatch of the private control names ``user.daxfs.*`` to the
+  `_control_getxattr` / `_control_setxattr` hooks (filled in by
+  daxfs/control.py), and the mount probe ``user.daxfs.probe``.
+
+What it leaves to others: all filesystem logic (permissions beyond the
+setgid-directory rule, times, space, durability) is the engine's; mounting,
+signals and unmounting are daxfs/mount.py's.
+
+Concurrency
+-----------
+pyfuse3 runs every handler as a trio task in ONE thread.  Engine calls are
+synchronous, so an engine call (and the Python code around it up to the
+next ``await``) never interleaves with another handler: no lock is needed
+for the engine.  The only awaits in this module are `_invalidate` (a worker
+thread that talks to the kernel, never to the engine) and the commit loop's
+sleep; `fs.commit()` itself runs in the trio thread for the same reason.
+A handler that awaits between two engine calls (the control hooks do, to
+invalidate) must not assume the engine state stayed the same across it.
+
+Cache choices
+-------------
+* Timeouts (`ENTRY_TIMEOUT`, `ATTR_TIMEOUT`): the image is locked by the
+  daemon, so every change reaches the engine through this kernel mount;
+  the kernel updates or invalidates its own cache on those.  The only
+  changes made behind its back (clone/dedupe into a file, poison) are
+  followed by an explicit `_invalidate`.  The timeouts can therefore be
+  long; we keep them at a few seconds so that values the kernel cannot
+  predict (st_blocks after a write, atime) are refreshed soon.
+* Negative lookups are answered ENOENT (not cached): creates always go
+  through the kernel, but the saving is small and the risk is not.
+* FileInfo: keep_cache=True (pages survive reopen; behind-the-back changes
+  are invalidated), never direct_io (it breaks mmap(MAP_SHARED)), and the
+  writeback cache stays off (the kernel would keep its own idea of i_size).
+* fh is the inode number: the engine needs no per-open state (O_APPEND is
+  done by the kernel, O_TRUNC arrives as setattr(size=0), and the kernel
+  sends reads on O_WRONLY handles, which must be served anyway).
+
+Ownership of new inodes
+-----------------------
+uid is the caller's (ctx.uid).  gid is the caller's (ctx.gid) unless the
+parent directory has S_ISGID, in which case it is the parent's gid, and a
+new directory inherits S_ISGID (the BSD/SysV rule Linux follows).  The mode
+the kernel sends is already masked with the caller's umask unless the
+kernel negotiated FUSE_DONT_MASK (pyfuse3 does not ask for it); we apply
+``mode & ~ctx.umask`` anyway, which is idempotent.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import stat
+from collections import defaultdict
+
+import pyfuse3
+import trio
+
+from daxfs.errors import DaxfsError
+
+log = logging.getLogger(__name__)
+
+ENTRY_TIMEOUT = 5.0     # seconds the kernel may trust a name -> inode
+ATTR_TIMEOUT = 5.0      # seconds the kernel may trust attributes
+BLKSIZE = 4096          # st_blksize, f_bsize, f_frsize
+NAME_MAX = 255
+COMMIT_INTERVAL = 1.0   # seconds between background group commits
+
+CONTROL_PREFIX = b"user.daxfs."
+PROBE_NAME = b"user.daxfs.probe"
+PROBE_VALUE = b"daxfs1"
+
+
+def _boundary(*, mutates: bool = False):
+    """Wrap a handler: the one place where exceptions become errno values.
+
+    `mutates` marks handlers after which the background commit has work.
+    """
+
+    def wrap(handler):
+        name = handler.__name__
+
+        @functools.wraps(handler)
+        async def run(self, *args, **kwargs):
+            try:
+                return await handler(self, *args, **kwargs)
+            except pyfuse3.FUSEError:
+                raise
+            except DaxfsError as exc:
+                code = getattr(exc, "errno", None) or errno.EIO
+                if code == errno.EIO:
+                    log.warning("%s%r: %s", name, args[:2], exc)
+                raise pyfuse3.FUSEError(code) from None
+            except Exception:
+                log.exception("unexpected error in %s%r: answering EIO", name, args[:2])
+                raise pyfuse3.FUSEError(errno.EIO) from None
+            finally:
+                if mutates:
+                    self._dirty = True
+
+        return run
+
+    return wrap
+
+
+class Operations(pyfuse3.Operations):
+    """pyfuse3 request handlers over one open `Filesystem`."""
+
+    # We answer lookups of names only; "." / ".." lookups are only sent for
+    # NFS export, which daxfs does not offer.
+    supports_dot_lookup = False
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, fs, *, default_permissions: bool = True):
+        super().__init__()
+        self.fs = fs
+        self.default_permissions = default_permissions
+        self._lookups: dict[int, int] = defaultdict(int)
+        self._dirty = False
+
+    # ---------------------------------------------------------------- helpers
+
+    def _entry(self, attr) -> pyfuse3.EntryAttributes:
+        """Attr -> EntryAttributes (also used by readdir)."""
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = attr.ino
+        e.generation = attr.generation
+        e.entry_timeout = ENTRY_TIMEOUT
+        e.attr_timeout = ATTR_TIMEOUT
+        e.st_mode = attr.mode
+        e.st_nlink = attr.nlink
+        e.st_uid = attr.uid
+        e.st_gid = attr.gid
+        e.st_rdev = attr.rdev
+        e.st_size = attr.size
+        e.st_blksize = BLKSIZE
+        e.st_blocks = attr.st_blocks
+        e.st_atime_ns = attr.atime_ns
+        e.st_mtime_ns = attr.mtime_ns
+        e.st_ctime_ns = attr.ctime_ns
+        return e
+
+    def _looked_up(self, attr) -> pyfuse3.EntryAttributes:
+        """Reply with `attr` and count one more kernel reference to it."""
+        self._lookups[attr.ino] += 1
+        return self._entry(attr)
+
+    def _owner(self, parent: int, mode: int, ctx) -> tuple[int, int, int]:
+        """(mode, uid, gid) for a new inode in `parent` created by `ctx`."""
+        mode &= ~(ctx.umask & 0o777)
+        gid = ctx.gid
+        pattr = self.fs.getattr(parent)
+        if pattr.mode & stat.S_ISGID:
+            gid = pattr.gid
+            if stat.S_ISDIR(mode):
+                mode |= stat.S_ISGID
+        return mode, ctx.uid, gid
+
+    async def _invalidate(self, ino: int, attr_only: bool = False) -> None:
+        """Drop the kernel's cached pages (and attributes) of `ino`.
+
+        Runs in a worker thread: the kernel may wait for this very daemon
+        to answer a request before it can finish the invalidation.
+        """
+        try:
+            await trio.to_thread.run_sync(pyfuse3.invalidate_inode, ino, attr_only)
+        except OSError as exc:
+            # ENOENT: the kernel does not know the inode: nothing is cached.
+            if exc.errno != errno.ENOENT:
+                log.warning("invalidate_inode(%d): %s", ino, exc)
+
+    async def commit_loop(self, interval: float = COMMIT_INTERVAL) -> None:
+        """Group commit: make every change durable once per `interval`."""
+        while True:
+            await trio.sleep(interval)
+            if self._dirty:
+                self._dirty = False
+                try:
+                    self.fs.commit()
+                except Exception:
+                    log.exception("background commit failed")
+
+    def forget_all(self) -> None:
+        """After unmount: drop the references the kernel never forgot."""
+        for ino in list(self._lookups):
+            self._lookups.pop(ino, None)
+            try:
+                self.fs.forget(ino)
+            except Exception:
+                log.exception("forget(%d) at unmount failed", ino)
+
+    # --------------------------------------------------------- names, inodes
+
+    @_boundary()
+    async def lookup(self, parent_inode, name, ctx):
+        return self._looked_up(self.fs.lookup(parent_inode, name))
+
+    async def forget(self, inode_list):
+        # Must never raise: it answers no request.
+        for ino, n in inode_list:
+            try:
+                left = self._lookups.get(ino, 0) - n
+                if left > 0:
+                    self._lookups[ino] = left
+                    continue
+                self._lookups.pop(ino, None)
+                if ino != pyfuse3.ROOT_INODE:
+                    self.fs.forget(ino)
+                    self._dirty = True
+            except Exception:
+                log.exception("forget(%d, %d) failed", ino, n)
+
+    @_boundary()
+    async def getattr(self, inode, ctx):
+        return self._entry(self.fs.getattr(inode))
+
+    @_boundary(mutates=True)
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        kw = {}
+        if fields.update_mode:
+            kw["mode"] = attr.st_mode & 0o7777
+        if fields.update_uid:
+            kw["uid"] = attr.st_uid
+        if fields.update_gid:
+            kw["gid"] = attr.st_gid
+        if fields.update_size:
+            kw["size"] = attr.st_size
+        if fields.update_atime:
+            kw["atime_ns"] = attr.st_atime_ns
+        if fields.update_mtime:
+            kw["mtime_ns"] = attr.st_mtime_ns
+        if fields.update_ctime:
+            kw["ctime_ns"] = attr.st_ctime_ns
+        return self._entry(self.fs.setattr(inode, **kw))
+
+    @_boundary()
+    async def readlink(self, inode, ctx):
+        return self.fs.readlink(inode)
+
+    @_boundary(mutates=True)
+    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        mode, uid, gid = self._owner(parent_inode, mode, ctx)
+        return self._looked_up(self.fs.mknod(parent_inode, name, mode, uid, gid, rdev))
+
+    @_boundary(mutates=True)
+    async def mkdir(self, parent_inode, name, mode, ctx):
+        mode, uid, gid = self._owner(parent_inode, stat.S_IFDIR | (mode & 0o7777), ctx)
+        return self._looked_up(self.fs.mkdir(parent_inode, name, mode, uid, gid))
+
+    @_boundary(mutates=True)
+    async def symlink(self, parent_inode, name, target, ctx):
+        _, uid, gid = self._owner(parent_inode, stat.S_IFLNK | 0o777, ctx)
+        return self._looked_up(self.fs.symlink(parent_inode, name, target, uid, gid))
+
+    @_boundary(mutates=True)
+    async def link(self, inode, new_parent_inode, new_name, ctx):
+        return self._looked_up(self.fs.link(inode, new_parent_inode, new_name))
+
+    @_boundary(mutates=True)
+    async def unlink(self, parent_inode, name, ctx):
+        self.fs.unlink(parent_inode, name)
+
+    @_boundary(mutates=True)
+    async def rmdir(self, parent_inode, name, ctx):
+        self.fs.rmdir(parent_inode, name)
+
+    @_boundary(mutates=True)
+    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        # pyfuse3.RENAME_NOREPLACE/RENAME_EXCHANGE are the kernel's values (1, 2),
+        # which are the engine's too.
+        self.fs.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
+
+    # ------------------------------------------------------------ file data
+
+    def _file_info(self, ino: int) -> pyfuse3.FileInfo:
+        return pyfuse3.FileInfo(fh=ino, keep_cache=True, direct_io=False)
+
+    @_boundary()
+    async def open(self, inode, flags, ctx):
+        # Access modes were checked by the kernel (default_permissions);
+        # O_APPEND is the kernel's, O_TRUNC comes as setattr(size=0).
+        return self._file_info(inode)
+
+    @_boundary(mutates=True)
+    async def create(self, parent_inode, name, mode, flags, ctx):
+        mode, uid, gid = self._owner(parent_inode, stat.S_IFREG | (mode & 0o7777), ctx)
+        attr = self.fs.mknod(parent_inode, name, mode, uid, gid, 0)
+        return self._file_info(attr.ino), self._looked_up(attr)
+
+    @_boundary()
+    async def read(self, fh, off, size):
+        return self.fs.read(fh, off, size)
+
+    @_boundary(mutates=True)
+    async def write(self, fh, off, buf):
+        return self.fs.write(fh, off, buf)
+
+    @_boundary()
+    async def flush(self, fh):
+        # Data is in the mapping already; durability is fsync's and the
+        # background commit's business.
+        return None
+
+    @_boundary()
+    async def release(self, fh):
+        return None
+
+    @_boundary()
+    async def fsync(self, fh, datasync):
+        self.fs.fsync(fh)
+
+    # ----------------------------------------------------------- directories
+
+    @_boundary()
+    async def opendir(self, inode, ctx):
+        attr = self.fs.getattr(inode)
+        if not stat.S_ISDIR(attr.mode):
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        return inode
+
+    @_boundary()
+    async def readdir(self, fh, start_id, token):
+        for ent in self.fs.readdir(fh, start_id):
+            if not pyfuse3.readdir_reply(token, ent.name, self._entry(ent.attr), ent.next_pos):
+                break
+            if ent.name not in (b".", b".."):
+                self._lookups[ent.attr.ino] += 1
+
+    @_boundary()
+    async def releasedir(self, fh):
+        return None
+
+    @_boundary()
+    async def fsyncdir(self, fh, datasync):
+        self.fs.fsync(fh)
+
+    @_boundary()
+    async def statfs(self, ctx):
+        st = self.fs.statfs()
+        scale = st.block_size / BLKSIZE
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = BLKSIZE
+        s.f_frsize = BLKSIZE
+        s.f_blocks = int(st.total_blocks * scale)
+        s.f_bfree = int(st.free_blocks * scale)
+        s.f_bavail = int(st.avail_blocks * scale)
+        s.f_files = st.total_inodes
+        s.f_ffree = st.free_inodes
+        s.f_favail = st.free_inodes
+        s.f_namemax = min(st.name_max, NAME_MAX)
+        return s
+
+    # -------------------------------------------------------------- xattrs
+
+    @_boundary()
+    async def getxattr(self, inode, name, ctx):
+        if name.startswith(CONTROL_PREFIX):
+            if name == PROBE_NAME:
+                return PROBE_VALUE
+            return await self._control_getxattr(inode, name, ctx)
+        return self.fs.getxattr(inode, name)
+
+    @_boundary(mutates=True)
+    async def setxattr(self, inode, name, value, ctx):
+        # pyfuse3 has already applied XATTR_CREATE / XATTR_REPLACE (by asking
+        # getxattr first), so the engine gets flags=0.
+        if name.startswith(CONTROL_PREFIX):
+            return await self._control_setxattr(inode, name, value, ctx)
+        self.fs.setxattr(inode, name, value)
+
+    @_boundary()
+    async def listxattr(self, inode, ctx):
+        return self.fs.listxattr(inode)
+
+    @_boundary(mutates=True)
+    async def removexattr(self, inode, name, ctx):
+        if name.startswith(CONTROL_PREFIX):
+            # Control names are requests, never stored.
+            raise pyfuse3.FUSEError(errno.ENODATA)
+        self.fs.removexattr(inode, name)
+
+    async def _control_getxattr(self, inode, name, ctx) -> bytes:
+        """Hook for the control protocol (daxfs/control.py)."""
+        raise pyfuse3.FUSEError(errno.ENOTSUP)
+
+    async def _control_setxattr(self, inode, name, value, ctx) -> None:
+        """Hook for the control protocol (daxfs/control.py)."""
+        raise pyfuse3.FUSEError(errno.ENOTSUP)
+
+    # ---------------------------------------------------------- permissions
+
+    @_boundary()
+    async def access(self, inode, mode, ctx):
+        """Only asked without `default_permissions` (daxfs always mounts
+        with it); kept so that such a mount is not wide open."""
+        attr = self.fs.getattr(inode)
+        if ctx.uid == 0:
+            if mode & os.X_OK and not stat.S_ISDIR(attr.mode) and not attr.mode & 0o111:
+                return False
+            return True
+        if ctx.uid == attr.uid:
+            bits = (attr.mode >> 6) & 7
+        elif attr.gid == ctx.gid or attr.gid in pyfuse3.get_sup_groups(ctx.pid):
+            bits = (attr.mode >> 3) & 7
+        else:
+            bits = attr.mode & 7
+        return (mode & bits) == mode

@@ -1,0 +1,131 @@
+"""The life of one mount: open the image, mount it with FUSE, serve requests,
+and take everything down again in the right order.
+
+What this module owns
+---------------------
+* the FUSE mount options (`fuse_options`): fsname=daxfs:IMAGE,
+  subtype=daxfs, default_permissions always, allow_other when root;
+* the lifecycle, built as an `AsyncExitStack` around a trio nursery (the
+  way S3QL's mount.py does it): every resource registers its cleanup as
+  soon as it exists, so a failure at any step undoes exactly the steps
+  before it;
+* signals: SIGTERM, SIGINT and SIGHUP end the FUSE main loop
+  (`pyfuse3.terminate`), after which the same path as a normal unmount runs.
+
+Teardown order (LIFO of the stack), whether the mount ended by
+`fusermount3 -u`, by a signal or by an error:
+
+1. the nursery ends (the background commit task stops);
+2. references the kernel never forgot are dropped (`forget_all`), so
+   files unlinked while open are freed;
+3. `fs.close()`: commit everything, unmap, unlock the image;
+4. `pyfuse3.close(unmount=True)`: unmounts if still mounted (libfuse
+   skips this when the kernel has already dropped the connection).
+
+It leaves the command line, daemonising and readiness to
+daxfs/cmd_mount.py, request handling to daxfs/fuse_ops.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+
+import pyfuse3
+import trio
+
+from daxfs.fuse_ops import Operations
+
+log = logging.getLogger(__name__)
+
+FSNAME_PREFIX = "daxfs:"
+SUBTYPE = "daxfs"
+
+
+def _escape_opt(value: str) -> str:
+    """libfuse splits -o on commas; a backslash escapes the next character."""
+    return value.replace("\\", "\\\\").replace(",", "\\,")
+
+
+def fsname_for(image: str) -> str:
+    """The mount source the kernel shows (in /proc/self/mountinfo)."""
+    return FSNAME_PREFIX + os.path.abspath(image)
+
+
+def fuse_options(image: str, extra=(), *, readonly: bool = False) -> set[str]:
+    """The option set for pyfuse3.init."""
+    opts = set(extra)
+    opts.discard("rw")
+    fsname = fsname_for(image)
+    if not fsname.isascii():
+        # pyfuse3 passes options as us-ascii: fall back to a generic name.
+        fsname = FSNAME_PREFIX.rstrip(":")
+    opts.add("fsname=" + _escape_opt(fsname))
+    opts.add("subtype=" + SUBTYPE)
+    # The kernel checks permissions from our st_mode/uid/gid; daxfs has
+    # no permission logic of its own.
+    opts.add("default_permissions")
+    if os.geteuid() == 0:
+        opts.add("allow_other")
+    if readonly:
+        opts.add("ro")
+    return opts
+
+
+async def _watch_signals(cancel_scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            log.info("received %s: unmounting", signal.Signals(signum).name)
+            pyfuse3.terminate()
+            return
+
+
+async def serve(fs, mountpoint: str, options: set[str], ops_factory=Operations) -> None:
+    """Mount `fs` at `mountpoint` and serve until unmounted or signalled.
+
+    `fs` is an open Filesystem; it is closed here in every case.
+    """
+    async with contextlib.AsyncExitStack() as stack:
+        closed = False
+
+        def close_fs():
+            nonlocal closed
+            if not closed:
+                closed = True
+                fs.close()
+                log.info("image closed")
+
+        stack.callback(close_fs)               # runs last: only if init failed
+        ops = ops_factory(fs)
+        pyfuse3.init(ops, mountpoint, options)
+        log.info("mounted on %s (options %s)", mountpoint, ",".join(sorted(options)))
+        stack.callback(pyfuse3.close, unmount=True)
+
+        def release():
+            ops.forget_all()
+            close_fs()
+
+        stack.callback(release)                # runs before pyfuse3.close
+        nursery = await stack.enter_async_context(trio.open_nursery())
+        nursery.start_soon(ops.commit_loop)
+        nursery.start_soon(_watch_signals, nursery.cancel_scope)
+        await pyfuse3.main()
+        log.info("FUSE main loop ended")
+        nursery.cancel_scope.cancel()
+
+
+def run(image: str, mountpoint: str, extra_options=(), *, readonly: bool = False,
+        opener=None) -> None:
+    """Open `image`, mount it and serve; returns after unmount.
+
+    Raises the engine's errors (NotAnImage, ImageLocked, Corrupted) before
+    anything is mounted, and RuntimeError if FUSE refuses the mount.
+    """
+    if opener is None:
+        from daxfs.fs import Filesystem
+        opener = Filesystem.open
+    fs = opener(image, readonly=readonly)
+    options = fuse_options(image, extra_options, readonly=readonly)
+    trio.run(serve, fs, mountpoint, options)
