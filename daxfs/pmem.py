@@ -162,7 +162,12 @@ class Pmem:
             try:
                 self.mm.close()
             except BufferError:
-                log.warning("views of %s still exist at close", self.path)
+                import gc
+                gc.collect()
+                try:
+                    self.mm.close()
+                except BufferError:
+                    log.warning("views of %s still exist at close", self.path)
             self.mm = None
         self._release()
 

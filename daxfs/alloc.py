@@ -1,0 +1,242 @@
+"""Free space: the free-space B+tree (start -> length), the reserve pool of
+btree blocks, busy extents and the space reserve.
+
+* Data extents come from the free-space tree, nearest the goal first.
+* Btree nodes come from the reserve pool (kept in the superblock, like XFS's
+  AGFL), so that splitting the free-space or rmap tree never has to allocate
+  from the tree it is changing.  Pool blocks, free-space tree nodes and rmap
+  tree nodes share the rmap owner OWN_AG, so moving a block between them
+  changes no rmap record; a node taken by any other tree changes owner, and
+  that rmap update is queued and done at the next `settle()`.
+* `settle()` runs between record-level steps: it applies queued owner
+  changes and refills or drains the pool.
+* Blocks freed in the running transaction are busy: not handed out again
+  until the transaction that freed them is durable (data is stored straight
+  into blocks, so reusing them earlier could overwrite what the last
+  committed metadata still points at).
+* A reserve of blocks is kept back from ordinary allocations so that unlink,
+  rmdir and truncate (which may split trees) always succeed on a full device.
+"""
+
+import bisect
+import logging
+
+from .errors import Corrupted, NoSpace
+from .format import OWN_AG, own_tree
+
+log = logging.getLogger(__name__)
+
+POOL_LOW = 96
+POOL_TARGET = 128
+POOL_HIGH = 200
+
+
+class Allocator:
+    def __init__(self, vol):
+        self.vol = vol
+        self.sb = vol.sb
+        self.free_tree = vol.trees["free"]
+        self.rmap = vol.rmap
+        self._busy_s: list[int] = []
+        self._busy_e: list[int] = []
+        self._owner_changes: dict[int, list[int]] = {}   # bno -> [old owner, new owner]
+        self._settling = False
+        self.reserve = max(POOL_HIGH * 2, vol.total_blocks // 100)
+        self._rotor = 0
+
+    # ---- counters -------------------------------------------------------------
+    @property
+    def free_blocks(self) -> int:
+        return int(self.sb["free_blocks"])
+
+    def _add_free(self, d: int) -> None:
+        self.sb["free_blocks"] = self.free_blocks + d
+
+    def available(self) -> int:
+        """Blocks an ordinary allocation may still take."""
+        return max(0, self.free_blocks - self.reserve)
+
+    # ---- busy extents ---------------------------------------------------------
+    def clear_busy(self) -> None:
+        """The freeing transaction is durable: busy blocks may be reused."""
+        self._busy_s.clear()
+        self._busy_e.clear()
+
+    def _first_idle(self, s: int, e: int) -> tuple[int, int] | None:
+        """The first sub-range of [s, e) that is not busy."""
+        if not self._busy_s:
+            return (s, e)
+        while s < e:
+            i = bisect.bisect_right(self._busy_s, s) - 1
+            # any busy range starting at or before s that covers s?
+            covered = False
+            for k in range(max(0, i - 8), min(len(self._busy_s), i + 1)):
+                if self._busy_s[k] <= s < self._busy_e[k]:
+                    s = self._busy_e[k]
+                    covered = True
+            if covered:
+                continue
+            j = bisect.bisect_left(self._busy_s, s)
+            nxt = self._busy_s[j] if j < len(self._busy_s) else e
+            return (s, min(e, nxt))
+        return None
+
+    # ---- data extents ---------------------------------------------------------
+    def alloc(self, want: int, goal: int = 0, *, use_reserve: bool = False) -> tuple[int, int]:
+        """Allocate up to `want` contiguous blocks near `goal`: (start, count)."""
+        avail = self.free_blocks if use_reserve else self.available()
+        if avail <= 0:
+            raise NoSpace("no space left on device")
+        want = min(want, avail)
+        got = self._find(want, goal)
+        if got is None:
+            raise NoSpace("no space left on device (free space is busy until the next commit)")
+        s, n = got
+        self._take(s, n)
+        return s, n
+
+    def _find(self, want: int, goal: int):
+        tree = self.free_tree
+        if goal:
+            r = tree.last_le((goal,))
+            if r and r[0] + r[1] > goal:
+                idle = self._first_idle(goal, r[0] + r[1])
+                if idle:
+                    return idle[0], min(want, idle[1] - idle[0])
+        for start in ((goal,), None) if goal else (None,):
+            for s, n in tree.scan(lo=start):
+                idle = self._first_idle(s, s + n)
+                if idle:
+                    return idle[0], min(want, idle[1] - idle[0])
+        return None
+
+    def _take(self, s: int, n: int) -> None:
+        """Remove [s, s+n) from the free-space tree (it must be free)."""
+        tree = self.free_tree
+        r = tree.last_le((s,))
+        if r is None or r[0] + r[1] < s + n:
+            raise Corrupted(0, f"allocating blocks {s}+{n} that are not free")
+        rs, rl = r
+        re = rs + rl
+        if rs == s:
+            tree.delete((rs,))
+            if re > s + n:
+                tree.insert((s + n, re - s - n))
+        else:
+            tree.update((rs, s - rs))
+            if re > s + n:
+                tree.insert((s + n, re - s - n))
+        self._add_free(-n)
+
+    def free(self, s: int, n: int, *, busy: bool = True) -> None:
+        """Return [s, s+n) to free space (merging with neighbours)."""
+        tree = self.free_tree
+        fs_, fe_ = s, s + n
+        e = s + n
+        prev = tree.last_le((s,))
+        if prev and prev[0] + prev[1] > s:
+            raise Corrupted(s, f"freeing blocks {s}+{n}: already free ({prev[0]}+{prev[1]})")
+        nxt = None
+        for r in tree.scan(lo=(s,)):
+            nxt = r
+            break
+        if nxt and nxt[0] < e:
+            raise Corrupted(s, f"freeing blocks {s}+{n}: overlaps free extent {nxt[0]}+{nxt[1]}")
+        if prev and prev[0] + prev[1] == s:
+            s = prev[0]
+            if nxt and nxt[0] == e:
+                tree.delete(nxt[:1])
+                e = nxt[0] + nxt[1]
+            tree.update((s, e - s))
+        elif nxt and nxt[0] == e:
+            tree.delete(nxt[:1])
+            tree.insert((s, nxt[0] + nxt[1] - s))
+        else:
+            tree.insert((s, n))
+        self._add_free(n)
+        if busy:
+            i = bisect.bisect_left(self._busy_s, fs_)
+            self._busy_s.insert(i, fs_)
+            self._busy_e.insert(i, fe_)
+
+    # ---- btree nodes (reserve pool) ------------------------------------------
+    def _pool_count(self) -> int:
+        return int(self.sb["pool_count"])
+
+    def node_alloc(self, tree_id: int) -> int:
+        c = self._pool_count()
+        if c == 0:
+            raise NoSpace("btree reserve pool exhausted")
+        bno = int(self.sb["pool"][c - 1])
+        self.sb["pool_count"] = c - 1
+        owner = own_tree(tree_id)
+        if owner != OWN_AG:
+            self._queue_owner(bno, OWN_AG, owner)
+        return bno
+
+    def node_free(self, tree_id: int, bno: int) -> None:
+        c = self._pool_count()
+        if c >= len(self.sb["pool"]):
+            raise Corrupted(bno, "btree reserve pool overflow")
+        self.sb["pool"][c] = bno
+        self.sb["pool_count"] = c + 1
+        owner = own_tree(tree_id)
+        if owner != OWN_AG:
+            self._queue_owner(bno, owner, OWN_AG)
+
+    def _queue_owner(self, bno: int, old: int, new: int) -> None:
+        ch = self._owner_changes.get(bno)
+        if ch is None:
+            self._owner_changes[bno] = [old, new]
+        else:
+            ch[1] = new
+
+    def settle(self) -> None:
+        """Apply queued rmap owner changes and bring the pool back to size."""
+        if self._settling:
+            return
+        self._settling = True
+        try:
+            while self._owner_changes:
+                changes, self._owner_changes = self._owner_changes, {}
+                for bno, (old, new) in changes.items():
+                    if old != new:
+                        self.rmap.change_owner(bno, old, new)
+            c = self._pool_count()
+            if c < POOL_LOW:
+                self._refill()
+            elif c > POOL_HIGH:
+                self._drain()
+        finally:
+            self._settling = False
+
+    def _refill(self) -> None:
+        while self._pool_count() < POOL_TARGET:
+            need = POOL_TARGET - self._pool_count()
+            if self.free_blocks <= 0:
+                if self._pool_count() == 0:
+                    raise NoSpace("no space left for metadata")
+                return
+            got = self._find(need, self._rotor)
+            if got is None:
+                return
+            s, n = got
+            self._take(s, n)
+            self._rotor = s + n
+            for b in range(s, s + n):
+                c = self._pool_count()
+                self.sb["pool"][c] = b
+                self.sb["pool_count"] = c + 1
+                self.rmap.map_meta(b, OWN_AG)
+
+    def _drain(self) -> None:
+        while self._pool_count() > POOL_TARGET:
+            c = self._pool_count()
+            bno = int(self.sb["pool"][c - 1])
+            self.sb["pool_count"] = c - 1
+            self.rmap.unmap_meta(bno, OWN_AG)
+            self.vol.journal.discard(bno)
+            self.free(bno, 1)
+
+    def pool_blocks(self) -> list[int]:
+        return [int(b) for b in self.sb["pool"][:self._pool_count()]]

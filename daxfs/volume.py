@@ -1,0 +1,156 @@
+"""An open filesystem image below the POSIX layer: the device, the journal,
+the in-core superblock, the eight trees, the allocator, rmap and refcount,
+bound together; plus making a new image (mkfs) and committing.
+
+Open order: map the device, find a superblock (or compute the layout from
+the device size), replay the log, then read the superblock for real.
+Commit order: settle the allocator, seal both superblock copies into the
+transaction, then journal.commit() (see journal.py).
+"""
+
+import logging
+import os
+import time
+import uuid
+
+import numpy as np
+
+from .alloc import Allocator, POOL_TARGET
+from .btree import BTree
+from .errors import Corrupted, InvalidArgument
+from .format import (BLOCK_SIZE, FEAT_REFLINK, FEAT_RMAP, FIRST_INO, FORMAT_VERSION,
+                     MIN_IMAGE_BYTES, OWN_AG, OWN_FS, OWN_LOG, SB_DTYPE, SB_MAGIC)
+from .journal import Journal, replay
+from .pmem import Pmem
+from .refcount import Refcount
+from .rmap import Rmap
+from .superblock import layout, read_superblock, secondary_bno, write_superblocks
+from .trees import SPECS
+
+log = logging.getLogger(__name__)
+
+MAX_IMAGE_BYTES = 1 << 50
+
+
+class Volume:
+    def __init__(self, pmem: Pmem, sb_arr: np.ndarray, note: str = ""):
+        self.pmem = pmem
+        self.sb_arr = sb_arr
+        self.sb = sb_arr[0]
+        self.note = note
+        self.total_blocks = int(self.sb["total_blocks"])
+        self.has_rmap = bool(int(self.sb["features"]) & FEAT_RMAP)
+        self.journal = Journal(pmem, int(self.sb["log_start"]), int(self.sb["log_blocks"]),
+                               int(self.sb["generation"]))
+        self.verified: set[int] = set()
+        self.trees = {}
+        for name, spec in SPECS.items():
+            if name == "rmap" and not self.has_rmap:
+                continue
+            self.trees[name] = BTree(spec, self.journal, self.sb, None, self.verified)
+        self.rmap = Rmap(self.trees.get("rmap"))
+        self.refcount = Refcount(self.trees["refcount"])
+        self.alloc = Allocator(self)
+        for t in self.trees.values():
+            t.alloc = self.alloc
+
+    # ---- open / create ----------------------------------------------------
+    @classmethod
+    def open(cls, path: str, *, readonly: bool = False, private: bool = False) -> "Volume":
+        pmem = Pmem(path, readonly=readonly, private=private)
+        try:
+            log_start, log_blocks = layout(pmem.nblocks)
+            try:
+                sb_arr, _ = read_superblock(pmem)
+                log_start = int(sb_arr[0]["log_start"])
+                log_blocks = int(sb_arr[0]["log_blocks"])
+            except Corrupted:
+                pass  # both copies bad: the log (found by layout) may mend them
+            replay(pmem, log_start, log_blocks)
+            sb_arr, note = read_superblock(pmem)
+            vol = cls(pmem, sb_arr, note)
+            if note and not readonly:
+                vol.mark_dirty_sb()
+            return vol
+        except BaseException:
+            pmem.close()
+            raise
+
+    @classmethod
+    def create(cls, path: str, size: int, *, rmap: bool = True, private: bool = False) -> "Volume":
+        if size < MIN_IMAGE_BYTES:
+            raise InvalidArgument(f"size {size} is below the minimum of {MIN_IMAGE_BYTES} bytes (16 MiB)")
+        if size > MAX_IMAGE_BYTES:
+            raise InvalidArgument(f"size {size} is above the maximum of {MAX_IMAGE_BYTES} bytes")
+        size -= size % BLOCK_SIZE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            os.ftruncate(fd, 0)
+            os.ftruncate(fd, size)
+        finally:
+            os.close(fd)
+        pmem = Pmem(path, private=private)
+        try:
+            total = pmem.nblocks
+            log_start, log_blocks = layout(total)
+            sb_arr = np.zeros(1, dtype=SB_DTYPE)
+            sb = sb_arr[0]
+            sb["magic"] = SB_MAGIC
+            sb["version"] = FORMAT_VERSION
+            sb["block_size"] = BLOCK_SIZE
+            sb["features"] = (FEAT_RMAP | FEAT_REFLINK) if rmap else 0
+            sb["uuid"] = uuid.uuid4().bytes
+            sb["total_blocks"] = total
+            sb["log_start"] = log_start
+            sb["log_blocks"] = log_blocks
+            sb["next_ino"] = FIRST_INO
+            sb["created_ns"] = time.time_ns()
+            pmem.blocks(log_start, 1)[:] = 0
+            first = log_start + log_blocks
+            pool = list(range(first, first + POOL_TARGET))
+            sb["pool"][:len(pool)] = pool
+            sb["pool_count"] = len(pool)
+            vol = cls(pmem, sb_arr)
+            data_start = first + POOL_TARGET
+            data_len = secondary_bno(total) - data_start
+            vol.trees["free"].insert((data_start, data_len))
+            sb["free_blocks"] = data_len
+            vol.rmap.map_meta(0, OWN_FS)
+            vol.rmap.map_meta(secondary_bno(total), OWN_FS)
+            vol.rmap.map(log_start, OWN_LOG, 0, log_blocks)
+            for b in pool:
+                vol.rmap.map_meta(b, OWN_AG)
+            vol.alloc.settle()
+            return vol
+        except BaseException:
+            pmem.close()
+            raise
+
+    # ---- commit -------------------------------------------------------------
+    def mark_dirty_sb(self) -> None:
+        self._sb_dirty = True
+
+    def commit(self) -> None:
+        """Make every change so far durable and atomic (a group commit)."""
+        j = self.journal
+        if not j.dirty and not getattr(self, "_sb_dirty", False):
+            if j.data_ranges:
+                j.commit()
+            return
+        self.alloc.settle()
+        self.sb["generation"] = j.seq + 1
+        write_superblocks(j, self.sb_arr, self.total_blocks)
+        j.commit()
+        self.verified.update(range(0))  # sealed blocks were written by us
+        self.alloc.clear_busy()
+        self._sb_dirty = False
+
+    def needs_commit(self) -> bool:
+        return self.journal.pending > self.journal.capacity // 2
+
+    def close(self) -> None:
+        if not self.pmem.readonly:
+            self.commit()
+        self.trees = {}
+        self.journal = None
+        self.pmem.close()
