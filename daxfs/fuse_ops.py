@@ -19,7 +19,8 @@ What this module owns
   `pyfuse3.invalidate_inode` inside a handler deadlocks the kernel);
 * the dispatch of the private control names ``user.daxfs.*`` to the
   `_control_getxattr` / `_control_setxattr` hooks (filled in by
-  daxfs/control.py), and the mount probe ``user.daxfs.probe``.
+  daxfs/control.py), and the mount probe ``user.daxfs.probe`` (answered
+  here at once, with control.PROBE_VALUE).
 
 What it leaves to others: all filesystem logic (permissions beyond the
 setgid-directory rule, times, space, durability) is the engine's; mounting,
@@ -76,6 +77,7 @@ from collections import defaultdict
 import pyfuse3
 import trio
 
+from daxfs import control
 from daxfs.errors import DaxfsError
 
 log = logging.getLogger(__name__)
@@ -86,9 +88,11 @@ BLKSIZE = 4096          # st_blksize, f_bsize, f_frsize
 NAME_MAX = 255
 COMMIT_INTERVAL = 1.0   # seconds between background group commits
 
-CONTROL_PREFIX = b"user.daxfs."
-PROBE_NAME = b"user.daxfs.probe"
-PROBE_VALUE = b"daxfs1"
+# The control protocol's names and the probe's value are daxfs/control.py's
+# (the LD_PRELOAD library compares the probe value byte for byte).
+CONTROL_PREFIX = control.PREFIX
+PROBE_NAME = control.PROBE_NAME
+PROBE_VALUE = control.PROBE_VALUE
 
 
 def _boundary(*, mutates: bool = False):
