@@ -56,6 +56,13 @@ class Allocator:
         """Blocks an ordinary allocation may still take."""
         return max(0, self.free_blocks - self.reserve)
 
+    def save_state(self):
+        return (list(self._busy_s), list(self._busy_e),
+                {k: list(v) for k, v in self._owner_changes.items()})
+
+    def restore_state(self, state) -> None:
+        self._busy_s, self._busy_e, self._owner_changes = state
+
     # ---- busy extents ---------------------------------------------------------
     def clear_busy(self) -> None:
         """The freeing transaction is durable: busy blocks may be reused."""

@@ -76,6 +76,7 @@ class Journal:
         self.dirty: dict[int, np.ndarray] = {}
         self.data_ranges: list[tuple[int, int]] = []
         self.commits = 0
+        self._undo: dict[int, np.ndarray | None] | None = None
 
     # ---- access -----------------------------------------------------------
     def read(self, bno: int) -> np.ndarray:
@@ -89,6 +90,8 @@ class Journal:
     def write(self, bno: int) -> np.ndarray:
         """A writable shadow of a block, copied from the device on first use."""
         blk = self.dirty.get(bno)
+        if self._undo is not None and bno not in self._undo:
+            self._undo[bno] = None if blk is None else blk.copy()
         if blk is None:
             self.pmem.check_load(bno)
             blk = self.pmem.block(bno).copy()
@@ -97,13 +100,37 @@ class Journal:
 
     def new(self, bno: int) -> np.ndarray:
         """A zeroed shadow for a block whose old contents do not matter."""
+        if self._undo is not None and bno not in self._undo:
+            old = self.dirty.get(bno)
+            self._undo[bno] = None if old is None else old.copy()
         blk = np.zeros(BLOCK_SIZE, dtype=np.uint8)
         self.dirty[bno] = blk
         return blk
 
     def discard(self, bno: int) -> None:
         """Forget a shadow: the block was freed in this transaction."""
-        self.dirty.pop(bno, None)
+        old = self.dirty.pop(bno, None)
+        if self._undo is not None and bno not in self._undo:
+            self._undo[bno] = old
+
+    # ---- one operation inside the running transaction ----------------------
+    def begin_op(self) -> None:
+        """Start remembering how to undo the blocks this operation touches."""
+        self._undo = {}
+
+    def end_op(self) -> None:
+        self._undo = None
+
+    def rollback_op(self) -> None:
+        """Put every block the current operation touched back as it was."""
+        if self._undo is None:
+            return
+        for bno, old in self._undo.items():
+            if old is None:
+                self.dirty.pop(bno, None)
+            else:
+                self.dirty[bno] = old
+        self._undo = None
 
     def note_data(self, bno: int, n: int) -> None:
         """Remember data blocks stored directly, to flush before the commit."""
@@ -124,6 +151,7 @@ class Journal:
                 self.pmem.flush(self.data_ranges)
                 self.data_ranges = []
             return
+        self._undo = None
         if len(self.dirty) > self.capacity:
             raise LogFull(f"{len(self.dirty)} dirty blocks, log holds {self.capacity}")
         pm = self.pmem

@@ -126,6 +126,23 @@ class Volume:
             pmem.close()
             raise
 
+    # ---- one operation: all or nothing inside the running transaction ------
+    def begin_op(self) -> None:
+        self.journal.begin_op()
+        self._sb_saved = self.sb_arr.copy()
+        self._alloc_saved = self.alloc.save_state()
+
+    def end_op(self) -> None:
+        self.journal.end_op()
+        self._sb_saved = None
+
+    def rollback_op(self) -> None:
+        self.journal.rollback_op()
+        if getattr(self, "_sb_saved", None) is not None:
+            self.sb_arr[:] = self._sb_saved
+            self.alloc.restore_state(self._alloc_saved)
+        self._sb_saved = None
+
     # ---- commit -------------------------------------------------------------
     def mark_dirty_sb(self) -> None:
         self._sb_dirty = True
@@ -141,7 +158,6 @@ class Volume:
         self.sb["generation"] = j.seq + 1
         write_superblocks(j, self.sb_arr, self.total_blocks)
         j.commit()
-        self.verified.update(range(0))  # sealed blocks were written by us
         self.alloc.clear_busy()
         self._sb_dirty = False
 

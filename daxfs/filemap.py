@@ -1,0 +1,350 @@
+"""What extent-map records mean, and the data path built on them: read,
+write with copy-on-write of shared extents, truncate, clone, dedupe and
+FIEMAP.
+
+Extent record (ino, file block) -> (physical block, length, flags).  Every
+change to a file's mapping is mirrored in the rmap (one rmap record per
+extent record) and, for shared ranges, in the refcount tree; blocks whose
+owner count falls to zero go back to free space.  File data is loaded and
+stored straight from the mapping (DAX): nothing is cached here.
+
+Invariants kept for every file: bytes past EOF inside the last block are
+zero; a newly allocated block is fully written (data or zeros) before the
+commit that maps it.
+"""
+
+import numpy as np
+
+from .attrs import FIEMAP_EXTENT_LAST, FIEMAP_EXTENT_SHARED, FiemapExtent
+from .errors import MediaError, NoSpace
+from .format import BLOCK_SIZE as BS
+
+_END = (1 << 64) - 1
+
+
+class FileMap:
+    def __init__(self, vol, step=None):
+        self.vol = vol
+        self.tree = vol.trees["bmap"]
+        self.rmap = vol.rmap
+        self.refc = vol.refcount
+        self.alloc = vol.alloc
+        self.pmem = vol.pmem
+        self.journal = vol.journal
+        self.step = step or (lambda: None)
+
+    # ---- mapping ------------------------------------------------------------
+    def extents(self, ino: int, start: int, end: int) -> list[tuple[int, int, int]]:
+        """(file block, physical block, length) of every extent meeting
+        file blocks [start, end), clipped to that range, in order."""
+        out = []
+        prev = self.tree.last_le((ino, start))
+        if prev and prev[0] == ino and prev[1] < start < prev[1] + prev[3]:
+            f, p, n = prev[1], prev[2], prev[3]
+            cut = start - f
+            out.append((start, p + cut, min(n - cut, end - start)))
+        for rec in self.tree.scan(lo=(ino, start), hi=(ino,)):
+            f, p, n = rec[1], rec[2], rec[3]
+            if f >= end:
+                break
+            out.append((f, p, min(n, end - f)))
+        return out
+
+    def last_block(self, ino: int) -> int:
+        """One past the last mapped file block (0 if none)."""
+        rec = self.tree.last_le((ino, _END))
+        if rec and rec[0] == ino:
+            return rec[1] + rec[3]
+        return 0
+
+    def map(self, ino: int, foff: int, pblk: int, n: int) -> None:
+        """Map file blocks [foff, foff+n) to [pblk, pblk+n) (a hole now)."""
+        if foff:
+            prev = self.tree.last_le((ino, foff - 1))
+            if (prev and prev[0] == ino and prev[1] + prev[3] == foff
+                    and prev[2] + prev[3] == pblk and prev[4] == 0):
+                self.tree.update((ino, prev[1], prev[2], prev[3] + n, 0))
+                self.rmap.resize(prev[2], ino, prev[1], prev[3] + n)
+                return
+        self.tree.insert((ino, foff, pblk, n, 0))
+        self.rmap.map(pblk, ino, foff, n)
+
+    def unmap(self, ino: int, start: int, end: int, limit: int = 0) -> tuple[list, int]:
+        """Remove the mapping of file blocks [start, end).  Returns the
+        physical (block, count) ranges removed and the file block reached
+        (== end unless `limit` extents were done first)."""
+        removed = []
+        reached = end
+        for k, (f, p, n) in enumerate(self.extents(ino, start, end)):
+            if limit and k >= limit:
+                reached = f
+                break
+            rec = self.tree.last_le((ino, f))
+            rf, rp, rn = rec[1], rec[2], rec[3]
+            a, b = f, f + n
+            if rf < a:
+                self.tree.update((ino, rf, rp, a - rf, 0))
+                self.rmap.resize(rp, ino, rf, a - rf)
+            else:
+                self.tree.delete((ino, rf))
+                self.rmap.unmap(rp, ino, rf)
+            if b < rf + rn:
+                self.tree.insert((ino, b, rp + (b - rf), rf + rn - b, 0))
+                self.rmap.map(rp + (b - rf), ino, b, rf + rn - b)
+            removed.append((p, n))
+        return removed, reached
+
+    def release(self, ranges) -> None:
+        """Drop one owner from each physical range; free what nobody owns."""
+        for p, n in ranges:
+            for s, k in self.refc.adjust(p, n, -1):
+                self._free_data(s, k)
+
+    def _free_data(self, s: int, k: int) -> None:
+        bad = self.pmem.bad
+        if bad and bad.first_bad(s, k) is not None:
+            # nobody owns these bytes any more: clear the poison (a recovery write)
+            for b, n in bad.ranges():
+                lo, hi = max(b, s), min(b + n, s + k)
+                if lo < hi:
+                    self.pmem.blocks(lo, hi - lo)[:] = 0
+                    self.journal.note_data(lo, hi - lo)
+                    bad.clear(lo, hi - lo)
+        self.alloc.free(s, k)
+
+    # ---- loads and stores -----------------------------------------------------
+    def _load_check(self, p: int, n: int) -> None:
+        self.pmem.check_load(p, n)
+
+    def read(self, ino: int, off: int, size: int, file_size: int) -> bytes:
+        end = min(off + size, file_size)
+        if off >= end:
+            return b""
+        b0, b1 = off // BS, (end + BS - 1) // BS
+        exts = self.extents(ino, b0, b1)
+        buf = self.pmem.buf
+        if len(exts) == 1 and exts[0][0] == b0 and exts[0][2] == b1 - b0:
+            p = exts[0][1]
+            self._load_check(p, b1 - b0)
+            o = p * BS + (off - b0 * BS)
+            return buf[o:o + end - off].tobytes()
+        out = bytearray(end - off)
+        for f, p, n in exts:
+            self._load_check(p, n)
+            lo = max(off, f * BS)
+            hi = min(end, (f + n) * BS)
+            src = p * BS + (lo - f * BS)
+            out[lo - off:hi - off] = buf[src:src + hi - lo]
+        return bytes(out)
+
+    def _store(self, p: int, boff: int, data, d0: int, d1: int) -> None:
+        """Store data[d0:d1] at byte boff of physical block p onwards."""
+        o = p * BS + boff
+        self.pmem.buf[o:o + d1 - d0] = np.frombuffer(data, dtype=np.uint8, count=d1 - d0,
+                                                    offset=d0)
+
+    def write(self, inode, off: int, data) -> int:
+        """Store data at byte off of the file; allocates holes, copies shared
+        blocks on write.  Returns bytes written (short only on ENOSPC after
+        some progress).  Does not change the size; the caller does."""
+        ino = inode.ino
+        n = len(data)
+        end = off + n
+        b0, b1 = off // BS, (end + BS - 1) // BS
+        pos = b0
+        goal = 0
+        try:
+            for f, p, k in self.extents(ino, b0, b1) + [(b1, 0, 0)]:
+                if pos < f:
+                    goal = self._fill_hole(inode, pos, f, off, end, data, goal)
+                if k:
+                    self._overwrite(inode, f, p, k, off, end, data)
+                    goal = p + k
+                pos = f + k
+        except NoSpace:
+            done = pos * BS - off
+            if done > 0:
+                return min(done, n)
+            raise
+        return n
+
+    def _fill_hole(self, inode, f0: int, f1: int, off: int, end: int, data, goal: int) -> int:
+        ino = inode.ino
+        if not goal:
+            goal = self._goal(ino, f0)
+        while f0 < f1:
+            p, k = self.alloc.alloc(f1 - f0, goal)
+            self._fill_new(p, f0, k, off, end, data, None)
+            self.map(ino, f0, p, k)
+            inode.blocks += k
+            self.step()
+            f0 += k
+            goal = p + k
+        return goal
+
+    def _goal(self, ino: int, f: int) -> int:
+        prev = self.tree.last_le((ino, f))
+        if prev and prev[0] == ino:
+            return prev[2] + prev[3] + (f - prev[1] - prev[3])
+        return 0
+
+    def _fill_new(self, p: int, f: int, k: int, off: int, end: int, data, old_p) -> None:
+        """Write new blocks [p, p+k) standing for file blocks [f, f+k): the
+        data where it falls, the old blocks' bytes (old_p, CoW) or zeros
+        elsewhere."""
+        lo = f * BS
+        hi = (f + k) * BS
+        buf = self.pmem.buf
+        d_lo, d_hi = max(off, lo), min(end, hi)
+        if d_lo > lo:
+            if old_p is None:
+                buf[p * BS:p * BS + d_lo - lo] = 0
+            else:
+                self._load_check(old_p, 1)
+                buf[p * BS:p * BS + d_lo - lo] = buf[old_p * BS:old_p * BS + d_lo - lo]
+        if d_hi < hi:
+            t = p * BS + (d_hi - lo)
+            if old_p is None:
+                buf[t:(p + k) * BS] = 0
+            else:
+                last = old_p + k - 1
+                self._load_check(last, 1)
+                s = old_p * BS + (d_hi - lo)
+                buf[t:(p + k) * BS] = buf[s:(old_p + k) * BS]
+        if d_lo < d_hi:
+            self._store(p, d_lo - lo, data, d_lo - off, d_hi - off)
+        self.journal.note_data(p, k)
+
+    def _overwrite(self, inode, f: int, p: int, k: int, off: int, end: int, data) -> None:
+        for s, length, rc in self.refc.segments(p, k):
+            sf = f + (s - p)
+            if rc == 1:
+                self._store_in_place(s, sf, length, off, end, data)
+            else:
+                self._cow(inode, sf, s, length, off, end, data)
+
+    def _store_in_place(self, p: int, f: int, k: int, off: int, end: int, data) -> None:
+        lo, hi = f * BS, (f + k) * BS
+        d_lo, d_hi = max(off, lo), min(end, hi)
+        bad = self.pmem.bad
+        if bad:
+            first = bad.first_bad(p, k)
+            if first is not None:
+                # whole aligned blocks stored over a bad range clear it; a
+                # partial store would have to load the bad bytes: EIO
+                for b in range(p, p + k):
+                    if bad.first_bad(b, 1) is None:
+                        continue
+                    bl, bh = lo + (b - p) * BS, lo + (b - p + 1) * BS
+                    if d_lo > bl or d_hi < bh:
+                        raise MediaError(b)
+                self._store(p, d_lo - lo, data, d_lo - off, d_hi - off)
+                for b in range(p, p + k):
+                    if bad.first_bad(b, 1) is not None:
+                        bad.clear(b, 1)
+                self.journal.note_data(p, k)
+                return
+        self._store(p, d_lo - lo, data, d_lo - off, d_hi - off)
+        self.journal.note_data(p, k)
+
+    def _cow(self, inode, f: int, p: int, k: int, off: int, end: int, data) -> None:
+        """Copy-on-write: give file blocks [f, f+k) (now on shared blocks
+        [p, p+k)) new blocks holding the old bytes plus this write."""
+        ino = inode.ino
+        # only the blocks the write touches are copied
+        lo_f = max(f, off // BS)
+        hi_f = min(f + k, (end + BS - 1) // BS)
+        while lo_f < hi_f:
+            old = p + (lo_f - f)
+            np_, got = self.alloc.alloc(hi_f - lo_f, old + k)
+            self._fill_new(np_, lo_f, got, off, end, data, old)
+            removed, _ = self.unmap(ino, lo_f, lo_f + got)
+            self.release(removed)
+            self.map(ino, lo_f, np_, got)
+            self.step()
+            lo_f += got
+
+    def zero_tail(self, inode, size: int) -> None:
+        """Zero the bytes from size to the end of its block (truncate)."""
+        if size % BS == 0:
+            return
+        b = size // BS
+        if not self.extents(inode.ino, b, b + 1):
+            return
+        self.write(inode, size, bytes(BS - size % BS))
+
+    def truncate_blocks(self, inode, first_block: int) -> None:
+        """Unmap and release every block of the file from first_block on, in
+        steps that each leave the file consistent."""
+        while True:
+            removed, reached = self.unmap(inode.ino, first_block, _END, limit=64)
+            self.release(removed)
+            inode.blocks -= sum(n for _, n in removed)
+            if reached == _END:
+                return
+            self.step()
+
+    # ---- sharing -------------------------------------------------------------
+    def clone(self, src, s_blk: int, dst, d_blk: int, nblk: int) -> None:
+        """Make dst's file blocks [d_blk, d_blk+nblk) share src's blocks
+        [s_blk, s_blk+nblk) (holes stay holes)."""
+        pieces = self.extents(src.ino, s_blk, s_blk + nblk)
+        removed, _ = self.unmap(dst.ino, d_blk, d_blk + nblk)
+        for p, n in removed:
+            for s, k in self.refc.adjust(p, n, -1):
+                self._free_data(s, k)
+        dst.blocks -= sum(n for _, n in removed)
+        for f, p, n in pieces:
+            self.refc.adjust(p, n, +1)
+            self.map(dst.ino, d_blk + (f - s_blk), p, n)
+            dst.blocks += n
+            self.step()
+
+    def view(self, ino: int, off: int, length: int, file_size: int):
+        """The bytes [off, off+length) as a numpy array: a view on the mapping
+        when they are contiguous on the device, else a copy."""
+        b0, b1 = off // BS, (off + length + BS - 1) // BS
+        exts = self.extents(ino, b0, b1)
+        if len(exts) == 1 and exts[0][0] == b0 and exts[0][2] == b1 - b0:
+            p = exts[0][1]
+            self._load_check(p, b1 - b0)
+            o = p * BS + off - b0 * BS
+            return self.pmem.buf[o:o + length]
+        return np.frombuffer(self.read(ino, off, length, file_size), dtype=np.uint8)
+
+    def same_bytes(self, a, a_off: int, b, b_off: int, length: int) -> bool:
+        """Compare two ranges in place, in chunks."""
+        step = 64 << 20
+        done = 0
+        while done < length:
+            n = min(step, length - done)
+            va = self.view(a.ino, a_off + done, n, a.size)
+            vb = self.view(b.ino, b_off + done, n, b.size)
+            if va.shape != vb.shape or not np.array_equal(va, vb):
+                return False
+            done += n
+        return True
+
+    def fiemap(self, ino: int, start: int, length: int, file_size: int) -> list[FiemapExtent]:
+        b0 = start // BS
+        b1 = (min(start + length, max(file_size, 0)) + BS - 1) // BS if length else b0
+        out = []
+        for f, p, n in self.extents(ino, b0, max(b1, b0)):
+            for s, k, rc in self.refc.segments(p, n):
+                flags = FIEMAP_EXTENT_SHARED if rc > 1 else 0
+                logical = (f + (s - p)) * BS
+                if out and flags == out[-1].flags and \
+                        out[-1].logical + out[-1].length == logical and \
+                        out[-1].physical + out[-1].length == s * BS:
+                    last = out.pop()
+                    out.append(FiemapExtent(last.logical, last.physical,
+                                            last.length + k * BS, flags))
+                else:
+                    out.append(FiemapExtent(logical, s * BS, k * BS, flags))
+        if out:
+            end_blk = self.last_block(ino)
+            last = out[-1]
+            if (last.logical + last.length) // BS >= end_blk:
+                out[-1] = FiemapExtent(last.logical, last.physical, last.length,
+                                       last.flags | FIEMAP_EXTENT_LAST)
+        return out

@@ -1,0 +1,729 @@
+"""The filesystem API: POSIX operations over one open image, with no FUSE in
+sight.  The FUSE adapter (fuse_ops.py), the tools and the tests all call it.
+
+Every public operation runs as one atomic step inside the running
+(group-commit) transaction: if it raises, everything it changed is rolled
+back (`_op`).  Transactions commit when the log fills up, on `commit()`
+(called by the daemon on a timer), on `fsync` and on `close`.  A metadata
+block that fails verification or sits on a poisoned range shuts the
+filesystem down: every later operation raises Shutdown (EIO) until it is
+unmounted and checked.
+
+Names are bytes; inode numbers, offsets and times (ns) are ints.  Errors are
+the classes in errors.py.
+"""
+
+import errno
+import functools
+import logging
+import stat
+import time
+
+from .attrs import DedupeResult, DirEntry, FILE_DEDUPE_RANGE_DIFFERS, StatFs
+from .dirs import Dirs, check_name
+from .errors import (BadFileDescriptor, Corrupted, CrossDevice, DaxfsError, Exists,
+                     FileTooBig, InvalidArgument, IsADirectory, NoSpace, NotADirectory,
+                     NotEmpty, NotFound, NotPermitted, NotSupported, ReadOnly, Shutdown,
+                     TooManyLinks)
+from .filemap import FileMap
+from .format import (BLOCK_SIZE as BS, DT_BLK, DT_CHR, DT_DIR, DT_FIFO, DT_LNK, DT_REG,
+                     DT_SOCK, FEAT_REFLINK, LINK_MAX, MAX_FILE_BYTES, ROOT_INO, STATE_NEEDS_CHECK,
+                     SYMLINK_MAX)
+from .inodes import Inodes
+from .volume import Volume
+from .xattrs import Xattrs
+
+log = logging.getLogger(__name__)
+
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+DEDUPE_MAX = 1 << 30          # the VFS caps one dedupe request at 1 GiB
+
+_DT = {stat.S_IFREG: DT_REG, stat.S_IFDIR: DT_DIR, stat.S_IFLNK: DT_LNK,
+       stat.S_IFIFO: DT_FIFO, stat.S_IFCHR: DT_CHR, stat.S_IFBLK: DT_BLK,
+       stat.S_IFSOCK: DT_SOCK}
+
+
+def _op(method):
+    """Run a public operation atomically; shut down on metadata corruption."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        if self.shutdown_reason:
+            raise Shutdown(f"filesystem shut down: {self.shutdown_reason}")
+        if self._in_op:
+            return method(self, *args, **kwargs)
+        self._in_op = True
+        self.vol.begin_op()
+        try:
+            result = method(self, *args, **kwargs)
+        except Corrupted as e:
+            self.vol.rollback_op()
+            self._shut_down(str(e))
+            raise Shutdown(f"filesystem shut down: {e}") from e
+        except BaseException:
+            self.vol.rollback_op()
+            raise
+        finally:
+            self._in_op = False
+        self.vol.end_op()
+        if self.vol.needs_commit():
+            self.commit()
+        return result
+    return wrapper
+
+
+class Filesystem:
+    root_ino = ROOT_INO
+
+    def __init__(self, vol: Volume):
+        self.vol = vol
+        self.readonly = vol.pmem.readonly
+        self.inodes = Inodes(vol)
+        self.dirs = Dirs(vol)
+        self.xattrs = Xattrs(vol)
+        self.filemap = FileMap(vol, step=self._step)
+        self.shutdown_reason = ""
+        self._in_op = False
+        self._step_inodes = []
+        self.has_rmap = vol.has_rmap
+        self.reflink = bool(int(vol.sb["features"]) & FEAT_REFLINK)
+
+    # ---- lifecycle ---------------------------------------------------------
+    @classmethod
+    def open(cls, image_path: str, *, readonly: bool = False, private: bool = False) -> "Filesystem":
+        vol = Volume.open(image_path, readonly=readonly, private=private)
+        fs = cls(vol)
+        if not readonly:
+            try:
+                fs._reap_orphans()
+                vol.sb["mount_count"] = int(vol.sb["mount_count"]) + 1
+                vol.mark_dirty_sb()
+                fs.commit()
+            except BaseException:
+                vol.pmem.close()
+                raise
+        return fs
+
+    def close(self) -> None:
+        if self.vol is None:
+            return
+        if not self.readonly and not self.shutdown_reason:
+            self._reap_orphans()
+            self.vol.close()
+        else:
+            self.vol.pmem.close()
+        self.vol = None
+
+    def commit(self) -> None:
+        """Make every change so far durable (group commit)."""
+        if self.shutdown_reason or self.readonly:
+            return
+        self.vol.commit()
+
+    def _shut_down(self, why: str) -> None:
+        if self.shutdown_reason:
+            return
+        self.shutdown_reason = why
+        log.error("metadata error, shutting down: %s; unmount and run 'daxfs check'", why)
+        # remember on the device that a check is needed (best effort, directly)
+        try:
+            for bno in (0, self.vol.total_blocks - 1):
+                pass
+        except Exception:
+            pass
+
+    def shut_down(self, why: str) -> None:
+        """Stop serving: every later operation fails with EIO."""
+        self._shut_down(why)
+
+    def _step(self) -> None:
+        """A consistent point inside a long operation: refill the pool and
+        commit if the log is filling up."""
+        self.vol.alloc.settle()
+        if self.vol.needs_commit():
+            for inode in self._step_inodes:
+                self.inodes.put(inode)
+            self.vol.end_op()
+            self.commit()
+            self.vol.begin_op()
+
+    def _writable(self):
+        if self.readonly:
+            raise ReadOnly("the filesystem is mounted read-only")
+
+    # ---- helpers -----------------------------------------------------------
+    def _dir(self, ino: int):
+        inode = self.inodes.get(ino)
+        if not inode.is_dir:
+            raise NotADirectory(f"inode {ino} is not a directory")
+        return inode
+
+    def _touch(self, inode, *, m=True, c=True) -> None:
+        now = time.time_ns()
+        if m:
+            inode.mtime = now
+        if c:
+            inode.ctime = now
+
+    def _need_space(self) -> None:
+        if self.vol.alloc.available() <= 0:
+            raise NoSpace("no space left on device")
+
+    # ---- lookup and attributes ---------------------------------------------
+    @_op
+    def lookup(self, parent: int, name: bytes):
+        self._dir(parent)
+        if name == b".":
+            return self.inodes.get(parent).attr()
+        if name == b"..":
+            p = self.inodes.get(parent)
+            return self.inodes.get(p.parent or ROOT_INO).attr()
+        check_name(name) if len(name) > 255 else None
+        ent = self.dirs.lookup(parent, name)
+        if ent is None:
+            raise NotFound(f"{name!r} not found in directory {parent}")
+        return self.inodes.get(ent[1]).attr()
+
+    @_op
+    def getattr(self, ino: int):
+        return self.inodes.get(ino).attr()
+
+    @_op
+    def setattr(self, ino: int, *, mode=None, uid=None, gid=None, size=None,
+                atime_ns=None, mtime_ns=None, ctime_ns=None):
+        self._writable()
+        inode = self.inodes.get(ino)
+        if size is not None:
+            if inode.is_dir:
+                raise IsADirectory("cannot truncate a directory")
+            if not inode.is_reg:
+                raise InvalidArgument("can only truncate regular files")
+            if size < 0 or size > MAX_FILE_BYTES:
+                raise FileTooBig(f"size {size} is beyond the maximum file size")
+            self._truncate(inode, size)
+        if mode is not None:
+            inode.mode = stat.S_IFMT(inode.mode) | (mode & 0o7777)
+        if uid is not None:
+            inode.uid = uid
+        if gid is not None:
+            inode.gid = gid
+        if atime_ns is not None:
+            inode.atime = atime_ns
+        if mtime_ns is not None:
+            inode.mtime = mtime_ns
+        inode.ctime = ctime_ns if ctime_ns is not None else time.time_ns()
+        self.inodes.put(inode)
+        return inode.attr()
+
+    def _truncate(self, inode, size: int) -> None:
+        old = inode.size
+        self._step_inodes = [inode]
+        try:
+            if size < old:
+                keep = -(-size // BS)
+                inode.size = size
+                self.filemap.truncate_blocks(inode, keep)
+                self.filemap.zero_tail(inode, size)
+            elif size > old:
+                self._drop_post_eof(inode)
+                inode.size = size
+            if size != old:
+                self._touch(inode)
+        finally:
+            self._step_inodes = []
+
+    def _drop_post_eof(self, inode) -> None:
+        """Unmap blocks past EOF (left by a crash mid-write) before the file grows."""
+        keep = -(-inode.size // BS)
+        if self.filemap.last_block(inode.ino) > keep:
+            self.filemap.truncate_blocks(inode, keep)
+
+    # ---- creating names ----------------------------------------------------
+    def _new_inode(self, parent_ino: int, name: bytes, mode: int, uid: int, gid: int,
+                   rdev: int = 0):
+        self._writable()
+        check_name(name)
+        parent = self._dir(parent_ino)
+        if parent.nlink == 0:
+            raise NotFound("the directory has been removed")
+        if self.dirs.lookup(parent_ino, name) is not None:
+            raise Exists(f"{name!r} exists")
+        self._need_space()
+        is_dir = stat.S_ISDIR(mode)
+        if parent.mode & stat.S_ISGID:
+            gid = parent.gid
+            if is_dir:
+                mode |= stat.S_ISGID
+        inode = self.inodes.create(mode, uid, gid, rdev=rdev,
+                                   parent=parent_ino if is_dir else 0,
+                                   nlink=2 if is_dir else 1)
+        self.dirs.add(parent_ino, name, inode.ino, _DT.get(stat.S_IFMT(mode), 0))
+        if is_dir:
+            if parent.nlink >= LINK_MAX:
+                raise TooManyLinks("too many subdirectories")
+            parent.nlink += 1
+        self._touch(parent)
+        self.inodes.put(parent)
+        return inode
+
+    @_op
+    def mknod(self, parent: int, name: bytes, mode: int, uid: int, gid: int, rdev: int = 0):
+        fmt = stat.S_IFMT(mode) or stat.S_IFREG
+        if fmt not in (stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK):
+            raise InvalidArgument(f"mknod cannot make file type {fmt:o}")
+        if fmt not in (stat.S_IFCHR, stat.S_IFBLK):
+            rdev = 0
+        return self._new_inode(parent, name, fmt | (mode & 0o7777), uid, gid, rdev).attr()
+
+    create = mknod
+
+    @_op
+    def mkdir(self, parent: int, name: bytes, mode: int, uid: int, gid: int):
+        return self._new_inode(parent, name, stat.S_IFDIR | (mode & 0o7777), uid, gid).attr()
+
+    @_op
+    def symlink(self, parent: int, name: bytes, target: bytes, uid: int, gid: int):
+        if len(target) > SYMLINK_MAX:
+            raise NameTooLongTarget(f"symlink target of {len(target)} bytes is too long")
+        if not target:
+            raise NotFound("empty symlink target")
+        inode = self._new_inode(parent, name, stat.S_IFLNK | 0o777, uid, gid)
+        self._step_inodes = [inode]
+        try:
+            self.filemap.write(inode, 0, target)
+        finally:
+            self._step_inodes = []
+        inode.size = len(target)
+        self.inodes.put(inode)
+        return inode.attr()
+
+    @_op
+    def readlink(self, ino: int) -> bytes:
+        inode = self.inodes.get(ino)
+        if not inode.is_lnk:
+            raise InvalidArgument("not a symbolic link")
+        return self.filemap.read(ino, 0, inode.size, inode.size)
+
+    @_op
+    def link(self, ino: int, new_parent: int, new_name: bytes):
+        self._writable()
+        inode = self.inodes.get(ino)
+        if inode.is_dir:
+            raise NotPermitted("hard links to directories are not allowed")
+        if inode.nlink == 0:
+            raise NotFound("the file has been removed")
+        if inode.nlink >= LINK_MAX:
+            raise TooManyLinks(f"inode {ino} has {inode.nlink} links")
+        check_name(new_name)
+        parent = self._dir(new_parent)
+        if self.dirs.lookup(new_parent, new_name) is not None:
+            raise Exists(f"{new_name!r} exists")
+        self.dirs.add(new_parent, new_name, ino, _DT.get(stat.S_IFMT(inode.mode), 0))
+        inode.nlink += 1
+        self._touch(inode, m=False)
+        self.inodes.put(inode)
+        self._touch(parent)
+        self.inodes.put(parent)
+        return inode.attr()
+
+    # ---- removing names ----------------------------------------------------
+    def _drop_link(self, inode) -> None:
+        inode.nlink -= 1
+        self._touch(inode, m=False)
+        self.inodes.put(inode)
+        if inode.nlink == 0:
+            self.vol.trees["orphan"].insert((inode.ino,))
+
+    @_op
+    def unlink(self, parent: int, name: bytes) -> None:
+        self._writable()
+        pdir = self._dir(parent)
+        ent = self.dirs.lookup(parent, name)
+        if ent is None:
+            raise NotFound(f"{name!r} not found")
+        inode = self.inodes.get(ent[1])
+        if inode.is_dir:
+            raise IsADirectory(f"{name!r} is a directory")
+        self.dirs.remove(parent, ent[0])
+        self._touch(pdir)
+        self.inodes.put(pdir)
+        self._drop_link(inode)
+
+    @_op
+    def rmdir(self, parent: int, name: bytes) -> None:
+        self._writable()
+        if name == b".":
+            raise InvalidArgument("cannot remove '.'")
+        if name == b"..":
+            raise NotEmpty("cannot remove '..'")
+        pdir = self._dir(parent)
+        ent = self.dirs.lookup(parent, name)
+        if ent is None:
+            raise NotFound(f"{name!r} not found")
+        inode = self.inodes.get(ent[1])
+        if not inode.is_dir:
+            raise NotADirectory(f"{name!r} is not a directory")
+        if not self.dirs.is_empty(inode.ino):
+            raise NotEmpty(f"{name!r} is not empty")
+        self.dirs.remove(parent, ent[0])
+        pdir.nlink -= 1
+        self._touch(pdir)
+        self.inodes.put(pdir)
+        inode.nlink = 0
+        self._touch(inode, m=False)
+        self.inodes.put(inode)
+        self.vol.trees["orphan"].insert((inode.ino,))
+
+    @_op
+    def forget(self, ino: int) -> None:
+        """The kernel holds no more references: free the inode if unlinked."""
+        if self.readonly or ino == ROOT_INO:
+            return
+        if self.vol.trees["orphan"].lookup((ino,)) is None:
+            return
+        self._free_inode(ino)
+
+    def _free_inode(self, ino: int) -> None:
+        try:
+            inode = self.inodes.get(ino)
+        except NotFound:
+            self.vol.trees["orphan"].delete((ino,))
+            return
+        if inode.nlink:
+            self.vol.trees["orphan"].delete((ino,))
+            return
+        self._step_inodes = [inode]
+        try:
+            self.filemap.truncate_blocks(inode, 0)
+        finally:
+            self._step_inodes = []
+        self.xattrs.remove_all(ino)
+        self.inodes.delete(ino)
+        self.vol.trees["orphan"].delete((ino,))
+
+    def _reap_orphans(self) -> None:
+        orphans = [r[0] for r in self.vol.trees["orphan"].scan()]
+        for ino in orphans:
+            self.vol.begin_op()
+            try:
+                self._free_inode(ino)
+                self.vol.alloc.settle()
+            except BaseException:
+                self.vol.rollback_op()
+                raise
+            self.vol.end_op()
+
+    # ---- rename ----------------------------------------------------------
+    @_op
+    def rename(self, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes,
+               flags: int = 0) -> None:
+        self._writable()
+        if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) or \
+                flags == (RENAME_NOREPLACE | RENAME_EXCHANGE):
+            raise InvalidArgument(f"bad rename flags {flags:#x}")
+        check_name(new_name)
+        odir = self._dir(old_parent)
+        ndir = odir if new_parent == old_parent else self._dir(new_parent)
+        src = self.dirs.lookup(old_parent, old_name)
+        if src is None:
+            raise NotFound(f"{old_name!r} not found")
+        dst = self.dirs.lookup(new_parent, new_name)
+        sino = self.inodes.get(src[1])
+        if sino.is_dir and new_parent != old_parent:
+            self._check_not_ancestor(sino.ino, new_parent)
+        if flags & RENAME_EXCHANGE:
+            if dst is None:
+                raise NotFound(f"{new_name!r} not found")
+            dino = self.inodes.get(dst[1])
+            if dino.is_dir and new_parent != old_parent:
+                self._check_not_ancestor(dino.ino, old_parent)
+            self.dirs.retarget(old_parent, src[0], old_name, dino.ino, dst[2])
+            self.dirs.retarget(new_parent, dst[0], new_name, sino.ino, src[2])
+            if new_parent != old_parent and sino.is_dir != dino.is_dir:
+                moved_down = sino if sino.is_dir else dino
+                if moved_down is sino:
+                    odir.nlink -= 1
+                    ndir.nlink += 1
+                else:
+                    ndir.nlink -= 1
+                    odir.nlink += 1
+            for ino_, newp in ((sino, new_parent), (dino, old_parent)):
+                if ino_.is_dir:
+                    ino_.parent = newp
+                self._touch(ino_, m=False)
+                self.inodes.put(ino_)
+            self._touch(odir)
+            self._touch(ndir)
+            self.inodes.put(odir)
+            if ndir is not odir:
+                self.inodes.put(ndir)
+            return
+        if dst is not None:
+            if flags & RENAME_NOREPLACE:
+                raise Exists(f"{new_name!r} exists")
+            if dst[1] == src[1]:
+                return                      # both names are links to one inode
+            dino = self.inodes.get(dst[1])
+            if sino.is_dir:
+                if not dino.is_dir:
+                    raise NotADirectory(f"{new_name!r} is not a directory")
+                if not self.dirs.is_empty(dino.ino):
+                    raise NotEmpty(f"{new_name!r} is not empty")
+            elif dino.is_dir:
+                raise IsADirectory(f"{new_name!r} is a directory")
+            self.dirs.remove(new_parent, dst[0])
+            if dino.is_dir:
+                ndir.nlink -= 1
+                dino.nlink = 0
+                self._touch(dino, m=False)
+                self.inodes.put(dino)
+                self.vol.trees["orphan"].insert((dino.ino,))
+            else:
+                self._drop_link(dino)
+        self.dirs.remove(old_parent, src[0])
+        self.dirs.add(new_parent, new_name, sino.ino, src[2])
+        if sino.is_dir and new_parent != old_parent:
+            sino.parent = new_parent
+            odir.nlink -= 1
+            ndir.nlink += 1
+        self._touch(sino, m=False)
+        self.inodes.put(sino)
+        self._touch(odir)
+        self.inodes.put(odir)
+        if ndir is not odir:
+            self._touch(ndir)
+            self.inodes.put(ndir)
+
+    def _check_not_ancestor(self, ino: int, target_dir: int) -> None:
+        p = target_dir
+        seen = 0
+        while True:
+            if p == ino:
+                raise InvalidArgument("cannot move a directory into itself")
+            if p == ROOT_INO or seen > 100000:
+                return
+            p = self.inodes.get(p).parent or ROOT_INO
+            seen += 1
+
+    # ---- directories --------------------------------------------------------
+    def readdir(self, ino: int, pos: int = 0):
+        """DirEntry for '.', '..' and each name, from cookie `pos` on."""
+        if self.shutdown_reason:
+            raise Shutdown(f"filesystem shut down: {self.shutdown_reason}")
+        try:
+            d = self._dir(ino)
+            if pos == 0:
+                yield DirEntry(b".", d.attr(), 1)
+            if pos <= 1:
+                p = self.inodes.get(d.parent or ROOT_INO)
+                yield DirEntry(b"..", p.attr(), 2)
+            start = max(0, pos - 2) if pos >= 2 else 0
+            batch = list(self.dirs.entries(ino, start))
+            for epos, name, child, _ in batch:
+                try:
+                    attr = self.inodes.get(child).attr()
+                except NotFound:
+                    continue
+                yield DirEntry(name, attr, epos + 3)
+        except Corrupted as e:
+            self._shut_down(str(e))
+            raise Shutdown(f"filesystem shut down: {e}") from e
+
+    # ---- data ----------------------------------------------------------------
+    @_op
+    def read(self, ino: int, offset: int, size: int) -> bytes:
+        inode = self.inodes.get(ino)
+        if inode.is_dir:
+            raise IsADirectory("is a directory")
+        if offset < 0:
+            raise InvalidArgument("negative offset")
+        return self.filemap.read(ino, offset, size, inode.size)
+
+    @_op
+    def write(self, ino: int, offset: int, data) -> int:
+        self._writable()
+        inode = self.inodes.get(ino)
+        if inode.is_dir:
+            raise IsADirectory("is a directory")
+        if offset < 0:
+            raise InvalidArgument("negative offset")
+        n = len(data)
+        if n == 0:
+            return 0
+        if offset + n > MAX_FILE_BYTES:
+            raise FileTooBig("write beyond the maximum file size")
+        self._step_inodes = [inode]
+        try:
+            if offset + n > inode.size:
+                self._drop_post_eof(inode)
+            done = self.filemap.write(inode, offset, data)
+        finally:
+            self._step_inodes = []
+        if offset + done > inode.size:
+            inode.size = offset + done
+        if inode.mode & (stat.S_ISUID | stat.S_ISGID):
+            inode.mode &= ~stat.S_ISUID
+            if inode.mode & stat.S_IXGRP:
+                inode.mode &= ~stat.S_ISGID
+        self._touch(inode)
+        self.inodes.put(inode)
+        return done
+
+    def fsync(self, ino: int = 0) -> None:
+        """Returns when the data and metadata of the file (and everything
+        before it) are durable."""
+        if self.shutdown_reason:
+            raise Shutdown(f"filesystem shut down: {self.shutdown_reason}")
+        self.commit()
+
+    @_op
+    def statfs(self) -> StatFs:
+        a = self.vol.alloc
+        total = self.vol.total_blocks
+        return StatFs(block_size=BS, total_blocks=total, free_blocks=a.free_blocks,
+                      avail_blocks=a.available(),
+                      total_inodes=int(self.vol.sb["inode_count"]) + a.available(),
+                      free_inodes=a.available())
+
+    # ---- extended attributes -------------------------------------------------
+    @_op
+    def getxattr(self, ino: int, name: bytes) -> bytes:
+        self.inodes.get(ino)
+        return self.xattrs.get(ino, name)
+
+    @_op
+    def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
+        self._writable()
+        inode = self.inodes.get(ino)
+        if not name:
+            raise InvalidArgument("empty attribute name")
+        self._need_space()
+        self.xattrs.set(ino, name, bytes(value), flags)
+        self._touch(inode, m=False)
+        self.inodes.put(inode)
+
+    @_op
+    def listxattr(self, ino: int) -> list[bytes]:
+        self.inodes.get(ino)
+        return self.xattrs.names(ino)
+
+    @_op
+    def removexattr(self, ino: int, name: bytes) -> None:
+        self._writable()
+        inode = self.inodes.get(ino)
+        self.xattrs.remove(ino, name)
+        self._touch(inode, m=False)
+        self.inodes.put(inode)
+
+    # ---- shared extents -------------------------------------------------------
+    def _remap_prep(self, src, s_off: int, dst, d_off: int, length: int, dedupe: bool) -> int:
+        """The checks of the kernel's generic_remap_file_range_prep and
+        generic_remap_checks; returns the byte count to remap."""
+        if not self.reflink or not self.has_rmap:
+            raise NotSupported("reflink needs a filesystem made with the rmap btree")
+        if src.is_dir or dst.is_dir:
+            raise IsADirectory("cannot share extents of a directory")
+        if not src.is_reg or not dst.is_reg:
+            raise InvalidArgument("can only share extents of regular files")
+        if s_off < 0 or d_off < 0 or length < 0:
+            raise InvalidArgument("negative offset or length")
+        if s_off % BS or d_off % BS:
+            raise InvalidArgument("offsets must be multiples of the block size (4096)")
+        if s_off + length > MAX_FILE_BYTES or d_off + length > MAX_FILE_BYTES:
+            raise InvalidArgument("range wraps past the maximum file size")
+        size_in, size_out = src.size, dst.size
+        if length == 0:
+            if dedupe or s_off == size_in:
+                return 0
+            if s_off > size_in:
+                raise InvalidArgument("source offset is beyond end of file")
+            length = size_in - s_off
+        if dedupe and (s_off >= size_in or s_off + length > size_in or
+                       d_off >= size_out or d_off + length > size_out):
+            raise InvalidArgument("dedupe ranges must lie within both files")
+        if s_off >= size_in:
+            raise InvalidArgument("source offset is beyond end of file")
+        count = min(length, size_in - s_off)
+        if s_off + count == size_in and (not dedupe or d_off + count == size_out):
+            bcount = -(-size_in // BS) * BS - s_off
+        else:
+            if count % BS:
+                raise InvalidArgument("length must be a multiple of the block size"
+                                      " unless the range ends at end of file")
+            bcount = count
+        if src.ino == dst.ino and d_off + bcount > s_off and d_off < s_off + bcount:
+            raise InvalidArgument("overlapping ranges within one file")
+        if not dedupe and count != length:
+            raise InvalidArgument("range extends beyond end of the source file")
+        if not dedupe and s_off + count == size_in and d_off + count < size_out \
+                and count % BS:
+            raise InvalidArgument("cannot clone a partial block into the middle of a file")
+        return count
+
+    @_op
+    def clone_range(self, src_ino: int, src_off: int, dst_ino: int, dst_off: int,
+                    length: int) -> int:
+        """Make dst's bytes [dst_off, +length) share src's (FICLONERANGE);
+        length 0 means to the end of src.  Returns bytes cloned."""
+        self._writable()
+        src = self.inodes.get(src_ino)
+        dst = src if dst_ino == src_ino else self.inodes.get(dst_ino)
+        count = self._remap_prep(src, src_off, dst, dst_off, length, False)
+        if count == 0:
+            return 0
+        self._remap(src, src_off, dst, dst_off, count)
+        return count
+
+    def _remap(self, src, s_off: int, dst, d_off: int, count: int) -> None:
+        nblk = -(-count // BS)
+        self._step_inodes = [dst] if dst is not src else [src]
+        try:
+            if d_off + count > dst.size:
+                self._drop_post_eof(dst)
+            self.filemap.clone(src, s_off // BS, dst, d_off // BS, nblk)
+        finally:
+            self._step_inodes = []
+        if d_off + count > dst.size:
+            dst.size = d_off + count
+        self._touch(dst)
+        self.inodes.put(dst)
+
+    @_op
+    def dedupe_range(self, src_ino: int, src_off: int, length: int, dests) -> list:
+        """Share src's [src_off, +length) with each (dst_ino, dst_off) whose
+        bytes are equal (FIDEDUPERANGE); per destination a DedupeResult."""
+        self._writable()
+        src = self.inodes.get(src_ino)
+        if src.is_dir:
+            raise IsADirectory("cannot dedupe a directory")
+        if not src.is_reg:
+            raise InvalidArgument("can only dedupe regular files")
+        length = min(length, DEDUPE_MAX)
+        out = []
+        for dst_ino, dst_off in dests:
+            try:
+                dst = src if dst_ino == src_ino else self.inodes.get(dst_ino)
+                count = self._remap_prep(src, src_off, dst, dst_off, length, True)
+                if count == 0:
+                    out.append(DedupeResult(0, 0))
+                    continue
+                if not self.filemap.same_bytes(src, src_off, dst, dst_off, count):
+                    out.append(DedupeResult(FILE_DEDUPE_RANGE_DIFFERS, 0))
+                    continue
+                self._remap(src, src_off, dst, dst_off, count)
+                out.append(DedupeResult(0, count))
+            except (Corrupted, NoSpace):
+                raise
+            except DaxfsError as e:
+                out.append(DedupeResult(-e.errno, 0))
+        return out
+
+    @_op
+    def fiemap(self, ino: int, start: int, length: int):
+        inode = self.inodes.get(ino)
+        return self.filemap.fiemap(ino, start, length, inode.size)
+
+
+class NameTooLongTarget(DaxfsError):
+    """A symlink target is longer than 4095 bytes."""
+    errno = errno.ENAMETOOLONG

@@ -1,0 +1,92 @@
+"""What inode records mean: the in-core Inode and the inode tree's get,
+put, create and delete.
+
+An inode record (format.INODE_DTYPE) is converted to an `Inode` in exactly
+one place (`Inode.from_rec`) and back in one place (`to_rec`).  Inode
+numbers come from the superblock's `next_ino` counter and are never reused.
+"""
+
+import stat
+import time
+
+from .attrs import Attr
+from .errors import NoSpace, NotFound
+from .format import OWN_MAX_INO
+
+_FIELDS = ("ino", "mode", "nlink", "uid", "gid", "size", "blocks", "atime", "mtime",
+           "ctime", "btime", "rdev", "parent", "flags", "generation")
+
+
+class Inode:
+    __slots__ = _FIELDS
+
+    @classmethod
+    def from_rec(cls, rec: tuple) -> "Inode":
+        ino = cls.__new__(cls)
+        for f, v in zip(_FIELDS, rec):
+            setattr(ino, f, v)
+        return ino
+
+    def to_rec(self) -> tuple:
+        return tuple(getattr(self, f) for f in _FIELDS)
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+    @property
+    def is_reg(self) -> bool:
+        return stat.S_ISREG(self.mode)
+
+    @property
+    def is_lnk(self) -> bool:
+        return stat.S_ISLNK(self.mode)
+
+    def attr(self) -> Attr:
+        return Attr(ino=self.ino, mode=self.mode, nlink=self.nlink, uid=self.uid,
+                    gid=self.gid, rdev=self.rdev, size=self.size, blocks=self.blocks,
+                    atime_ns=self.atime, mtime_ns=self.mtime, ctime_ns=self.ctime,
+                    btime_ns=self.btime, generation=self.generation)
+
+
+class Inodes:
+    def __init__(self, vol):
+        self.vol = vol
+        self.tree = vol.trees["inode"]
+
+    def get(self, ino: int) -> Inode:
+        rec = self.tree.lookup((ino,))
+        if rec is None:
+            raise NotFound(f"inode {ino} does not exist")
+        return Inode.from_rec(rec)
+
+    def exists(self, ino: int) -> bool:
+        return self.tree.lookup((ino,)) is not None
+
+    def put(self, inode: Inode) -> None:
+        self.tree.update(inode.to_rec())
+
+    def create(self, mode: int, uid: int, gid: int, *, rdev: int = 0, parent: int = 0,
+               nlink: int = 1, ino: int | None = None) -> Inode:
+        sb = self.vol.sb
+        if ino is None:
+            ino = int(sb["next_ino"])
+            if ino > OWN_MAX_INO:
+                raise NoSpace("inode numbers exhausted")
+            sb["next_ino"] = ino + 1
+        now = time.time_ns()
+        inode = Inode.from_rec((ino, mode, nlink, uid, gid, 0, 0, now, now, now, now,
+                                rdev, parent, 0, 0))
+        self.tree.insert(inode.to_rec())
+        sb["inode_count"] = int(sb["inode_count"]) + 1
+        return inode
+
+    def delete(self, ino: int) -> None:
+        if self.tree.delete((ino,)) is None:
+            raise NotFound(f"inode {ino} does not exist")
+        sb = self.vol.sb
+        sb["inode_count"] = int(sb["inode_count"]) - 1
+
+    def all(self):
+        for rec in self.tree.scan():
+            yield Inode.from_rec(rec)

@@ -1,0 +1,34 @@
+"""Making a new filesystem: lay out the device (volume.py), create the root
+directory, commit.  `mkfs_daxfs.py` and `daxfs mkfs` are thin wrappers."""
+
+import stat
+
+from .format import ROOT_INO
+from .inodes import Inodes
+from .volume import Volume
+
+
+def mkfs(path: str, size: int, *, rmap: bool = True) -> None:
+    """Create (or overwrite) the image at path with a fresh filesystem."""
+    vol = Volume.create(path, size, rmap=rmap)
+    try:
+        Inodes(vol).create(stat.S_IFDIR | 0o755, 0, 0, parent=ROOT_INO, nlink=2, ino=ROOT_INO)
+        vol.alloc.settle()
+        vol.commit()
+    finally:
+        vol.close()
+
+
+SIZE_SUFFIXES = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """'64M', '1G', '1T', '16777216' -> bytes (binary units)."""
+    t = text.strip().lower().removesuffix("ib").removesuffix("b")
+    suffix = t[-1:] if t[-1:] in "kmgt" else ""
+    num = t[:-1] if suffix else t
+    try:
+        value = float(num)
+    except ValueError:
+        raise ValueError(f"cannot read size {text!r} (use e.g. 64M, 1G, 1T)") from None
+    return int(value * SIZE_SUFFIXES[suffix])
