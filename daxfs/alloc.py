@@ -89,32 +89,44 @@ class Allocator:
         return None
 
     # ---- data extents ---------------------------------------------------------
-    def alloc(self, want: int, goal: int = 0, *, use_reserve: bool = False) -> tuple[int, int]:
-        """Allocate up to `want` contiguous blocks near `goal`: (start, count)."""
+    def alloc(self, want: int, goal: int = 0, *, use_reserve: bool = False,
+              minlen: int = 1) -> tuple[int, int]:
+        """Allocate between `minlen` and `want` contiguous blocks near `goal`:
+        (start, count)."""
         avail = self.free_blocks if use_reserve else self.available()
-        if avail <= 0:
+        if avail < minlen or avail <= 0:
             raise NoSpace("no space left on device")
         want = min(want, avail)
-        got = self._find(want, goal)
+        got = self._find(want, goal, minlen)
         if got is None:
             raise NoSpace("no space left on device (free space is busy until the next commit)")
         s, n = got
         self._take(s, n)
         return s, n
 
-    def _find(self, want: int, goal: int):
+    def _idle_pieces(self, s: int, e: int):
+        while s < e:
+            idle = self._first_idle(s, e)
+            if idle is None:
+                return
+            yield idle
+            s = idle[1]
+
+    def _find(self, want: int, goal: int, minlen: int = 1):
         tree = self.free_tree
         if goal:
             r = tree.last_le((goal,))
             if r and r[0] + r[1] > goal:
-                idle = self._first_idle(goal, r[0] + r[1])
-                if idle:
-                    return idle[0], min(want, idle[1] - idle[0])
+                for a, b in self._idle_pieces(goal, r[0] + r[1]):
+                    if b - a >= minlen:
+                        return a, min(want, b - a)
         for start in ((goal,), None) if goal else (None,):
             for s, n in tree.scan(lo=start):
-                idle = self._first_idle(s, s + n)
-                if idle:
-                    return idle[0], min(want, idle[1] - idle[0])
+                if n < minlen:
+                    continue
+                for a, b in self._idle_pieces(s, s + n):
+                    if b - a >= minlen:
+                        return a, min(want, b - a)
         return None
 
     def _take(self, s: int, n: int) -> None:

@@ -129,12 +129,13 @@ class FileMap:
             o = p * BS + (off - b0 * BS)
             return buf[o:o + end - off].tobytes()
         out = bytearray(end - off)
+        view = memoryview(out)
         for f, p, n in exts:
             self._load_check(p, n)
             lo = max(off, f * BS)
             hi = min(end, (f + n) * BS)
             src = p * BS + (lo - f * BS)
-            out[lo - off:hi - off] = buf[src:src + hi - lo]
+            view[lo - off:hi - off] = buf[src:src + hi - lo]
         return bytes(out)
 
     def _store(self, p: int, boff: int, data, d0: int, d1: int) -> None:

@@ -7,7 +7,7 @@ blocks owned by the inode in the rmap with the RMAP_ATTR flag.
 """
 
 from .dirs import name_hash
-from .errors import AttributeTooBig, Exists, NameTooLong, NoAttribute, NoSpace
+from .errors import AttributeTooBig, Exists, NameTooLong, NoAttribute
 from .format import BLOCK_SIZE as BS
 from .format import RMAP_ATTR, XATTR_INLINE_MAX, XATTR_NAME_MAX, XATTR_VALUE_MAX
 
@@ -66,10 +66,7 @@ class Xattrs:
             inline = value
         else:
             n = -(-len(value) // BS)
-            p, got = self.vol.alloc.alloc(n)
-            if got < n:
-                self.vol.alloc.free(p, got)
-                raise NoSpace("no contiguous space for the attribute value")
+            p, got = self.vol.alloc.alloc(n, minlen=n)
             area = self.vol.pmem.blocks(p, n)
             area[:len(value)] = memoryview(value)
             area[len(value):] = 0

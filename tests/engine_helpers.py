@@ -1,0 +1,17 @@
+"""Helpers shared by the engine tests (no mount): make an image, run check."""
+
+from daxfs.check import Checker
+from daxfs.fs import Filesystem
+from daxfs.mkfs import mkfs
+
+
+def make_fs(path, size=32 << 20, rmap=True):
+    mkfs(str(path), size, rmap=rmap)
+    return Filesystem.open(str(path))
+
+
+def assert_clean(fs):
+    """Run every check on the live filesystem (after a commit)."""
+    fs.commit()
+    problems = Checker(fs.vol).run()
+    assert problems == [], "\n".join(problems)
