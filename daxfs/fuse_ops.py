@@ -52,8 +52,8 @@ Cache choices
   are invalidated), never direct_io (it breaks mmap(MAP_SHARED)), and the
   writeback cache stays off (the kernel would keep its own idea of i_size).
 * fh is the inode number: the engine needs no per-open state (O_APPEND is
-  done by the kernel, O_TRUNC arrives as setattr(size=0), and the kernel
-  sends reads on O_WRONLY handles, which must be served anyway).
+  done by the kernel, O_TRUNC is done at open, and the kernel sends reads
+  on O_WRONLY handles, which must be served anyway).
 
 Ownership of new inodes
 -----------------------
@@ -93,6 +93,7 @@ COMMIT_INTERVAL = 1.0   # seconds between background group commits
 CONTROL_PREFIX = control.PREFIX
 PROBE_NAME = control.PROBE_NAME
 PROBE_VALUE = control.PROBE_VALUE
+SYSTEM_PREFIX = b"system."
 
 
 def _boundary(*, mutates: bool = False):
@@ -300,10 +301,15 @@ class Operations(pyfuse3.Operations):
     def _file_info(self, ino: int) -> pyfuse3.FileInfo:
         return pyfuse3.FileInfo(fh=ino, keep_cache=True, direct_io=False)
 
-    @_boundary()
+    @_boundary(mutates=True)
     async def open(self, inode, flags, ctx):
-        # Access modes were checked by the kernel (default_permissions);
-        # O_APPEND is the kernel's, O_TRUNC comes as setattr(size=0).
+        # Access modes were checked by the kernel (default_permissions) and
+        # O_APPEND is the kernel's business.  O_TRUNC is ours: libfuse 3
+        # negotiates FUSE_CAP_ATOMIC_O_TRUNC by default, so the kernel sends
+        # O_TRUNC in the open flags instead of a setattr(size=0) (pyfuse3's
+        # docs say otherwise; measured on Linux 6.18 + libfuse 3.14).
+        if flags & os.O_TRUNC:   # (Linux truncates even with O_RDONLY)
+            self.fs.setattr(inode, size=0)
         return self._file_info(inode)
 
     @_boundary(mutates=True)
@@ -377,12 +383,20 @@ class Operations(pyfuse3.Operations):
 
     # -------------------------------------------------------------- xattrs
 
+    # daxfs has no POSIX ACLs (enable_acl is off) and no other system.*
+    # attribute.  Storing "system.posix_acl_access" would be a lie: cp -a
+    # sets the mode through it and skips chmod when it succeeds, so setting
+    # any system.* name answers EOPNOTSUPP (as ext4 mounted noacl does) and
+    # reading one answers ENODATA.
+
     @_boundary()
     async def getxattr(self, inode, name, ctx):
         if name.startswith(CONTROL_PREFIX):
             if name == PROBE_NAME:
                 return PROBE_VALUE
             return await self._control_getxattr(inode, name, ctx)
+        if name.startswith(SYSTEM_PREFIX):
+            raise pyfuse3.FUSEError(errno.ENODATA)
         return self.fs.getxattr(inode, name)
 
     @_boundary(mutates=True)
@@ -391,6 +405,8 @@ class Operations(pyfuse3.Operations):
         # getxattr first), so the engine gets flags=0.
         if name.startswith(CONTROL_PREFIX):
             return await self._control_setxattr(inode, name, value, ctx)
+        if name.startswith(SYSTEM_PREFIX):
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
         self.fs.setxattr(inode, name, value)
 
     @_boundary()
@@ -399,8 +415,8 @@ class Operations(pyfuse3.Operations):
 
     @_boundary(mutates=True)
     async def removexattr(self, inode, name, ctx):
-        if name.startswith(CONTROL_PREFIX):
-            # Control names are requests, never stored.
+        if name.startswith(CONTROL_PREFIX) or name.startswith(SYSTEM_PREFIX):
+            # Control names are requests, never stored; system.* is never stored.
             raise pyfuse3.FUSEError(errno.ENODATA)
         self.fs.removexattr(inode, name)
 

@@ -1,0 +1,193 @@
+"""Shared test fixtures: fresh images, real kernel mounts, and the rules every
+mount in the tests follows.
+
+* `image`: a fresh 256 MiB image (daxfs.mkfs.mkfs, with the rmap btree).
+* `mnt`: an empty directory that any user can reach (the permission tests
+  run commands as uid 65534, and pytest's own tmp dirs are 0700).
+* `mounted`: `image` mounted at `mnt` with the real `daxfs mount` command;
+  on the way out the mount is always taken down (fusermount3 -u, then
+  umount -l, then, if the daemon still hangs, the FUSE connection is
+  aborted), the daemon is waited for, its log must hold no traceback, and
+  `daxfs check IMAGE` must find the image clean.
+* `mount_image(...)`: the same as a context manager, for tests that mount
+  more than once (persistence) or with options.
+
+Every subprocess runs with a timeout (`run`, `daxfs`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+MiB = 1 << 20
+GiB = 1 << 30
+IMAGE_SIZE = 256 * MiB
+CMD_TIMEOUT = 120
+UNMOUNT_TIMEOUT = 60
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:          # also without `pip install -e .`
+    sys.path.insert(0, str(ROOT))
+
+
+def run(cmd, *, timeout=CMD_TIMEOUT, check=False, cwd=None, input=None, env=None):
+    """Run a command with a timeout; text output captured."""
+    return subprocess.run([str(c) for c in cmd], capture_output=True, text=True,
+                          timeout=timeout, check=check, cwd=cwd, input=input, env=env)
+
+
+def daxfs(*args, timeout=CMD_TIMEOUT):
+    """Run the `daxfs` command (this checkout's) with a timeout."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return run([sys.executable, "-m", "daxfs.cli", *args], timeout=timeout, env=env)
+
+
+def make_image(path, size=IMAGE_SIZE) -> Path:
+    from daxfs.mkfs import mkfs
+    mkfs(str(path), size, rmap=True)
+    return Path(path)
+
+
+def check_image(image) -> None:
+    """`daxfs check IMAGE` must exit 0."""
+    res = daxfs("check", image, timeout=300)
+    assert res.returncode == 0, f"daxfs check {image} failed:\n{res.stdout}\n{res.stderr}"
+
+
+# ---------------------------------------------------------------- mounts
+
+def mount_source(mnt) -> str | None:
+    """The mount source at `mnt`, or None if nothing is mounted there."""
+    from daxfs.cmd_mount import mounts
+    path = os.path.realpath(mnt)
+    found = None
+    for mountpoint, _fstype, source in mounts():
+        if mountpoint == path:
+            found = source
+    return found
+
+
+def _fuse_connection(mnt) -> str | None:
+    """The /sys/fs/fuse/connections entry of the mount at `mnt`."""
+    path = os.path.realpath(mnt)
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) > 4 and fields[4] == path and " - fuse" in line:
+                return fields[2].split(":")[1]
+    return None
+
+
+def abort_connection(mnt) -> None:
+    conn = _fuse_connection(mnt)
+    if conn is not None:
+        with contextlib.suppress(OSError):
+            Path(f"/sys/fs/fuse/connections/{conn}/abort").write_text("1")
+
+
+def force_unmount(mnt, pids=()) -> None:
+    """Take down whatever is mounted at `mnt` and wait for the daemons.
+
+    fusermount3 -u, then umount -l; a daemon that does not exit in time has
+    its FUSE connection aborted and is killed (the test fails elsewhere).
+    """
+    from daxfs.cmd_umount import wait_gone
+    conn = _fuse_connection(mnt)
+    if mount_source(mnt) is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            run(["fusermount3", "-u", mnt], timeout=30)
+    lazy = mount_source(mnt) is not None
+    if lazy:
+        # busy (a failed test left a file open): detach, and do not wait
+        # long for a daemon whose last user may be this very process
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            run(["umount", "-l", mnt], timeout=30)
+    left = wait_gone(pids, 10 if lazy else UNMOUNT_TIMEOUT)
+    if left:
+        if conn is not None:
+            with contextlib.suppress(OSError):
+                Path(f"/sys/fs/fuse/connections/{conn}/abort").write_text("1")
+        for pid in left:
+            with contextlib.suppress(OSError):
+                os.kill(pid, 9)
+        wait_gone(left, 10)
+        raise AssertionError(f"daemon(s) {left} did not exit after unmount of {mnt}")
+
+
+def assert_clean_log(log: Path) -> None:
+    text = log.read_text(errors="replace") if log.exists() else ""
+    bad = [ln for ln in text.splitlines() if "Traceback" in ln or " ERROR " in ln]
+    assert not bad, f"daemon log {log} has errors:\n{text[-4000:]}"
+
+
+@contextlib.contextmanager
+def mount_image(image, mnt, options: str | None = None, log: Path | None = None,
+                check_log: bool = True):
+    """Mount with `daxfs mount`; always unmounted on the way out."""
+    from daxfs.cmd_umount import daemon_pids
+    log = Path(log or f"{image}.mount.log")
+    args = ["mount", image, mnt, "--log", log]
+    if options:
+        args += ["-o", options]
+    res = daxfs(*args, timeout=90)
+    pids = daemon_pids(image) if mount_source(mnt) else []
+    try:
+        assert res.returncode == 0, f"daxfs mount failed: {res.stderr}"
+        assert mount_source(mnt) is not None, "daxfs mount returned 0 but nothing is mounted"
+        assert pids, "no daemon holds the image"
+        yield Path(mnt)
+    finally:
+        force_unmount(mnt, pids)
+    if check_log:
+        assert_clean_log(log)
+
+
+# -------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="session")
+def mount_root():
+    """A directory every user may traverse, holding the mountpoints."""
+    d = tempfile.mkdtemp(prefix="daxfs-test-")
+    os.chmod(d, 0o755)
+    yield Path(d)
+    for sub in Path(d).iterdir():
+        if mount_source(sub) is not None:
+            force_unmount(sub)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def mnt(mount_root, request):
+    d = Path(tempfile.mkdtemp(prefix="mnt-", dir=mount_root))
+    os.chmod(d, 0o755)
+    return d
+
+
+@pytest.fixture
+def image(tmp_path):
+    return make_image(tmp_path / "daxfs.img")
+
+
+@pytest.fixture
+def mounted(image, mnt):
+    with mount_image(image, mnt) as path:
+        yield path
+    check_image(image)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_fuse_left_behind():
+    yield
+    with open("/proc/mounts") as f:
+        left = [ln for ln in f if "fuse.daxfs" in ln]
+    assert not left, f"daxfs mounts left behind: {left}"
