@@ -650,3 +650,110 @@ def test_mount_helper(image, mnt, tmp_path):
     check_image(image)
     with mount_image(image, mnt) as m:
         assert Path(m, "via-helper").read_bytes() == b"ok"
+
+
+@pytest.mark.timeout(300)
+def test_fstab_line(image, mnt, tmp_path):
+    """An fstab line of type fuse.daxfs mounts through the helper
+    (mount --fstab reads an alternative fstab file)."""
+    helper = Path("/sbin/mount.fuse.daxfs")
+    existed = helper.exists()
+    res = daxfs("mount", "--install-helper", timeout=30)
+    assert res.returncode == 0, res.stderr
+    fstab = tmp_path / "fstab"
+    fstab.write_text(f"{image} {mnt} fuse.daxfs defaults,nofail,noexec,x-test=1 0 0\n")
+    from daxfs.cmd_umount import daemon_pids
+    pids = []
+    try:
+        res = run(["mount", "--fstab", fstab, str(mnt)], timeout=90)
+        assert res.returncode == 0, res.stderr
+        pids = daemon_pids(image)
+        with open("/proc/mounts") as f:
+            line = next(ln for ln in f if f" {mnt} " in ln)
+        assert "noexec" in line and "fuse.daxfs" in line
+        Path(mnt, "f").write_bytes(b"fstab")
+    finally:
+        force_unmount(mnt, pids)
+        if not existed:
+            helper.unlink()
+    check_image(image)
+
+
+@pytest.mark.timeout(300)
+def test_umount_busy_detaches_lazily(image, mnt):
+    """`daxfs umount` of a busy mount detaches it and says so; the daemon
+    finishes (and the image checks clean) once the last user leaves."""
+    from daxfs.cmd_umount import daemon_pids, wait_gone
+    with mount_image(image, mnt) as m:
+        Path(m, "kept").write_bytes(b"still here")
+        pids = daemon_pids(image)
+        user = subprocess.Popen(["sleep", "60"], cwd=m)
+        try:
+            res = daxfs("umount", m, timeout=90)
+            assert res.returncode == 0, res.stderr
+            assert "lazily" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+            assert mount_source(m) is None
+            assert pids and wait_gone(pids, 0.5) == pids, "daemon gone while the mount is in use"
+        finally:
+            user.kill()
+            user.wait(timeout=10)
+        assert not wait_gone(pids, 30)
+    check_image(image)
+    with mount_image(image, mnt) as m:
+        assert Path(m, "kept").read_bytes() == b"still here"
+
+
+@pytest.mark.timeout(120)
+def test_mount_without_dev_fuse(image, mnt, monkeypatch, capsys):
+    """No /dev/fuse: one line, exit 1 (checked before any daemon starts)."""
+    from daxfs import cmd_mount
+    real_exists = os.path.exists
+    monkeypatch.setattr(cmd_mount.os.path, "exists",
+                        lambda p: False if str(p) == "/dev/fuse" else real_exists(p))
+    assert cmd_mount.main([str(image), str(mnt)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "/dev/fuse" in err
+    assert mount_source(mnt) is None
+
+
+@pytest.mark.timeout(300)
+def test_concurrent_clients(mounted):
+    """Several processes creating, writing, reading, listing and removing at
+    once: every byte comes back and the mount stays healthy."""
+    code = """
+        import os, sys, hashlib
+        me = int(sys.argv[1])
+        os.makedirs(f"w{me}", exist_ok=True)
+        for round in range(3):
+            for i in range(40):
+                data = hashlib.sha256(f"{me}-{round}-{i}".encode()).digest() * (97 * (i + 1))
+                with open(f"w{me}/f{i}", "wb") as f:
+                    f.write(data)
+            for i in range(40):
+                data = hashlib.sha256(f"{me}-{round}-{i}".encode()).digest() * (97 * (i + 1))
+                with open(f"w{me}/f{i}", "rb") as f:
+                    assert f.read() == data, (me, round, i)
+            assert len(os.listdir(f"w{me}")) == 40
+            for i in range(0, 40, 2):
+                os.unlink(f"w{me}/f{i}")
+                os.rename(f"w{me}/f{i + 1}", f"w{me}/g{i}")
+            for name in os.listdir(f"w{me}"):
+                os.unlink(f"w{me}/{name}")
+        print("ok")
+        """
+    procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), str(n)],
+                              cwd=mounted, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for n in range(4)]
+    lister = subprocess.Popen(["bash", "-c", "for i in $(seq 200); do ls -laR . >/dev/null; "
+                               "done"], cwd=mounted)
+    try:
+        for p in procs:
+            out, err = p.communicate(timeout=240)
+            assert p.returncode == 0 and out.strip() == "ok", err
+        assert lister.wait(timeout=120) == 0
+    finally:
+        for p in procs + [lister]:
+            if p.poll() is None:
+                p.kill()
+                p.wait(timeout=10)
+    assert all(os.listdir(Path(mounted, f"w{n}")) == [] for n in range(4))
