@@ -191,7 +191,8 @@ def _foreground(image: str, mountpoint: str, options: list[str], readonly: bool,
     try:
         _mount.run(image, mountpoint, options, readonly=readonly)
     except DaxfsError as exc:
-        print(f"{PROG}: {image}: {exc}", file=sys.stderr, flush=True)
+        msg = str(exc) if image in str(exc) else f"{image}: {exc}"
+        print(f"{PROG}: {msg}", file=sys.stderr, flush=True)
         return 1
     except RuntimeError as exc:
         print(f"{PROG}: cannot mount on {mountpoint}: {exc}", file=sys.stderr, flush=True)

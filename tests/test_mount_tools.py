@@ -569,6 +569,7 @@ def test_mount_errors(image, mnt, mount_root, tmp_path):
     assert mount_source(mnt) is None
     assert hashlib.sha256(junk.read_bytes()).hexdigest() == digest
 
+    image_digest = hashlib.sha256(Path(image).read_bytes()).hexdigest()
     res = daxfs("mount", image, mount_root / "does-not-exist", timeout=60)
     assert res.returncode != 0 and len(res.stderr.strip().splitlines()) == 1
     assert "no such directory" in res.stderr
@@ -581,6 +582,7 @@ def test_mount_errors(image, mnt, mount_root, tmp_path):
 
     res = daxfs("mount", image, mnt, "-o", "bogus_option", timeout=60)
     assert res.returncode != 0 and "bogus_option" in res.stderr
+    assert hashlib.sha256(Path(image).read_bytes()).hexdigest() == image_digest
 
     other = Path(mnt).parent / (Path(mnt).name + "-2")
     other.mkdir()
