@@ -125,7 +125,7 @@ class BTree:
         if bno not in self.verified and bno not in self.j.dirty:
             self._verify(bno, blk, level)
             self.verified.add(bno)
-        node = Node(self.spec, bno, blk, bno in self.j.dirty)
+        node = Node(self.spec, bno, blk, False)
         if node.level != level:
             raise Corrupted(bno, f"{self.spec.name} btree node has level {node.level},"
                                  f" expected {level}")
@@ -150,10 +150,14 @@ class BTree:
                                  f" (capacity {cap}) at level {lv}")
 
     def _w(self, node: Node) -> Node:
-        """The writable version of a node (shadowed in the journal)."""
+        """The writable version of a node.  Always asks the journal, which
+        shadows the block and records how to undo the current operation."""
         if node.writable:
             return node
         blk = self.j.write(node.bno)
+        if blk is node.buf:
+            node.writable = True
+            return node
         return Node(self.spec, node.bno, blk, True)
 
     def _new_node(self, level: int) -> Node:

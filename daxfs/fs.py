@@ -86,6 +86,7 @@ class Filesystem:
         self._in_op = False
         self._step_inodes = []
         self.has_rmap = vol.has_rmap
+        self.poison_reports = []
         self.reflink = bool(int(vol.sb["features"]) & FEAT_REFLINK)
 
     # ---- lifecycle ---------------------------------------------------------
@@ -93,7 +94,10 @@ class Filesystem:
     def open(cls, image_path: str, *, readonly: bool = False, private: bool = False) -> "Filesystem":
         vol = Volume.open(image_path, readonly=readonly, private=private)
         fs = cls(vol)
-        if not readonly:
+        if vol.pmem.bad and not readonly:
+            from . import poison
+            fs.poison_reports = poison.handle_all(fs)
+        if not readonly and not fs.shutdown_reason:
             try:
                 fs._reap_orphans()
                 vol.sb["mount_count"] = int(vol.sb["mount_count"]) + 1
@@ -125,12 +129,6 @@ class Filesystem:
             return
         self.shutdown_reason = why
         log.error("metadata error, shutting down: %s; unmount and run 'daxfs check'", why)
-        # remember on the device that a check is needed (best effort, directly)
-        try:
-            for bno in (0, self.vol.total_blocks - 1):
-                pass
-        except Exception:
-            pass
 
     def shut_down(self, why: str) -> None:
         """Stop serving: every later operation fails with EIO."""

@@ -25,7 +25,7 @@ import logging
 import crc32c
 import numpy as np
 
-from .errors import Corrupted
+from .errors import Corrupted, MediaError
 from .format import (BLOCK_SIZE, LOG_BNOS_FIRST, LOG_BNOS_NEXT, LOG_HDR_DTYPE,
                      LOG_HDR_SIZE, LOG_MAGIC)
 
@@ -84,8 +84,14 @@ class Journal:
         blk = self.dirty.get(bno)
         if blk is not None:
             return blk
-        self.pmem.check_load(bno)
+        self._check(bno)
         return self.pmem.block(bno)
+
+    def _check(self, bno: int) -> None:
+        try:
+            self.pmem.check_load(bno)
+        except MediaError:
+            raise Corrupted(bno, "metadata block is on a poisoned (bad) range") from None
 
     def write(self, bno: int) -> np.ndarray:
         """A writable shadow of a block, copied from the device on first use."""
@@ -93,7 +99,7 @@ class Journal:
         if self._undo is not None and bno not in self._undo:
             self._undo[bno] = None if blk is None else blk.copy()
         if blk is None:
-            self.pmem.check_load(bno)
+            self._check(bno)
             blk = self.pmem.block(bno).copy()
             self.dirty[bno] = blk
         return blk
@@ -198,7 +204,9 @@ def replay(pmem, log_start: int, log_blocks: int) -> int | None:
 
     Returns the log's sequence number, or None if there was no valid log.
     """
-    pmem.check_load(log_start)
+    if pmem.bad and pmem.bad.first_bad(log_start, log_blocks) is not None:
+        log.error("the log is on a poisoned range: not replayed")
+        return None
     first = pmem.block(log_start)
     hdr = first[:LOG_HDR_SIZE].view(LOG_HDR_DTYPE)[0]
     if bytes(hdr["magic"]) != LOG_MAGIC:
@@ -207,7 +215,6 @@ def replay(pmem, log_start: int, log_blocks: int) -> int | None:
     hdr_blocks = int(hdr["hdr_blocks"])
     if n == 0 or hdr_blocks < 1 or hdr_blocks + n > log_blocks:
         return None
-    pmem.check_load(log_start, hdr_blocks + n)
     area = pmem.blocks(log_start, hdr_blocks + n)
     stored = int.from_bytes(bytes(area[4:8]), "little")
     c = crc32c.crc32c(area[:4])

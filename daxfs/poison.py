@@ -1,0 +1,249 @@
+"""Media errors: who owns a bad range, and what the filesystem does about it.
+
+This is the reviewers' design from the 2020 dax-rmap thread: the device
+reports a bad physical range; the filesystem asks its on-disk rmap btree who
+owns it (one overlap query, nothing tracked at run time) and acts by owner:
+
+* file data (every sharer of a reflinked or deduped block): reported; loads
+  of those blocks fail (EIO, or SIGBUS through mmap) until an owner
+  overwrites whole blocks (its copy moves to a healthy block: CoW, or a
+  recovery write in place when it is the only owner) or the last owner goes,
+  which frees and clears the range (filemap._free_data);
+* a superblock copy: rewritten from the good copy (a whole-block store
+  clears the poison);
+* any other metadata (a btree node, the log, the reserve pool): the
+  filesystem shuts down; every later request gets EIO; check reports it;
+* free space: zeroed and cleared at once; nobody is affected.
+
+Without the rmap feature the owners are found by scanning every extent map
+and walking every tree: the comparison that shows what the rmap buys.
+The bad-range list itself belongs to the device (badblocks.py).
+"""
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from .errors import Corrupted, MediaError, Shutdown
+from .format import (BLOCK_SIZE as BS, OWN_AG, OWN_FS, OWN_LOG, OWN_MAX_INO, RMAP_ATTR,
+                     owner_name, own_tree)
+from .superblock import secondary_bno
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Owner:
+    bno: int               # first bad block of this owner's piece
+    nblocks: int
+    owner: int             # inode number or a metadata owner code
+    kind: str              # "data", "xattr" or "metadata"
+    offset: int = 0        # byte offset in the file (data) of the bad piece
+    paths: list = field(default_factory=list)
+
+    def describe(self) -> str:
+        if self.kind == "metadata":
+            return f"blocks {self.bno}+{self.nblocks}: {owner_name(self.owner)}"
+        where = ", ".join(self.paths) if self.paths else "(no name: unlinked)"
+        what = "extended attribute value" if self.kind == "xattr" else \
+            f"file offset {self.offset} length {self.nblocks * BS}"
+        return f"blocks {self.bno}+{self.nblocks}: inode {self.owner} {where}: {what}"
+
+
+@dataclass
+class Report:
+    bno: int
+    nblocks: int
+    owners: list
+    action: str            # what the handler did
+    seconds: float = 0.0
+
+    @property
+    def data_inodes(self) -> list[int]:
+        return sorted({o.owner for o in self.owners if o.kind in ("data", "xattr")})
+
+    def lines(self) -> list[str]:
+        head = f"bad range blocks {self.bno}+{self.nblocks} (bytes {self.bno * BS}+" \
+               f"{self.nblocks * BS}): {self.action}"
+        return [head] + ["  owner " + o.describe() for o in self.owners]
+
+
+# ---- who owns a range ---------------------------------------------------------
+def owners_of(fs, bno: int, n: int, *, with_paths: bool = True) -> list[Owner]:
+    """Every owner of blocks [bno, bno+n): one rmap overlap query."""
+    vol = fs.vol
+    if vol.has_rmap:
+        recs = vol.rmap.owners(bno, bno + n - 1)
+    else:
+        recs = scan_owners(fs, bno, n)
+    out = []
+    for rb, owner, off, length, flags in recs:
+        lo, hi = max(rb, bno), min(rb + length, bno + n)
+        if owner <= OWN_MAX_INO:
+            kind = "xattr" if flags & RMAP_ATTR else "data"
+            foff = (off + lo - rb) * BS if kind == "data" else 0
+            out.append(Owner(lo, hi - lo, owner, kind, foff))
+        else:
+            out.append(Owner(lo, hi - lo, owner, "metadata"))
+    if with_paths:
+        _fill_paths(fs, out)
+    return out
+
+
+def scan_owners(fs, bno: int, n: int) -> list[tuple]:
+    """The same answer without an rmap: scan every extent map and walk every
+    tree (what a filesystem without rmap must do)."""
+    vol = fs.vol
+    end = bno + n
+    out = []
+    for ino, foff, p, length, _ in vol.trees["bmap"].scan():
+        if p < end and p + length > bno:
+            out.append((p, ino, foff, length, 0))
+    for rec in vol.trees["xattr"].scan():
+        if rec[5]:
+            k = -(-rec[4] // BS)
+            if rec[5] < end and rec[5] + k > bno:
+                out.append((rec[5], rec[0], rec[1], k, RMAP_ATTR))
+    sb = vol.sb
+    fixed = [(0, OWN_FS, 0, 1, 0), (secondary_bno(vol.total_blocks), OWN_FS, 0, 1, 0),
+             (int(sb["log_start"]), OWN_LOG, 0, int(sb["log_blocks"]), 0)]
+    fixed += [(b, OWN_AG, 0, 1, 0) for b in vol.alloc.pool_blocks()]
+    for name, tree in vol.trees.items():
+        owner = own_tree(tree.tid)
+        fixed.extend((b, owner, 0, 1, 0) for b in _node_blocks(tree))
+    out += [r for r in fixed if r[0] < end and r[0] + r[3] > bno]
+    return out
+
+
+def _node_blocks(tree) -> list[int]:
+    """Every node block of a tree; a node that cannot be read (poisoned) is
+    still listed, its subtree is not."""
+    out = []
+    if not tree.height:
+        return out
+    stack = [(tree.root, tree.height - 1)]
+    while stack:
+        b, level = stack.pop()
+        out.append(b)
+        if not level:
+            continue
+        try:
+            node = tree._node(b, level)
+        except (Corrupted, MediaError):
+            continue
+        stack.extend((int(c), level - 1) for c in node.recs["child"][:node.n])
+    return out
+
+
+def _fill_paths(fs, owners: list[Owner]) -> None:
+    """Names of the data owners (one scan of the directory tree)."""
+    want = {o.owner for o in owners if o.kind != "metadata"}
+    if not want:
+        return
+    names: dict[int, list[str]] = {}
+    parents: dict[int, tuple[int, bytes]] = {}
+    try:
+        for parent, _, ino, _, _, name in fs.vol.trees["dir"].scan():
+            if ino in want:
+                names.setdefault(ino, []).append((parent, name))
+            parents.setdefault(ino, (parent, name))
+    except (Corrupted, MediaError):
+        return
+
+    def path_of(parent: int, name: bytes) -> str:
+        parts = [name.decode(errors="replace")]
+        seen = 0
+        while parent != 1 and parent in parents and seen < 4096:
+            parent, nm = parents[parent]
+            parts.append(nm.decode(errors="replace"))
+            seen += 1
+        return "/" + "/".join(reversed(parts))
+
+    for o in owners:
+        o.paths = [path_of(p, nm) for p, nm in names.get(o.owner, [])]
+
+
+# ---- the failure handler ---------------------------------------------------------
+def handle(fs, bno: int, n: int) -> Report:
+    """React to a bad range the device reported: rmap query, then act."""
+    t0 = time.perf_counter()
+    vol = fs.vol
+    try:
+        owners = owners_of(fs, bno, n)
+    except (Corrupted, MediaError) as e:
+        fs.shut_down(f"cannot look up the owners of bad blocks {bno}+{n}: {e}")
+        return Report(bno, n, [], "the rmap itself is unreadable: filesystem shut down")
+    meta = [o for o in owners if o.kind == "metadata"]
+    actions = []
+    for o in meta:
+        if o.owner == OWN_FS:
+            _rewrite_superblocks(fs)
+            actions.append(f"superblock copy at block {o.bno} rewritten from the good copy")
+        else:
+            fs.shut_down(f"media error in metadata: {o.describe()}")
+            actions.append(f"metadata ({owner_name(o.owner)}) damaged: filesystem shut down")
+    data = [o for o in owners if o.kind != "metadata"]
+    for o in data:
+        log.error("media error: %s", o.describe())
+    if data:
+        actions.append(f"{len({o.owner for o in data})} file(s) lose the bad range (EIO/SIGBUS)")
+    # what nobody owns is free space: clear it now
+    owned = sorted((o.bno, o.bno + o.nblocks) for o in owners)
+    pos = bno
+    cleared = 0
+    for s, e in owned + [(bno + n, bno + n)]:
+        if s > pos:
+            vol.pmem.blocks(pos, s - pos)[:] = 0
+            vol.pmem.flush([(pos, s - pos)])
+            vol.pmem.bad.clear(pos, s - pos)
+            cleared += s - pos
+        pos = max(pos, e)
+    if cleared:
+        actions.append(f"{cleared} free block(s) zeroed and cleared")
+    if not actions:
+        actions.append("nothing to do")
+    report = Report(bno, n, owners, "; ".join(actions), time.perf_counter() - t0)
+    for line in report.lines():
+        log.warning("%s", line)
+    return report
+
+
+def _rewrite_superblocks(fs) -> None:
+    vol = fs.vol
+    if fs.shutdown_reason or vol.pmem.readonly:
+        return
+    vol.mark_dirty_sb()
+    vol.commit()
+    for b in (0, secondary_bno(vol.total_blocks)):
+        vol.pmem.bad.clear(b, 1)
+
+
+def inject(fs, bno: int, n: int) -> Report:
+    """Mark [bno, bno+n) bad on the device and run the handler."""
+    if bno < 0 or n <= 0 or bno + n > fs.vol.total_blocks:
+        from .errors import InvalidArgument
+        raise InvalidArgument(f"range {bno}+{n} is outside the device"
+                              f" ({fs.vol.total_blocks} blocks)")
+    fs.vol.pmem.bad.add(bno, n)
+    return handle(fs, bno, n)
+
+
+def handle_all(fs) -> list[Report]:
+    """Run the handler for every bad range the device has (at mount)."""
+    reports = []
+    for b, n in list(fs.vol.pmem.bad.ranges()):
+        reports.append(handle(fs, b, n))
+    return reports
+
+
+def listing(fs) -> list[Report]:
+    """Every bad range with its owners, without acting."""
+    out = []
+    for b, n in fs.vol.pmem.bad.ranges():
+        try:
+            owners = owners_of(fs, b, n)
+            state = "bad"
+        except (Corrupted, MediaError, Shutdown) as e:
+            owners, state = [], f"owners unknown ({e})"
+        out.append(Report(b, n, owners, state))
+    return out
