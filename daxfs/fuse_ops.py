@@ -344,9 +344,7 @@ class Operations(pyfuse3.Operations):
 
     @_boundary()
     async def opendir(self, inode, ctx):
-        attr = self.fs.getattr(inode)
-        if not stat.S_ISDIR(attr.mode):
-            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        # The kernel opens only directories here; readdir checks again.
         return inode
 
     @_boundary()
