@@ -212,6 +212,8 @@ class Operations(pyfuse3.Operations):
             self._lookups.pop(ino, None)
             try:
                 self.fs.forget(ino)
+            except DaxfsError as exc:
+                log.warning("forget(%d) at unmount: %s", ino, exc)
             except Exception:
                 log.exception("forget(%d) at unmount failed", ino)
 
@@ -233,6 +235,8 @@ class Operations(pyfuse3.Operations):
                 if ino != pyfuse3.ROOT_INODE:
                     self.fs.forget(ino)
                     self._dirty = True
+            except DaxfsError as exc:       # e.g. shut down: the inode is freed at next open
+                log.warning("forget(%d, %d): %s", ino, n, exc)
             except Exception:
                 log.exception("forget(%d, %d) failed", ino, n)
 
