@@ -212,7 +212,8 @@ class Allocator:
 
     def settle(self) -> None:
         """Apply queued rmap owner changes and bring the pool back to size."""
-        if self._settling:
+        if self._settling or (not self._owner_changes
+                              and POOL_LOW <= int(self.sb["pool_count"]) <= POOL_HIGH):
             return
         self._settling = True
         try:

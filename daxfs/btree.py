@@ -70,22 +70,29 @@ class TreeSpec:
 class Node:
     """A view of one node block: header fields and its record array."""
 
-    __slots__ = ("bno", "buf", "hdr", "level", "n", "recs", "writable", "cap")
+    __slots__ = ("bno", "buf", "level", "n", "recs", "writable", "cap")
 
     def __init__(self, spec: TreeSpec, bno: int, buf: np.ndarray, writable: bool):
         self.bno = bno
         self.buf = buf
-        self.hdr = buf[:NODE_HDR_SIZE].view(NODE_HDR_DTYPE)
-        self.level = int(self.hdr["level"][0])
-        self.n = int(self.hdr["nrecs"][0])
-        dt = spec.rec_dtype if self.level == 0 else spec.ent_dtype
-        self.cap = spec.leaf_cap if self.level == 0 else spec.node_cap
+        # header fields read straight from the bytes (format.NODE_HDR_DTYPE:
+        # level u16 at 10, nrecs u32 at 12); a structured view costs more
+        self.level = int(buf[10]) | int(buf[11]) << 8
+        self.n = int.from_bytes(buf[12:16].tobytes(), "little")
+        if self.level == 0:
+            dt, self.cap = spec.rec_dtype, spec.leaf_cap
+        else:
+            dt, self.cap = spec.ent_dtype, spec.node_cap
         self.recs = buf[NODE_HDR_SIZE:NODE_HDR_SIZE + self.cap * dt.itemsize].view(dt)
         self.writable = writable
 
+    @property
+    def hdr(self):
+        return self.buf[:NODE_HDR_SIZE].view(NODE_HDR_DTYPE)
+
     def set_n(self, n: int) -> None:
         self.n = n
-        self.hdr["nrecs"][0] = n
+        self.buf[12:16] = np.frombuffer(n.to_bytes(4, "little"), dtype=np.uint8)
 
 
 class BTree:
@@ -181,16 +188,25 @@ class BTree:
         return np.array(tuple(key), dtype=self.spec.key_dtype)[()]
 
     def _search(self, node: Node, key, side: str) -> int:
+        """Index of the first record >= key ('left') or > key ('right'),
+        comparing lexicographically; key may be a prefix of the key fields.
+        Narrows field by field with np.searchsorted on each column."""
         n = node.n
         if n == 0:
             return 0
-        spec = self.spec
-        raw = node.buf[NODE_HDR_SIZE:NODE_HDR_SIZE + n * node.recs.itemsize]
-        if spec.single:
-            col = node.recs[spec.kf0][:n]
-            return int(np.searchsorted(col, key[0], side))
-        kv = raw.view(spec.rec_key_view if node.level == 0 else spec.ent_key_view)
-        return int(np.searchsorted(kv, self._kscalar(key), side))
+        recs = node.recs
+        if self.spec.single:
+            return int(recs[self.spec.kf0][:n].searchsorted(key[0], side))
+        lo, hi = 0, n
+        last = len(key) - 1
+        for i, (f, v) in enumerate(zip(self.spec.key_fields, key)):
+            col = recs[f][lo:hi]
+            a = lo + int(col.searchsorted(v, "left"))
+            b = lo + int(col.searchsorted(v, "right"))
+            if i == last or a == b:
+                return a if (side == "left" or a == b) else b
+            lo, hi = a, b
+        return lo if side == "left" else hi
 
     def _key_at(self, node: Node, i: int) -> tuple:
         r = node.recs[i]

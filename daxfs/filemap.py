@@ -138,9 +138,13 @@ class FileMap:
             view[lo - off:hi - off] = buf[src:src + hi - lo]
         return bytes(out)
 
-    def _store(self, p: int, boff: int, data, d0: int, d1: int) -> None:
-        """Store data[d0:d1] at byte boff of physical block p onwards."""
+    def _store(self, p: int, boff: int, data, d0: int, d1: int, fresh: bool = False) -> None:
+        """Store data[d0:d1] at byte boff of physical block p onwards
+        (`fresh`: the blocks were just allocated)."""
         o = p * BS + boff
+        if fresh and d1 - d0 >= 4 * BS:
+            self.pmem.store_fresh(o, memoryview(data)[d0:d1])
+            return
         self.pmem.buf[o:o + d1 - d0] = np.frombuffer(data, dtype=np.uint8, count=d1 - d0,
                                                     offset=d0)
 
@@ -213,7 +217,7 @@ class FileMap:
                 s = old_p * BS + (d_hi - lo)
                 buf[t:(p + k) * BS] = buf[s:(old_p + k) * BS]
         if d_lo < d_hi:
-            self._store(p, d_lo - lo, data, d_lo - off, d_hi - off)
+            self._store(p, d_lo - lo, data, d_lo - off, d_hi - off, fresh=True)
         self.journal.note_data(p, k)
 
     def _overwrite(self, inode, f: int, p: int, k: int, off: int, end: int, data) -> None:

@@ -56,6 +56,7 @@ def _op(method):
         self.vol.begin_op()
         try:
             result = method(self, *args, **kwargs)
+            self.vol.alloc.settle()
         except Corrupted as e:
             self.vol.rollback_op()
             self._shut_down(str(e))

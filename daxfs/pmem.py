@@ -126,6 +126,18 @@ class Pmem:
         o = bno * BLOCK_SIZE
         return self.buf[o:o + n * BLOCK_SIZE]
 
+    def store_fresh(self, offset: int, data) -> None:
+        """Store bytes into blocks this process has not touched yet (newly
+        allocated).  A first store through a shared file mapping costs a
+        page fault per page; pwrite puts the bytes into the same page cache
+        pages about ten times faster, with the same flush semantics.  The
+        private (power-loss) mapping keeps plain stores: its pages must stay
+        private until flushed."""
+        if self.private:
+            self.buf[offset:offset + len(data)] = np.frombuffer(data, dtype=np.uint8)
+        else:
+            os.pwrite(self.fd, data, offset)
+
     def check_load(self, bno: int, n: int = 1) -> None:
         """Raise MediaError if any block of [bno, bno+n) is bad."""
         if self.bad:
