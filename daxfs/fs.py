@@ -87,6 +87,7 @@ class Filesystem:
         self._in_op = False
         self._step_inodes = []
         self.has_rmap = vol.has_rmap
+        self.atime = True          # relatime updates; the mount's noatime turns them off
         self.poison_reports = []
         self.reflink = bool(int(vol.sb["features"]) & FEAT_REFLINK)
 
@@ -517,8 +518,9 @@ class Filesystem:
                 p = self.inodes.get(d.parent or ROOT_INO)
                 yield DirEntry(b"..", p.attr(), 2)
             start = max(0, pos - 2) if pos >= 2 else 0
-            batch = list(self.dirs.entries(ino, start))
-            for epos, name, child, _ in batch:
+            # lazy: the caller stops when its buffer is full, and a readdir
+            # must not cost the whole rest of the directory each time
+            for epos, name, child, _ in self.dirs.entries(ino, start):
                 try:
                     attr = self.inodes.get(child).attr()
                 except NotFound:
@@ -536,7 +538,20 @@ class Filesystem:
             raise IsADirectory("is a directory")
         if offset < 0:
             raise InvalidArgument("negative offset")
-        return self.filemap.read(ino, offset, size, inode.size)
+        data = self.filemap.read(ino, offset, size, inode.size)
+        self._relatime(inode)
+        return data
+
+    def _relatime(self, inode) -> None:
+        """Update atime on a read as Linux's relatime does: when it is not
+        newer than mtime or ctime, or is a day old."""
+        if self.readonly or not self.atime:
+            return
+        now = time.time_ns()
+        if inode.atime <= inode.mtime or inode.atime <= inode.ctime or \
+                now - inode.atime > 86400 * 10**9:
+            inode.atime = now
+            self.inodes.put(inode)
 
     @_op
     def write(self, ino: int, offset: int, data) -> int:
