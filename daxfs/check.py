@@ -117,7 +117,8 @@ class Checker:
             n = node.n
             if n == 0 and not (bno == tree.root and level == 0):
                 self.problem(f"{name} tree: block {bno}: empty node")
-            keys = [tuple(node.recs[i][f].item() for f in spec.key_fields) for i in range(n)]
+            rows = node.recs[:n].tolist()
+            keys = [r[:spec.nkey] for r in rows]
             if any(keys[i] >= keys[i + 1] for i in range(n - 1)):
                 self.problem(f"{name} tree: block {bno}: records out of order")
                 self.bad_trees.add(name)
@@ -134,11 +135,11 @@ class Checker:
                 self.bad_trees.add(name)
             if level:
                 for i in range(n - 1, -1, -1):
-                    e = node.recs[i]
+                    e = rows[i]
                     nxt = keys[i + 1] if i + 1 < n else high
                     lo_i = keys[i] if (i or low is not None) else None
-                    stack.append((int(e["child"]), level - 1, lo_i, nxt,
-                                  int(e["hi"]) if spec.overlap else None))
+                    stack.append((e[-1], level - 1, lo_i, nxt,
+                                  e[-2] if spec.overlap else None))
             else:
                 nrecs += n
         if nrecs != tree.count and name not in self.bad_trees:
