@@ -158,6 +158,7 @@ class FileMap:
         b0, b1 = off // BS, (end + BS - 1) // BS
         pos = b0
         goal = 0
+        self._reached = b0         # file block up to which the write is stored
         try:
             for f, p, k in self.extents(ino, b0, b1) + [(b1, 0, 0)]:
                 if pos < f:
@@ -166,8 +167,9 @@ class FileMap:
                     self._overwrite(inode, f, p, k, off, end, data)
                     goal = p + k
                 pos = f + k
+                self._reached = pos
         except NoSpace:
-            done = pos * BS - off
+            done = self._reached * BS - off
             if done > 0:
                 return min(done, n)
             raise
@@ -182,8 +184,9 @@ class FileMap:
             self._fill_new(p, f0, k, off, end, data, None)
             self.map(ino, f0, p, k)
             inode.blocks += k
-            self.step()
             f0 += k
+            self._reached = f0
+            self.step()
             goal = p + k
         return goal
 
@@ -266,8 +269,9 @@ class FileMap:
             removed, _ = self.unmap(ino, lo_f, lo_f + got)
             self.release(removed)
             self.map(ino, lo_f, np_, got)
-            self.step()
             lo_f += got
+            self._reached = lo_f
+            self.step()
 
     def zero_tail(self, inode, size: int) -> None:
         """Zero the bytes from size to the end of its block (truncate)."""
@@ -282,7 +286,7 @@ class FileMap:
         """Unmap and release every block of the file from first_block on, in
         steps that each leave the file consistent."""
         while True:
-            removed, reached = self.unmap(inode.ino, first_block, _END, limit=64)
+            removed, reached = self.unmap(inode.ino, first_block, _END, limit=16)
             self.release(removed)
             inode.blocks -= sum(n for _, n in removed)
             if reached == _END:

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 def layout(total_blocks: int) -> tuple[int, int]:
     """(log_start, log_blocks) for a device of this many blocks."""
-    log_blocks = max(256, min(8192, total_blocks // 64))
+    log_blocks = max(256, min(16384, total_blocks // 32))
     return 1, log_blocks
 
 

@@ -1,0 +1,99 @@
+"""Edges of the engine: very fragmented files on the smallest device (long
+operations must step within the log), full device rollback, big sparse
+offsets, names and xattr limits."""
+
+import stat
+
+import pytest
+
+from daxfs.errors import (AttributeTooBig, FileTooBig, NameTooLong, NoSpace, NotEmpty,
+                          InvalidArgument, IsADirectory, NotADirectory, Exists)
+from daxfs.format import BLOCK_SIZE as BS
+from engine_helpers import assert_clean, make_fs
+
+
+def test_fragmented_files_on_the_smallest_device(tmp_path):
+    fs = make_fs(tmp_path / "s.img", size=16 << 20)
+    a = fs.mknod(1, b"a", stat.S_IFREG | 0o644, 0, 0).ino
+    b = fs.mknod(1, b"b", stat.S_IFREG | 0o644, 0, 0).ino
+    n = 1300
+    for i in range(n):                       # interleave: every extent is one block
+        fs.write(a, i * BS, bytes([i % 251]) * BS)
+        fs.write(b, i * BS, bytes([(i + 7) % 251]) * BS)
+    assert len(fs.fiemap(a, 0, n * BS)) > n // 2
+    assert_clean(fs)
+    c = fs.mknod(1, b"c", stat.S_IFREG | 0o644, 0, 0).ino
+    fs.clone_range(a, 0, c, 0, 0)            # clone ~1300 extents
+    assert fs.read(c, 5 * BS, 3) == bytes([5]) * 3
+    assert_clean(fs)
+    fs.setattr(a, size=BS // 2)              # truncate ~1300 extents
+    fs.unlink(1, b"b")
+    fs.forget(b)                             # free ~1300 extents
+    assert fs.read(c, 1000 * BS, 2) == bytes([1000 % 251]) * 2
+    assert_clean(fs)
+    fs.close()
+
+
+def test_enospc_rolls_back_and_frees(tmp_path):
+    fs = make_fs(tmp_path / "f.img", size=16 << 20)
+    a = fs.mknod(1, b"a", stat.S_IFREG | 0o644, 0, 0).ino
+    chunk = b"z" * (1 << 20)
+    off = 0
+    with pytest.raises(NoSpace):
+        while True:
+            n = fs.write(a, off, chunk)
+            off += n
+            if n < len(chunk):
+                fs.write(a, off, chunk)
+    size = fs.getattr(a).size
+    assert size == off and fs.read(a, 0, 10) == b"z" * 10
+    with pytest.raises(NoSpace):
+        fs.mknod(1, b"x", stat.S_IFREG | 0o644, 0, 0)
+    with pytest.raises(NoSpace):
+        fs.mkdir(1, b"d", 0o755, 0, 0)
+    with pytest.raises(NoSpace):
+        fs.setxattr(a, b"user.big", b"v" * 5000)
+    assert_clean(fs)
+    fs.unlink(1, b"a")                       # always succeeds on a full device
+    fs.forget(a)
+    fs.commit()
+    assert fs.statfs().avail_blocks > 3000
+    x = fs.mknod(1, b"x", stat.S_IFREG | 0o644, 0, 0).ino
+    fs.write(x, 0, chunk)
+    assert_clean(fs)
+    fs.close()
+
+
+def test_posix_errors(tmp_path):
+    fs = make_fs(tmp_path / "e.img")
+    d = fs.mkdir(1, b"d", 0o755, 0, 0).ino
+    f = fs.mknod(d, b"f", stat.S_IFREG | 0o644, 0, 0).ino
+    with pytest.raises(NameTooLong):
+        fs.mknod(1, b"n" * 256, stat.S_IFREG | 0o644, 0, 0)
+    fs.mknod(1, b"n" * 255, stat.S_IFREG | 0o644, 0, 0)
+    with pytest.raises(Exists):
+        fs.mkdir(1, b"d", 0o755, 0, 0)
+    with pytest.raises(NotEmpty):
+        fs.rmdir(1, b"d")
+    with pytest.raises(NotADirectory):
+        fs.rmdir(d, b"f")
+    with pytest.raises(IsADirectory):
+        fs.unlink(1, b"d")
+    with pytest.raises(InvalidArgument):
+        fs.rename(1, b"d", d, b"sub")        # into itself
+    with pytest.raises(AttributeTooBig):
+        fs.setxattr(f, b"user.x", b"v" * 65537)
+    fs.setxattr(f, b"user.x", b"v" * 65536)
+    assert fs.getxattr(f, b"user.x") == b"v" * 65536
+    with pytest.raises(FileTooBig):
+        fs.write(f, (1 << 63) - 2, b"abc")
+    big = 5 << 30                            # beyond 4 GiB, sparse
+    fs.write(f, big, b"tail")
+    assert fs.getattr(f).size == big + 4 and fs.getattr(f).blocks == 1
+    assert fs.read(f, big - 2, 6) == b"\0\0tail"
+    fs.rename(1, b"d", 1, b"d2", 1)          # RENAME_NOREPLACE to a free name
+    e = fs.mkdir(1, b"e", 0o755, 0, 0).ino
+    fs.rename(1, b"d2", 1, b"e", 2)          # RENAME_EXCHANGE
+    assert fs.lookup(1, b"e").ino == d and fs.lookup(1, b"d2").ino == e
+    assert_clean(fs)
+    fs.close()
