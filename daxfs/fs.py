@@ -575,10 +575,8 @@ class Filesystem:
             self._step_inodes = []
         if offset + done > inode.size:
             inode.size = offset + done
-        if inode.mode & (stat.S_ISUID | stat.S_ISGID):
-            inode.mode &= ~stat.S_ISUID
-            if inode.mode & stat.S_IXGRP:
-                inode.mode &= ~stat.S_ISGID
+        # set-uid/set-gid bits are dropped by the kernel (a setattr it sends
+        # for writers without CAP_FSETID), not here
         self._touch(inode)
         self.inodes.put(inode)
         return done
