@@ -354,6 +354,12 @@ class Operations(pyfuse3.Operations):
     @_boundary()
     async def readdir(self, fh, start_id, token):
         for ent in self.fs.readdir(fh, start_id):
+            if ent.next_pos == start_id:
+                # A cookie that does not move makes getdents loop forever in
+                # the caller: end the listing and say so instead.
+                log.error("readdir(%d, %d): engine returned %r with the same cookie",
+                          fh, start_id, ent.name)
+                break
             if not pyfuse3.readdir_reply(token, ent.name, self._entry(ent.attr), ent.next_pos):
                 break
             if ent.name not in (b".", b".."):

@@ -159,6 +159,7 @@ def mount_root():
     """A directory every user may traverse, holding the mountpoints."""
     d = tempfile.mkdtemp(prefix="daxfs-test-")
     os.chmod(d, 0o755)
+    _session_mount_roots.append(d + "/")
     yield Path(d)
     for sub in Path(d).iterdir():
         if mount_source(sub) is not None:
@@ -186,8 +187,20 @@ def mounted(image, mnt):
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _no_fuse_left_behind():
+def _no_fuse_left_behind(tmp_path_factory):
+    """No daxfs mount of this session (its image under this session's
+    tmp dir, or its mountpoint under mount_root) may outlive it.  Mounts of
+    other sessions running at the same time are none of our business."""
+    base = str(tmp_path_factory.getbasetemp())
     yield
-    with open("/proc/mounts") as f:
-        left = [ln for ln in f if "fuse.daxfs" in ln]
+    from daxfs.cmd_mount import mounts
+    left = [(mnt, src) for mnt, fstype, src in mounts()
+            if fstype == "fuse.daxfs"
+            and (src.startswith("daxfs:" + base + "/")
+                 or mnt.startswith(tuple(_session_mount_roots)))]
+    for mnt, _src in left:
+        force_unmount(mnt)
     assert not left, f"daxfs mounts left behind: {left}"
+
+
+_session_mount_roots: list[str] = []
