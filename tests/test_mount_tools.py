@@ -767,3 +767,17 @@ def test_concurrent_clients(mounted):
                 p.kill()
                 p.wait(timeout=10)
     assert all(os.listdir(Path(mounted, f"w{n}")) == [] for n in range(4))
+
+
+def test_option_parsing_and_mountinfo_escapes():
+    """No mount: -o handling and the mountinfo decoding the tools rely on."""
+    from daxfs import cmd_mount, mount
+    assert cmd_mount.parse_options("rw,defaults,nofail,_netdev,x-systemd.automount,noexec") \
+        == (["noexec"], False)
+    assert cmd_mount.parse_options("ro,nosuid,allow_root") == (["nosuid", "allow_root"], True)
+    with pytest.raises(cmd_mount.UsageError):
+        cmd_mount.parse_options("uid=5")
+    assert cmd_mount._unescape_mountinfo(r"/a\040b\134c\011d") == "/a b\\c\td"
+    opts = mount.fuse_options("/x/a,b.img", ["noexec"], readonly=True)
+    assert r"fsname=daxfs:/x/a\,b.img" in opts and "subtype=daxfs" in opts
+    assert {"default_permissions", "ro", "noexec"} <= opts
