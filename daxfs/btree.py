@@ -29,6 +29,21 @@ from .journal import sealed_ok
 MAX_HEIGHT = 16
 
 
+def _searchsorted(col, v, side: str) -> int:
+    """col.searchsorted(v) with v converted to the column's integer type
+    first: numpy compares a uint64 column with a Python int through
+    float64, so keys above 2**53 that differ in their low bits (directory
+    cookies are hash << 32 | index) would compare equal."""
+    if col.dtype.kind in "ui" and isinstance(v, (int, np.integer)):
+        info = np.iinfo(col.dtype)
+        if v < info.min:
+            return 0
+        if v > info.max:
+            return len(col)
+        v = col.dtype.type(v)
+    return int(col.searchsorted(v, side))
+
+
 class TreeSpec:
     """What the generic B+tree needs to know about one tree."""
 
@@ -196,13 +211,13 @@ class BTree:
             return 0
         recs = node.recs
         if self.spec.single:
-            return int(recs[self.spec.kf0][:n].searchsorted(key[0], side))
+            return _searchsorted(recs[self.spec.kf0][:n], key[0], side)
         lo, hi = 0, n
         last = len(key) - 1
         for i, (f, v) in enumerate(zip(self.spec.key_fields, key)):
             col = recs[f][lo:hi]
-            a = lo + int(col.searchsorted(v, "left"))
-            b = lo + int(col.searchsorted(v, "right"))
+            a = lo + _searchsorted(col, v, "left")
+            b = lo + _searchsorted(col, v, "right")
             if i == last or a == b:
                 return a if (side == "left" or a == b) else b
             lo, hi = a, b
