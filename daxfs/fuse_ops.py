@@ -78,6 +78,7 @@ import pyfuse3
 import trio
 
 from daxfs import control
+from daxfs.control_server import Caller, ControlServer, own_mount_device
 from daxfs.errors import DaxfsError
 
 log = logging.getLogger(__name__)
@@ -143,6 +144,7 @@ class Operations(pyfuse3.Operations):
         self.default_permissions = default_permissions
         self._lookups: dict[int, int] = defaultdict(int)
         self._dirty = False
+        self.control = ControlServer(fs)   # daxfs/control_server.py
 
     # ---------------------------------------------------------------- helpers
 
@@ -428,13 +430,38 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENODATA)
         self.fs.removexattr(inode, name)
 
+    def init(self):
+        """FUSE INIT: the mount exists now; learn its st_dev (the control
+        protocol's EXDEV check) from mountinfo, never through the mount."""
+        try:
+            self._control_device()
+        except Exception:
+            log.exception("cannot learn the mount's device: clones will answer EXDEV")
+
+    def _control_device(self):
+        if self.control.device is None:
+            pmem = getattr(getattr(self.fs, "vol", None), "pmem", None)
+            if pmem is not None:
+                self.control.device = own_mount_device(pmem.path)
+        return self.control.device
+
     async def _control_getxattr(self, inode, name, ctx) -> bytes:
-        """Hook for the control protocol (daxfs/control.py)."""
-        raise pyfuse3.FUSEError(errno.ENOTSUP)
+        """The control protocol's reads (daxfs/control_server.py)."""
+        return self.control.getxattr(Caller.from_ctx(ctx), inode, name)
 
     async def _control_setxattr(self, inode, name, value, ctx) -> None:
-        """Hook for the control protocol (daxfs/control.py)."""
-        raise pyfuse3.FUSEError(errno.ENOTSUP)
+        """The control protocol's requests (daxfs/control_server.py): check,
+        drop the kernel's cached pages of source and destination, change
+        the mapping, drop the destination's again, reply.  Invalidation
+        runs in a worker thread (`_invalidate`), never in the handler."""
+        self._control_device()
+        action = self.control.prepare(Caller.from_ctx(ctx), inode, name, value)
+        for ino in action.before:
+            await self._invalidate(ino)
+        action.perform()
+        for ino in action.after:
+            await self._invalidate(ino)
+
 
     # ---------------------------------------------------------- permissions
 

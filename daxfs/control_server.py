@@ -1,0 +1,296 @@
+"""The daemon side of the control protocol (daxfs/control.py): what a
+``user.daxfs.*`` getxattr or setxattr on a file of this mount does.
+
+FUSE-free and unit-testable: it takes the open `Filesystem`, the caller
+(`Caller`: uid, gid, pid of the calling thread, supplementary groups read
+from /proc/<pid>/status when they matter), the inode the xattr was set or
+read on, the name and the value; it performs the request or raises the
+engine error (`DaxfsError`) whose ``.errno`` is what XFS gives.  The FUSE
+adapter (daxfs/fuse_ops.py, `_control_getxattr` / `_control_setxattr`)
+only turns the answer into a reply and does the cache invalidation.
+
+Requests
+--------
+getxattr (`ControlServer.getxattr`)
+    ``user.daxfs.probe`` -> control.PROBE_VALUE (every inode);
+    ``user.daxfs.result`` -> the caller's last dedupe result for this inode
+    (ENODATA if none; reading does not consume it);
+    ``user.daxfs.fiemap.S.L.F`` -> `parse_fiemap_name`, the engine's
+    extents overlapping [S, S+L), at most FIEMAP_MAX_EXTENTS_PER_CALL
+    (FIEMAP_EXTENT_LAST stays only on the file's real last extent: the
+    engine sets it, and cutting the list never adds it) -> `encode_fiemap`;
+    any other control name -> ENODATA (nothing is ever stored there).
+
+setxattr (`ControlServer.prepare` then `Action.perform`)
+    ``user.daxfs.clone`` / ``user.daxfs.dedupe`` with a 64-byte REQUEST;
+    any other control name, a malformed, oversized or mismatched (op vs
+    name) value -> EINVAL, never a crash.
+
+Checks of a clone, in the kernel's order (the client has already made the
+ones that need the file handles: destination open for writing, not
+O_APPEND, source open for reading)
+    1. ``src_dev`` must be this mount's st_dev -> else EXDEV (the adapter
+       learns it once at FUSE init with `own_mount_device`, from
+       mountinfo, without touching the mount; until it is known every
+       request is EXDEV);
+    2. `control.check_source_fd`: the calling thread really holds
+       ``src_fd`` open for reading on this mount, naming ``src_ino`` ->
+       else EBADF (EACCES if the caller's /proc cannot be read).  A
+       request without a descriptor (``src_fd`` -1) is refused with EBADF:
+       an inode number alone is a capability nobody checks (see control.py);
+    3. the caller may read the source by its mode bits (owner, then group
+       incl. supplementary groups, then other; uid 0 bypasses, as with
+       CAP_DAC_OVERRIDE) -> else EACCES.  Stricter than the kernel in one
+       corner: a descriptor opened before a chmod (or received over a
+       socket) is enough for FICLONE, not for us;
+    4. either file a directory -> EISDIR; either not a regular file ->
+       EINVAL;
+    5. the engine's `clone_range` (generic_remap_checks: alignment EINVAL,
+       overlap within one file EINVAL, to-EOF rules; no rmap/reflink
+       feature -> EOPNOTSUPP; ENOSPC, EFBIG...).
+
+A dedupe makes checks 1-3 the same way (the source for a dedupe must be
+readable too), then the engine's `dedupe_range` for this one destination,
+whose outcome (SAME with the byte count, DIFFERS, or a -errno status for
+the destination) is stored in the `ResultTable` under (ctx.pid, inode) for
+``user.daxfs.result``.  The table entry is dropped first, so a request that
+fails as a whole (the setxattr answers an errno) never leaves an older
+result readable.
+
+Invalidation
+------------
+`prepare` makes every check that needs no change and returns an `Action`
+naming the inodes whose cached pages and attributes the adapter must drop
+*before* the mapping changes (``before``: source and destination) and
+*after* it (``after``: the destination).  The adapter awaits in between
+(the invalidation runs in a worker thread, see PLATFORM.md), so `perform`
+re-reads the inodes and lets the engine check everything again: nothing
+decided in `prepare` is trusted across the await except the caller's
+identity and the descriptor check.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass, field
+from typing import Callable
+
+from daxfs import control
+from daxfs.attrs import DedupeResult
+from daxfs.errors import (BadFileDescriptor, CrossDevice, DaxfsError, InvalidArgument,
+                          IsADirectory, NoAttribute, NotFound, PermissionDenied)
+
+__all__ = ["Caller", "Action", "ControlServer", "own_mount_device", "read_groups",
+           "may_read"]
+
+
+def own_mount_device(image: str, mountinfo: str = "/proc/self/mountinfo") -> int | None:
+    """The st_dev of this daemon's mount of `image`, from mountinfo alone
+    (a stat through the mount from inside the daemon could deadlock).
+
+    The mount is found by its source, which daxfs/mount.py makes
+    ``daxfs:<absolute image path>`` (plain ``daxfs`` if that path is not
+    ASCII); the image is locked by its daemon, so at most one mount has
+    that source.  None if no mount, or more than one candidate device,
+    matches (then every clone or dedupe answers EXDEV rather than guess)."""
+    path = os.path.abspath(image)
+    want = "daxfs:" + path if ("daxfs:" + path).isascii() else "daxfs"
+    found = set()
+    try:
+        with open(mountinfo, encoding="utf-8", errors="surrogateescape") as f:
+            for line in f:
+                head, sep, tail = line.partition(" - ")
+                fields, rest = head.split(), tail.split()
+                if not sep or len(fields) < 5 or len(rest) < 2:
+                    continue
+                if not rest[0].startswith("fuse"):
+                    continue
+                if control._unescape_mountinfo(rest[1]) != want:
+                    continue
+                major, minor = fields[2].split(":")
+                found.add(os.makedev(int(major), int(minor)))
+    except (OSError, ValueError):
+        return None
+    return found.pop() if len(found) == 1 else None
+
+
+def read_groups(pid: int) -> frozenset[int]:
+    """The supplementary groups of thread `pid` (/proc/<pid>/status,
+    ``Groups:``); empty if they cannot be read (the thread is gone)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Groups:"):
+                    return frozenset(int(g) for g in line.split()[1:])
+    except (OSError, ValueError):
+        pass
+    return frozenset()
+
+
+@dataclass
+class Caller:
+    """Who asks: FUSE's ctx.uid / ctx.gid (the caller's fsuid/fsgid) and
+    ctx.pid (the calling thread).  `groups` is read from /proc on first use
+    unless given."""
+
+    uid: int
+    gid: int
+    pid: int
+    _groups: frozenset[int] | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_ctx(cls, ctx) -> "Caller":
+        return cls(int(ctx.uid), int(ctx.gid), int(ctx.pid))
+
+    @property
+    def groups(self) -> frozenset[int]:
+        if self._groups is None:
+            self._groups = read_groups(self.pid)
+        return self._groups
+
+    def in_group(self, gid: int) -> bool:
+        return gid == self.gid or gid in self.groups
+
+
+def may_read(attr, caller: Caller) -> bool:
+    """The kernel's generic_permission(MAY_READ) on st_mode bits (no ACLs):
+    owner bits if the caller owns the file, else group bits if it is in the
+    file's group, else other bits; uid 0 reads everything."""
+    if caller.uid == 0:
+        return True
+    if caller.uid == attr.uid:
+        bits = attr.mode >> 6
+    elif caller.in_group(attr.gid):
+        bits = attr.mode >> 3
+    else:
+        bits = attr.mode
+    return bool(bits & 0o4)
+
+
+@dataclass
+class Action:
+    """A checked setxattr request: invalidate `before`, `perform()`,
+    invalidate `after`, reply."""
+
+    before: tuple[int, ...]
+    after: tuple[int, ...]
+    _run: Callable[[], object]
+
+    def perform(self):
+        return self._run()
+
+
+def _unique(*inos: int) -> tuple[int, ...]:
+    return tuple(dict.fromkeys(inos))
+
+
+class ControlServer:
+    """The control requests of one mount over one open Filesystem.
+
+    `device` is the mount's st_dev (None until known: every clone or
+    dedupe is then EXDEV, since no source can be proven to be ours).
+    `check_fd` is control.check_source_fd (replaceable in unit tests that
+    have no real caller)."""
+
+    def __init__(self, fs, device: int | None = None, *,
+                 results: control.ResultTable | None = None,
+                 check_fd=control.check_source_fd):
+        self.fs = fs
+        self.device = device
+        self.results = results if results is not None else control.ResultTable()
+        self.check_fd = check_fd
+
+    # ----------------------------------------------------------- getxattr
+
+    def getxattr(self, caller: Caller, ino: int, name: bytes) -> bytes:
+        name = bytes(name)
+        if name == control.PROBE_NAME:
+            return control.PROBE_VALUE
+        if name == control.RESULT_NAME:
+            return self.results.value(caller.pid, ino)
+        if name.startswith(control.FIEMAP_PREFIX):
+            return self._fiemap(ino, name)
+        raise NoAttribute(f"{name!r} is a control name that holds no value")
+
+    def _fiemap(self, ino: int, name: bytes) -> bytes:
+        start, length, _flags = control.parse_fiemap_name(name)
+        # FIEMAP_FLAG_SYNC: the data is in the mapping already (the client
+        # wrote back the kernel's dirty pages before asking).
+        extents = self.fs.fiemap(ino, start, length)
+        return control.encode_fiemap(extents[:control.FIEMAP_MAX_EXTENTS_PER_CALL])
+
+    # ----------------------------------------------------------- setxattr
+
+    def prepare(self, caller: Caller, ino: int, name: bytes, value) -> Action:
+        """Check a setxattr request up to the engine call; raise its errno
+        or return the Action that performs it."""
+        name = bytes(name)
+        if name == control.DEDUPE_NAME:
+            # before anything can fail: a failed request leaves no result
+            self.results.drop(caller.pid, ino)
+            req = self._request(caller, name, value, control.OP_DEDUPE)
+            return Action(_unique(req.src_ino, ino), (ino,),
+                          lambda: self._dedupe(caller, ino, req))
+        if name == control.CLONE_NAME:
+            req = self._request(caller, name, value, control.OP_CLONE)
+            self._check_types(req.src_ino, ino)
+            return Action(_unique(req.src_ino, ino), (ino,),
+                          lambda: self._clone(caller, ino, req))
+        raise InvalidArgument(f"{name!r} is not a control request")
+
+    def setxattr(self, caller: Caller, ino: int, name: bytes, value) -> tuple[int, ...]:
+        """prepare + perform in one step (no invalidation in between, for
+        callers without a kernel cache); returns the inodes to invalidate."""
+        action = self.prepare(caller, ino, name, value)
+        action.perform()
+        return _unique(*action.before, *action.after)
+
+    def _request(self, caller: Caller, name: bytes, value, op: int) -> control.Request:
+        if value is None or len(value) != control.REQUEST_SIZE:
+            raise InvalidArgument(f"{name!r}: a request is {control.REQUEST_SIZE} bytes")
+        req = control.decode_request(value)
+        if req.op != op:
+            raise InvalidArgument(f"{name!r} carries op {req.op}")
+        if self.device is None or req.src_dev != self.device:
+            raise CrossDevice("the source is not on this file system")
+        self.check_fd(caller.pid, req.src_fd, req.src_dev, req.src_ino)
+        self._check_readable(caller, req.src_ino)
+        return req
+
+    def _source_attr(self, src_ino: int):
+        try:
+            return self.fs.getattr(src_ino)
+        except NotFound:
+            # the descriptor named it a moment ago: it is not ours to give
+            raise BadFileDescriptor(f"source inode {src_ino} is gone") from None
+
+    def _check_readable(self, caller: Caller, src_ino: int) -> None:
+        if not may_read(self._source_attr(src_ino), caller):
+            raise PermissionDenied(f"uid {caller.uid} may not read inode {src_ino}")
+
+    def _check_types(self, src_ino: int, dst_ino: int) -> None:
+        src = self._source_attr(src_ino)
+        dst = self.fs.getattr(dst_ino)
+        if stat.S_ISDIR(src.mode) or stat.S_ISDIR(dst.mode):
+            raise IsADirectory("cannot clone to or from a directory")
+        if not stat.S_ISREG(src.mode) or not stat.S_ISREG(dst.mode):
+            raise InvalidArgument("can only clone regular files")
+
+    def _clone(self, caller: Caller, ino: int, req: control.Request) -> int:
+        # again after the adapter's await: the files may have changed
+        self._check_readable(caller, req.src_ino)
+        self._check_types(req.src_ino, ino)
+        return self.fs.clone_range(req.src_ino, req.src_off, ino, req.dst_off, req.length)
+
+    def _dedupe(self, caller: Caller, ino: int, req: control.Request) -> DedupeResult:
+        self.results.drop(caller.pid, ino)
+        self._check_readable(caller, req.src_ino)
+        length = min(req.length, control.DEDUPE_MAX_LENGTH)
+        results = self.fs.dedupe_range(req.src_ino, req.src_off, length,
+                                       [(ino, req.dst_off)])
+        if len(results) != 1:
+            raise DaxfsError(f"engine gave {len(results)} dedupe results for one")
+        result = results[0]
+        self.results.store(caller.pid, ino, result)
+        return result
