@@ -318,6 +318,7 @@ class Filesystem:
         parent = self._dir(new_parent)
         if self.dirs.lookup(new_parent, new_name) is not None:
             raise Exists(f"{new_name!r} exists")
+        self._need_space()
         self.dirs.add(new_parent, new_name, ino, _DT.get(stat.S_IFMT(inode.mode), 0))
         inode.nlink += 1
         self._touch(inode, m=False)
@@ -683,6 +684,9 @@ class Filesystem:
         count = self._remap_prep(src, src_off, dst, dst_off, length, False)
         if count == 0:
             return 0
+        # new extent, rmap and refcount records: never from the reserve
+        # that keeps unlink working on a full device
+        self._need_space()
         self._remap(src, src_off, dst, dst_off, count)
         return count
 
@@ -722,6 +726,7 @@ class Filesystem:
                 if not self.filemap.same_bytes(src, src_off, dst, dst_off, count):
                     out.append(DedupeResult(FILE_DEDUPE_RANGE_DIFFERS, 0))
                     continue
+                self._need_space()
                 self._remap(src, src_off, dst, dst_off, count)
                 out.append(DedupeResult(0, count))
             except (Corrupted, NoSpace):
