@@ -78,6 +78,7 @@ import pyfuse3
 import trio
 
 from daxfs import control
+from daxfs.admin import AdminServer, is_admin_name
 from daxfs.control_server import Caller, ControlServer, own_mount_device
 from daxfs.errors import DaxfsError
 
@@ -145,6 +146,7 @@ class Operations(pyfuse3.Operations):
         self._lookups: dict[int, int] = defaultdict(int)
         self._dirty = False
         self.control = ControlServer(fs)   # daxfs/control_server.py
+        self.admin = AdminServer(fs)       # daxfs/admin.py
 
     # ---------------------------------------------------------------- helpers
 
@@ -404,6 +406,8 @@ class Operations(pyfuse3.Operations):
         if name.startswith(CONTROL_PREFIX):
             if name == PROBE_NAME:
                 return PROBE_VALUE
+            if is_admin_name(name):
+                return self.admin.serve_get(name)
             return await self._control_getxattr(inode, name, ctx)
         if name.startswith(SYSTEM_PREFIX):
             raise pyfuse3.FUSEError(errno.ENODATA)
@@ -414,6 +418,8 @@ class Operations(pyfuse3.Operations):
         # pyfuse3 has already applied XATTR_CREATE / XATTR_REPLACE (by asking
         # getxattr first), so the engine gets flags=0.
         if name.startswith(CONTROL_PREFIX):
+            if is_admin_name(name):
+                return await self._admin_setxattr(name, value, ctx)
             return await self._control_setxattr(inode, name, value, ctx)
         if name.startswith(SYSTEM_PREFIX):
             raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
@@ -429,6 +435,14 @@ class Operations(pyfuse3.Operations):
             # Control names are requests, never stored; system.* is never stored.
             raise pyfuse3.FUSEError(errno.ENODATA)
         self.fs.removexattr(inode, name)
+
+    async def _admin_setxattr(self, name, value, ctx) -> None:
+        """Root's requests to the daemon (daxfs/admin.py): inject poison and
+        run the failure handler, then drop the cached pages of every file
+        that owns bad bytes so their next load (read or mmap fault) asks us
+        and fails."""
+        for ino in self.admin.serve_set(ctx.uid, name, value):
+            await self._invalidate(ino)
 
     def init(self):
         """FUSE INIT: the mount exists now; learn its st_dev (the control
@@ -461,7 +475,6 @@ class Operations(pyfuse3.Operations):
         action.perform()
         for ino in action.after:
             await self._invalidate(ino)
-
 
     # ---------------------------------------------------------- permissions
 

@@ -97,3 +97,26 @@ def test_posix_errors(tmp_path):
     assert fs.lookup(1, b"e").ino == d and fs.lookup(1, b"d2").ino == e
     assert_clean(fs)
     fs.close()
+
+
+def test_space_freed_just_now_is_reusable(tmp_path):
+    """Blocks freed by an uncommitted transaction are busy; an allocation
+    that needs them commits and retries instead of failing with ENOSPC."""
+    fs = make_fs(tmp_path / "b.img", size=32 << 20)
+    a = fs.mknod(1, b"fill", stat.S_IFREG | 0o644, 0, 0).ino
+    off = 0
+    chunk = b"f" * (1 << 20)
+    try:
+        while True:
+            n = fs.write(a, off, chunk)
+            off += n
+    except NoSpace:
+        pass
+    fs.commit()
+    fs.unlink(1, b"fill")
+    fs.forget(a)
+    b = fs.mknod(1, b"after", stat.S_IFREG | 0o644, 0, 0).ino
+    fs.write(b, 0, b"y" * (off // 2))
+    assert fs.read(b, 0, 3) == b"yyy"
+    assert_clean(fs)
+    fs.close()
