@@ -130,6 +130,21 @@ def _boundary(*, mutates: bool = False):
     return wrap
 
 
+READAHEAD_KB = 1024
+
+
+def tune_readahead(dev: int) -> None:
+    """Let the kernel read ahead 1 MiB per request on this mount instead of
+    FUSE's default 128 KiB (sequential reads measured twice as fast).  Best
+    effort: needs root and sysfs."""
+    path = f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb"
+    try:
+        with open(path, "w") as f:
+            f.write(f"{READAHEAD_KB}\n")
+    except OSError as exc:
+        log.info("readahead left at the default (%s: %s)", path, exc.strerror)
+
+
 class Operations(pyfuse3.Operations):
     """pyfuse3 request handlers over one open `Filesystem`."""
 
@@ -176,15 +191,10 @@ class Operations(pyfuse3.Operations):
         return self._entry(attr)
 
     def _owner(self, parent: int, mode: int, ctx) -> tuple[int, int, int]:
-        """(mode, uid, gid) for a new inode in `parent` created by `ctx`."""
-        mode &= ~(ctx.umask & 0o777)
-        gid = ctx.gid
-        pattr = self.fs.getattr(parent)
-        if pattr.mode & stat.S_ISGID:
-            gid = pattr.gid
-            if stat.S_ISDIR(mode):
-                mode |= stat.S_ISGID
-        return mode, ctx.uid, gid
+        """(mode, uid, gid) for a new inode created by `ctx`: the caller's
+        ids and umask.  The set-gid directory rule is the engine's
+        (fs._new_inode)."""
+        return mode & ~(ctx.umask & 0o777), ctx.uid, ctx.gid
 
     async def _invalidate(self, ino: int, attr_only: bool = False) -> None:
         """Drop the kernel's cached pages (and attributes) of `ino`.
@@ -448,9 +458,12 @@ class Operations(pyfuse3.Operations):
         """FUSE INIT: the mount exists now; learn its st_dev (the control
         protocol's EXDEV check) from mountinfo, never through the mount."""
         try:
-            self._control_device()
+            dev = self._control_device()
         except Exception:
             log.exception("cannot learn the mount's device: clones will answer EXDEV")
+            return
+        if dev is not None:
+            tune_readahead(dev)
 
     def _control_device(self):
         if self.control.device is None:

@@ -127,5 +127,7 @@ def run(image: str, mountpoint: str, extra_options=(), *, readonly: bool = False
         from daxfs.fs import Filesystem
         opener = Filesystem.open
     fs = opener(image, readonly=readonly)
+    if "noatime" in extra_options and hasattr(fs, "atime"):
+        fs.atime = False
     options = fuse_options(image, extra_options, readonly=readonly)
     trio.run(serve, fs, mountpoint, options)
