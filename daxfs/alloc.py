@@ -64,6 +64,10 @@ class Allocator:
         self._busy_s, self._busy_e, self._owner_changes = state
 
     # ---- busy extents ---------------------------------------------------------
+    def has_busy(self) -> bool:
+        """Are blocks freed by the running transaction waiting for its commit?"""
+        return bool(self._busy_s)
+
     def clear_busy(self) -> None:
         """The freeing transaction is durable: busy blocks may be reused."""
         self._busy_s.clear()

@@ -53,17 +53,28 @@ def _op(method):
         if self._in_op:
             return method(self, *args, **kwargs)
         self._in_op = True
-        self.vol.begin_op()
         try:
-            result = method(self, *args, **kwargs)
-            self.vol.alloc.settle()
-        except Corrupted as e:
-            self.vol.rollback_op()
-            self._shut_down(str(e))
-            raise Shutdown(f"filesystem shut down: {e}") from e
-        except BaseException:
-            self.vol.rollback_op()
-            raise
+            for retry in (False, True):
+                self.vol.begin_op()
+                try:
+                    result = method(self, *args, **kwargs)
+                    self.vol.alloc.settle()
+                except Corrupted as e:
+                    self.vol.rollback_op()
+                    self._shut_down(str(e))
+                    raise Shutdown(f"filesystem shut down: {e}") from e
+                except NoSpace:
+                    self.vol.rollback_op()
+                    if retry or not self.vol.alloc.has_busy():
+                        raise
+                    # Only blocks freed by the running transaction are
+                    # left: commit it (as XFS forces the log) and retry.
+                    self.commit()
+                    continue
+                except BaseException:
+                    self.vol.rollback_op()
+                    raise
+                break
         finally:
             self._in_op = False
         self.vol.end_op()
