@@ -417,7 +417,7 @@ class Operations(pyfuse3.Operations):
             if name == PROBE_NAME:
                 return PROBE_VALUE
             if is_admin_name(name):
-                return self.admin.serve_get(name)
+                return self.admin.serve_get(ctx.uid, name)
             return await self._control_getxattr(inode, name, ctx)
         if name.startswith(SYSTEM_PREFIX):
             raise pyfuse3.FUSEError(errno.ENODATA)
