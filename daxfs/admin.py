@@ -109,10 +109,10 @@ class AdminServer:
         if name == LIST:
             return json.dumps([report_dict(r) for r in poison.listing(self.fs)]).encode()[:VALUE_MAX]
         if name.startswith(MAP):
-            try:
-                start = int(name[len(MAP):])
-            except ValueError:
-                raise InvalidArgument("map request needs a block number") from None
+            digits = name[len(MAP):]
+            if not digits.isdigit() or len(digits) > 20:   # no sign, "_" or spaces
+                raise InvalidArgument("map request needs a block number")
+            start = int(digits)
             recs = devmap.records(self.fs, start, MAP_PIECE + 1)
             nxt = None
             if len(recs) > MAP_PIECE:

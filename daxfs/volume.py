@@ -85,6 +85,9 @@ class Volume:
         size -= size % BLOCK_SIZE
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
+            # also when overwriting a file: the image holds every file's
+            # bytes, readable by anyone who may read the image
+            os.fchmod(fd, 0o600)
             os.ftruncate(fd, 0)
             os.ftruncate(fd, size)
         finally:
