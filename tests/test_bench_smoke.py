@@ -1,0 +1,60 @@
+"""Keeps scripts/bench.py from rotting: run two cheap groups of
+`bench.py --quick` (sequential I/O through every peer's mount, and the
+engine's in-place compare) and check that the JSON and the PNG have the
+right shape.  The values themselves are not checked: benchmarks never assert
+on time."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FIELDS = {"name", "unit", "daxfs", "peer", "peer_value", "ratio", "target",
+          "higher_is_better", "meets"}
+
+
+def _fuse_mounts() -> list[str]:
+    with open("/proc/mounts") as f:
+        return [ln for ln in f if "daxfs-bench-" in ln]
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.skipif(os.geteuid() != 0, reason="bench.py mounts: needs root")
+@pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="no /dev/fuse")
+def test_bench_quick_json_shape(tmp_path):
+    out, png = tmp_path / "bench.json", tmp_path / "bench.png"
+    before = _fuse_mounts()
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick", "--only", "seq,compare",
+         "--json", str(out), "--png", str(png), "--workdir", str(tmp_path)],
+        capture_output=True, text=True, timeout=200, cwd=ROOT, stdin=subprocess.DEVNULL)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    figs = json.loads(out.read_text())
+    assert isinstance(figs, list) and figs
+    for f in figs:
+        assert FIELDS <= set(f), f
+        assert isinstance(f["name"], str) and isinstance(f["unit"], str)
+        assert isinstance(f["higher_is_better"], bool)
+        for k in ("daxfs", "peer_value", "ratio", "target"):
+            assert f[k] is None or isinstance(f[k], (int, float)), (k, f)
+        assert f["meets"] in (True, False, None)
+        assert f["peer"] is None or isinstance(f["peer"], str)
+    names = " | ".join(f["name"] for f in figs)
+    assert "seq write" in names and "seq read" in names and "compare" in names, names
+    peers = {f["peer"] for f in figs if f["name"].startswith("seq")}
+    assert {"passthrough", "tmpfs"} <= peers, peers
+    # the comparisons that have targets carry them
+    seq_pt = [f for f in figs if f["name"].startswith("seq") and f["peer"] == "passthrough"]
+    assert all(f["target"] is not None for f in seq_pt), seq_pt
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "figure" in res.stdout and "ratio" in res.stdout     # the table was printed
+    # nothing left mounted, no loop device left on our image
+    assert _fuse_mounts() == before
+    loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True, timeout=30).stdout
+    assert str(tmp_path) not in loops
