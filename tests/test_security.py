@@ -91,6 +91,9 @@ t("poison metadata", lambda: os.setxattr(m, POISON, b"inode-tree"))
 t("report", lambda: os.getxattr(m, REPORT))
 t("poison list", lambda: os.getxattr(m, LIST))
 t("map", lambda: os.getxattr(m, MAP + b"0"))
+# the same on a file of its own, where the kernel lets every request through
+t("poison via own file", lambda: os.setxattr(pub + "/own", POISON, b"0 4096"))
+t("map via own file", lambda: os.getxattr(pub + "/own", MAP + b"0"))
 print(json.dumps(out))
 """
 
@@ -150,6 +153,7 @@ def test_unprivileged_user(mounted):
         # the mount's root is 0755: the kernel refuses before the daemon sees it
         "poison": {"EACCES", "EPERM"}, "poison metadata": {"EACCES", "EPERM"},
         "report": {"EPERM"}, "poison list": {"EPERM"}, "map": {"EPERM"},
+        "poison via own file": {"EPERM"}, "map via own file": {"EPERM"},
     }
     wrong = {k: (got.get(k), sorted(map(str, v))) for k, v in want.items() if got.get(k) not in v}
     assert not wrong, f"attack: (got, wanted): {wrong}"
