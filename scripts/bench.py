@@ -23,7 +23,12 @@ Groups (--only takes a comma-separated list; default all):
   seq      sequential write of 1 GiB (128 MiB with --quick) in 1 MiB blocks
            + fsync, then, after `echo 3 > /proc/sys/vm/drop_caches`, a
            sequential read; MB/s.  Targets vs passthrough: read >= 1.0x,
-           write >= 0.8x.
+           write >= 0.8x.  drop_caches also drops the daxfs image's and the
+           passthrough directory's page cache, so both cold reads come from
+           the disk behind the work directory; a second read, after
+           dropping only the file's own pages (POSIX_FADV_DONTNEED through
+           the mount), measures the FUSE and engine path with the image or
+           backing file in memory (no target).
   rand     4 KiB random reads and writes (fio psync, time based, 10 s; 2 s
            with --quick; a Python pread/pwrite loop without fio) on that
            file after dropping the caches; IOPS.
@@ -52,11 +57,13 @@ Output: the table on the terminal; --json FILE: a list with one object per
 figure (see scripts/bench_common.py for the fields and what ratio and
 target mean); --png FILE: a bar chart of the ratios and targets.
 
---profile DIR runs each daxfs daemon under py-spy (`pip install py-spy`
-into the venv; cProfile when py-spy is missing) and bench_engine under
-cProfile, writes the profiles to DIR and prints the hot spots (inclusive and
-self share of the busy samples).  A profiled run's numbers are not the
-real ones.
+--profile DIR samples the daxfs daemon with py-spy (`pip install py-spy`
+into the venv) during each phase of the first run (seq-write, seq-read,
+rand-read, rand-write, create, stat, readdir, unlink, untar, cp-..., 
+duperemove), and bench_engine's daxfs sections the same way; writes the
+raw profiles to DIR and prints the hot spots (inclusive and self share of
+the busy samples).  Without py-spy the whole daemon runs under cProfile.
+A profiled run's numbers are not the real ones.
 
 Safety: every subprocess has a timeout; every mount is taken down in
 `finally` (fusermount3 -u, then umount -l; a daemon that does not exit has
@@ -218,8 +225,7 @@ REG = Registry()
 
 
 def _pyspy() -> str | None:
-    return shutil.which("py-spy", path=os.pathsep.join(
-        [str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    return bc.find_pyspy()
 
 
 def _children(pid: int) -> list[int]:
@@ -335,15 +341,29 @@ class Bench:
         return d
 
     def _profiler(self, tag: str) -> tuple[list[str], Path | None]:
-        if not self.profile:
+        """Without py-spy, --profile runs the whole daemon under cProfile."""
+        if not self.profile or bc.find_pyspy():
             return [], None
         self.profile.mkdir(parents=True, exist_ok=True)
-        spy = _pyspy()
-        if spy:
-            out = self.profile / f"daemon-{tag}.txt"
-            return [spy, "record", "-r", "250", "-f", "raw", "-o", str(out), "--"], out
         out = self.profile / f"daemon-{tag}.prof"
         return [sys.executable, "-m", "cProfile", "-o", str(out)], out
+
+    @contextlib.contextmanager
+    def phase(self, target: str, mnt, tag: str, run_no: int):
+        """With --profile and py-spy: sample the daxfs daemon during this
+        phase of the first run, then print its hot spots."""
+        entry = REG.fuse.get(str(mnt))
+        if not (self.profile and target == "daxfs" and run_no == 0 and entry
+                and bc.find_pyspy()):
+            yield
+            return
+        self.profile.mkdir(parents=True, exist_ok=True)
+        out = self.profile / f"daemon-{tag}.txt"
+        with bc.pyspy_attached(entry[1].pid, str(out)) as ok:
+            yield
+        if ok:
+            self.profiles.append((tag, out))
+            bc.print_pyspy(str(out), f"daxfs daemon during {tag}")
 
     # ---------------------------------------------------------- targets
     @contextlib.contextmanager
@@ -479,20 +499,11 @@ class Bench:
         if not prof.exists():
             say(f"  profile {prof} was not written")
             return
-        if prof.suffix == ".txt":
-            rows, total = bc.pyspy_hotspots(str(prof), 30)
-            say("\n".join(bc.hotspot_lines(
-                rows, f"py-spy profile of the daxfs daemon ({tag}, {total} busy samples) -> {prof}")))
-            rows, _ = bc.pyspy_hotspots(str(prof), 25, only="/daxfs/")
-            say("\n".join(bc.hotspot_lines(rows, f"  {tag}: daxfs package functions only")))
-            rows, _ = bc.pyspy_self_hotspots(str(prof), 15)
-            say(f"  {tag}: where the busy samples end (self %)")
-            for name, pct in rows:
-                say(f"  {pct:6.1f}  {name}")
-        else:
-            rows, total = bc.cprofile_hotspots(str(prof), 30)
-            say("\n".join(bc.hotspot_lines(
-                rows, f"cProfile of the daxfs daemon ({tag}, {total:.1f} s) -> {prof}")))
+        rows, total = bc.cprofile_hotspots(str(prof), 30)
+        say("\n".join(bc.hotspot_lines(
+            rows, f"cProfile of the daxfs daemon ({tag}, {total:.1f} s) -> {prof}")))
+        rows, _ = bc.cprofile_hotspots(str(prof), 25, only="/daxfs/")
+        say("\n".join(bc.hotspot_lines(rows, f"  {tag}: daxfs package functions only")))
 
 
 class Results:
@@ -647,24 +658,37 @@ def group_io(bench: Bench, want_seq: bool, want_rand: bool) -> list[dict]:
                     continue
                 try:
                     p = m / f"seq{r}"
-                    w = write_file(p, size)
+                    with bench.phase(t, m, "seq-write", r):
+                        w = write_file(p, size)
                     res.add(t, "write", size / 1e6 / w)
                     bench.drop_caches()
-                    n, rd = read_file(p)
+                    with bench.phase(t, m, "seq-read", r):
+                        n, rd = read_file(p)
                     if n != size:
                         raise RuntimeError(f"read back {n} bytes of {size}")
                     res.add(t, "read", size / 1e6 / rd)
+                    # again with only this file's cached pages dropped: the
+                    # image / backing file stays in memory
+                    fd = os.open(p, os.O_RDONLY)
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                    os.close(fd)
+                    with bench.phase(t, m, "seq-read-warm", r):
+                        n, rd = read_file(p)
+                    res.add(t, "read-warm", size / 1e6 / rd)
                     if want_rand:
                         bench.drop_caches()
-                        iops, how = rand_io(bench, p, size, False)
+                        with bench.phase(t, m, "rand-read", r):
+                            iops, how = rand_io(bench, p, size, False)
                         res.add(t, "rread", iops)
-                        iops, how = rand_io(bench, p, size, True)
+                        with bench.phase(t, m, "rand-write", r):
+                            iops, how = rand_io(bench, p, size, True)
                         res.add(t, "rwrite", iops)
                     os.unlink(p)
                     if t == "daxfs":
                         fsync_path(m)         # commit: the space is reusable
                     say(f"  [io] run {r + 1}/{bench.runs} {t:<12} write "
                         f"{res.get(t, 'write')[-1]:8.0f} MB/s  read {res.get(t, 'read')[-1]:8.0f} MB/s"
+                        f"  read (backing warm) {res.get(t, 'read-warm')[-1]:8.0f} MB/s"
                         + (f"  4k rand read {res.get(t, 'rread')[-1]:8.0f} IOPS  write "
                            f"{res.get(t, 'rwrite')[-1]:8.0f} IOPS" if want_rand else ""))
                 except Exception as e:
@@ -677,6 +701,8 @@ def group_io(bench: Bench, want_seq: bool, want_rand: bool) -> list[dict]:
                             targets={"passthrough": 0.8}, group="seq")
         figs += res.figures("read", f"seq read {s} (caches dropped)", "MB/s",
                             targets={"passthrough": 1.0}, group="seq")
+        figs += res.figures("read-warm", f"seq read {s} (file's pages dropped, backing warm)",
+                            "MB/s", group="seq")
     if want_rand:
         figs += res.figures("rread", f"4 KiB random read, {bench.rand_secs} s ({how})", "IOPS",
                             group="rand")
@@ -699,25 +725,29 @@ def group_meta(bench: Bench) -> list[dict]:
                     d.mkdir()
                     names = [os.path.join(d, f"file{i:06d}") for i in range(n)]
                     flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY
-                    t0 = time.perf_counter()
-                    for p in names:
-                        os.close(os.open(p, flags, 0o644))
-                    res.add(t, "create", n / (time.perf_counter() - t0))
+                    with bench.phase(t, m, "create", r):
+                        t0 = time.perf_counter()
+                        for p in names:
+                            os.close(os.open(p, flags, 0o644))
+                        res.add(t, "create", n / (time.perf_counter() - t0))
                     bench.drop_caches()
-                    t0 = time.perf_counter()
-                    for p in names:
-                        os.stat(p)
-                    res.add(t, "stat", n / (time.perf_counter() - t0))
+                    with bench.phase(t, m, "stat", r):
+                        t0 = time.perf_counter()
+                        for p in names:
+                            os.stat(p)
+                        res.add(t, "stat", n / (time.perf_counter() - t0))
                     bench.drop_caches()
-                    t0 = time.perf_counter()
-                    got = len(os.listdir(d))
-                    res.add(t, "readdir", got / (time.perf_counter() - t0))
+                    with bench.phase(t, m, "readdir", r):
+                        t0 = time.perf_counter()
+                        got = len(os.listdir(d))
+                        res.add(t, "readdir", got / (time.perf_counter() - t0))
                     if got != n:
                         raise RuntimeError(f"readdir found {got} of {n} names")
-                    t0 = time.perf_counter()
-                    for p in names:
-                        os.unlink(p)
-                    res.add(t, "unlink", n / (time.perf_counter() - t0))
+                    with bench.phase(t, m, "unlink", r):
+                        t0 = time.perf_counter()
+                        for p in names:
+                            os.unlink(p)
+                        res.add(t, "unlink", n / (time.perf_counter() - t0))
                     os.rmdir(d)
                     say(f"  [meta] run {r + 1}/{bench.runs} {t:<12} " + "  ".join(
                         f"{k} {res.get(t, k)[-1]:9.0f}/s"
@@ -791,9 +821,10 @@ def group_untar(bench: Bench) -> list[dict]:
                 try:
                     d = m / f"untar{r}"
                     d.mkdir()
-                    t0 = time.perf_counter()
-                    out = run(["tar", "-xf", tar, "-C", d], timeout=900)
-                    dt = time.perf_counter() - t0
+                    with bench.phase(t, m, "untar", r):
+                        t0 = time.perf_counter()
+                        out = run(["tar", "-xf", tar, "-C", d], timeout=900)
+                        dt = time.perf_counter() - t0
                     if out.returncode != 0:
                         raise RuntimeError(f"tar -x: {out.stderr.strip()[:200]}")
                     res.add(t, "untar", dt)
@@ -846,7 +877,8 @@ def group_reflink(bench: Bench) -> list[dict]:
                         for label, (src, size) in srcs.items():
                             dst = m / f"copy-{mode}-{label}"
                             bench.drop_caches()
-                            dt = timed_cp(src, dst, mode, env if t == "daxfs" else None)
+                            with bench.phase(t, m, f"cp-{mode}-{label}", r):
+                                dt = timed_cp(src, dst, mode, env if t == "daxfs" else None)
                             if os.path.getsize(dst) != size:
                                 raise RuntimeError(f"copy {dst} has the wrong size")
                             res.add(t, f"{mode}-{label}", dt)
@@ -929,10 +961,11 @@ def group_dedupe(bench: Bench) -> list[dict]:
                     fsync_path(m)
                     bench.drop_caches()
                     before = free_bytes(m)
-                    t0 = time.perf_counter()
-                    out = run(["duperemove", "-dr", "-q", d], timeout=1800,
-                              env=env if t == "daxfs" else None)
-                    dt = time.perf_counter() - t0
+                    with bench.phase(t, m, "duperemove", r):
+                        t0 = time.perf_counter()
+                        out = run(["duperemove", "-dr", "-q", d], timeout=1800,
+                                  env=env if t == "daxfs" else None)
+                        dt = time.perf_counter() - t0
                     if out.returncode != 0:
                         raise RuntimeError(f"duperemove exit {out.returncode}: "
                                            f"{(out.stderr or out.stdout).strip()[-200:]}")

@@ -22,11 +22,17 @@ target_on, group, runs, peer_runs and note.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import math
 import os
+import shutil
+import signal
 import statistics
 import struct
+import subprocess
+import sys
+import time
 import zlib
 
 FIELDS = ("name", "unit", "daxfs", "peer", "peer_value", "ratio", "target",
@@ -394,6 +400,56 @@ def write_png(figs: list[dict], path: str, title: str = "daxfs benchmark",
 
 # ---------------------------------------------------------------- profiles
 
+def find_pyspy() -> str | None:
+    """py-spy from the venv (next to this Python) or PATH."""
+    return shutil.which("py-spy", path=os.pathsep.join(
+        [os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
+
+
+@contextlib.contextmanager
+def pyspy_attached(pid: int, out: str, rate: int = 250):
+    """Sample process `pid` with py-spy (raw collapsed stacks into `out`)
+    for the duration of the with-block.  Yields False, doing nothing, when
+    py-spy is not installed or cannot attach."""
+    spy = find_pyspy()
+    if not spy:
+        yield False
+        return
+    proc = subprocess.Popen([spy, "record", "--pid", str(pid), "-r", str(rate), "-f", "raw",
+                             "-o", out], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    time.sleep(0.7)                       # let it attach
+    if proc.poll() is not None:
+        print(f"py-spy could not attach to {pid}: "
+              f"{proc.stderr.read().decode(errors='replace').strip()[:200]}", flush=True)
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def print_pyspy(out: str, title: str, top: int = 25) -> None:
+    if not os.path.exists(out):
+        print(f"{title}: no profile written", flush=True)
+        return
+    rows, total = pyspy_hotspots(out, top)
+    print("\n".join(hotspot_lines(rows, f"{title}: {total} busy samples -> {out}")))
+    rows, _ = pyspy_hotspots(out, top, only="daxfs")
+    print("\n".join(hotspot_lines(rows, f"{title}: daxfs package functions only")))
+    rows, _ = pyspy_self_hotspots(out, 15)
+    print(f"{title}: where the busy samples end (self %)")
+    for name, pct in rows:
+        print(f"  {pct:6.1f}  {name}")
+    print(flush=True)
+
+
 def _short(frame: str) -> str:
     """'func (path/to/file.py:123)' -> 'func (file.py)' ; keeps the package dir."""
     name, _, where = frame.partition(" (")
@@ -404,10 +460,18 @@ def _short(frame: str) -> str:
     return f"{name} ({short})"
 
 
+def _matches(frame: str, only: str) -> bool:
+    """Does a py-spy frame 'func (path:line)' lie in a file whose path has
+    the directory `only` (e.g. 'daxfs'), whether py-spy shortened the path
+    to 'daxfs/x.py' or kept '/abs/daxfs/x.py'?"""
+    where = frame.partition(" (")[2]
+    return where.startswith(only + "/") or f"/{only}/" in where
+
+
 def pyspy_hotspots(raw_path: str, top: int = 25, only: str | None = None):
     """From py-spy's raw (collapsed) output: [(function, inclusive %, self %)]
     sorted by inclusive share of the busy samples.  `only` keeps functions
-    whose file path contains it (e.g. '/daxfs/')."""
+    whose file lies in that directory (e.g. 'daxfs')."""
     incl = collections.Counter()
     selfc = collections.Counter()
     total = 0
@@ -422,14 +486,14 @@ def pyspy_hotspots(raw_path: str, top: int = 25, only: str | None = None):
             frames = stack.split(";")
             seen = set()
             for fr in frames:
-                if only and only not in fr:
+                if only and not _matches(fr, only):
                     continue
                 key = _short(fr)
                 if key not in seen:
                     seen.add(key)
                     incl[key] += n
             leaf = _short(frames[-1])
-            if not only or only in frames[-1]:
+            if not only or _matches(frames[-1], only):
                 selfc[leaf] += n
     if not total:
         return [], 0

@@ -37,13 +37,17 @@ compare   Dedupe's in-place compare (FileMap.same_bytes, what
 Each figure is the median of --runs runs (default 3).  Nothing is asserted
 about time.  The figures go to the terminal and, with --json, to a file in
 the format of scripts/bench_common.py (bench.py calls this script that way).
---profile DIR writes a cProfile file per group (DIR/engine-GROUP.prof) and
-prints its hot spots; the numbers of a profiled run are not the real ones.
+--profile DIR samples the daxfs sections (btree-insert, btree-lookup,
+bigimage-build, rmap-owner-lookup, no-rmap-scan, rmapcost-rmap,
+rmapcost-normap) the first time they run, with py-spy attached to this
+process (cProfile without py-spy), writes DIR/engine-TAG.txt (.prof) and
+prints the hot spots; the numbers of a profiled run are not the real ones.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import os
 import random
@@ -105,6 +109,36 @@ class Engine:
         self.runs = args.runs
         self.dir = Path(tempfile.mkdtemp(prefix="daxfs-bench-engine-", dir=args.workdir))
         self.figs: list[dict] = []
+        self.profiled_tags: set[str] = set()
+
+    @contextlib.contextmanager
+    def profiled(self, tag: str):
+        """With --profile: sample this section (the first time it runs) with
+        py-spy attached to this process, or cProfile without py-spy, and
+        print its hot spots."""
+        if not self.args.profile or tag in self.profiled_tags:
+            yield
+            return
+        self.profiled_tags.add(tag)
+        os.makedirs(self.args.profile, exist_ok=True)
+        if bc.find_pyspy():
+            out = os.path.join(self.args.profile, f"engine-{tag}.txt")
+            with bc.pyspy_attached(os.getpid(), out) as ok:
+                yield
+            if ok:
+                bc.print_pyspy(out, f"[engine] {tag}")
+            return
+        out = os.path.join(self.args.profile, f"engine-{tag}.prof")
+        prof = cProfile.Profile()
+        prof.enable()
+        try:
+            yield
+        finally:
+            prof.disable()
+            prof.dump_stats(out)
+            rows, total = bc.cprofile_hotspots(out, 30)
+            print("\n".join(bc.hotspot_lines(rows, f"[engine] cProfile of {tag} ({total:.1f} s)"
+                                                    f" -> {out}")), flush=True)
 
     def cleanup(self) -> None:
         if not self.args.keep:
@@ -128,23 +162,25 @@ class Engine:
             try:
                 tree = vol.trees["bmap"]
                 commits = 0
-                t0 = time.perf_counter()
-                for i, rec in enumerate(recs):
-                    tree.insert(rec)
-                    if i & 31 == 31:
-                        vol.alloc.settle()
-                        if vol.needs_commit():
-                            vol.commit()
-                            commits += 1
-                vol.alloc.settle()
-                vol.commit()
-                commits += 1
-                t1 = time.perf_counter()
+                with self.profiled("btree-insert"):
+                    t0 = time.perf_counter()
+                    for i, rec in enumerate(recs):
+                        tree.insert(rec)
+                        if i & 31 == 31:
+                            vol.alloc.settle()
+                            if vol.needs_commit():
+                                vol.commit()
+                                commits += 1
+                    vol.alloc.settle()
+                    vol.commit()
+                    commits += 1
+                    t1 = time.perf_counter()
                 ins.append(n / (t1 - t0))
-                t0 = time.perf_counter()
-                for k in probe:
-                    tree.lookup(k)
-                t1 = time.perf_counter()
+                with self.profiled("btree-lookup"):
+                    t0 = time.perf_counter()
+                    for k in probe:
+                        tree.lookup(k)
+                    t1 = time.perf_counter()
                 look.append(nlook / (t1 - t0))
                 for k in probe[:100]:
                     got = tree.lookup(k)
@@ -245,7 +281,8 @@ class Engine:
         size = 8 * GiB if self.quick else 64 * GiB
         c, sz = count_text(n), size_text(size)
         rimg, nimg = self.dir / "big-rmap.img", self.dir / "big-normap.img"
-        rfiles = self._build(rimg, size, n, True)
+        with self.profiled("bigimage-build"):
+            rfiles = self._build(rimg, size, n, True)
         nfiles = self._build(nimg, size, n, False)
         figs = []
         rnd = random.Random(2)
@@ -262,10 +299,11 @@ class Engine:
         try:
             for run in range(self.runs):
                 picks = [sample(rfiles) for _ in range(nlook)]
-                t0 = time.perf_counter()
-                for _, b in picks:
-                    poison.owners_of(fs, b, 1, with_paths=False)
-                t1 = time.perf_counter()
+                with self.profiled("rmap-owner-lookup"):
+                    t0 = time.perf_counter()
+                    for _, b in picks:
+                        poison.owners_of(fs, b, 1, with_paths=False)
+                    t1 = time.perf_counter()
                 per_lookup.append((t1 - t0) / nlook * 1000)
                 for ino, b in picks[:20]:
                     got = poison.owners_of(fs, b, 1, with_paths=False)
@@ -279,9 +317,10 @@ class Engine:
         try:
             for run in range(self.runs):
                 ino, b = sample(nfiles)
-                t0 = time.perf_counter()
-                got = poison.owners_of(fs, b, 1, with_paths=False)
-                t1 = time.perf_counter()
+                with self.profiled("no-rmap-scan"):
+                    t0 = time.perf_counter()
+                    got = poison.owners_of(fs, b, 1, with_paths=False)
+                    t1 = time.perf_counter()
                 assert [o.owner for o in got] == [ino], (b, ino, got)
                 scan.append((t1 - t0) * 1000)
                 log(f"no-rmap scan run {run + 1}: {scan[-1]:.0f} ms")
@@ -369,7 +408,8 @@ class Engine:
             for run in range(self.runs):
                 order = (True, False) if run % 2 == 0 else (False, True)
                 for rmap in order:
-                    rates[rmap].append(workload(fss[rmap], run))
+                    with self.profiled("rmapcost-" + ("rmap" if rmap else "normap")):
+                        rates[rmap].append(workload(fss[rmap], run))
                 log(f"rmap cost run {run + 1}: rmap {rates[True][-1]:,.0f} ops/s, "
                     f"no rmap {rates[False][-1]:,.0f} ops/s")
         finally:
@@ -500,30 +540,14 @@ def main(argv=None) -> int:
         for g in groups:
             t0 = time.perf_counter()
             log(f"--- {g}")
-            prof = cProfile.Profile() if args.profile else None
             try:
-                if prof:
-                    prof.enable()
-                try:
-                    figs += getattr(eng, g)()
-                finally:
-                    if prof:
-                        prof.disable()
+                figs += getattr(eng, g)()
             except Exception as e:          # report, go on with the next group
                 traceback.print_exc()
                 why = f"{type(e).__name__}: {e}"[:160]
                 for name, unit, target, on, hib, peer in NAMES[g]:
                     figs.append(bc.not_measured(name, unit, why, peer=peer, target=target,
                                                 target_on=on, higher_is_better=hib, group=g))
-            if prof:
-                os.makedirs(args.profile, exist_ok=True)
-                out = os.path.join(args.profile, f"engine-{g}.prof")
-                prof.dump_stats(out)
-                rows, total = bc.cprofile_hotspots(out, 30)
-                print("\n".join(bc.hotspot_lines(
-                    rows, f"[engine] cProfile of {g} ({total:.1f} s profiled) -> {out}")))
-                rows, _ = bc.cprofile_hotspots(out, 25, only="/daxfs/")
-                print("\n".join(bc.hotspot_lines(rows, f"[engine] {g}: daxfs functions only")))
             log(f"{g} took {time.perf_counter() - t0:.1f} s")
     finally:
         eng.cleanup()
