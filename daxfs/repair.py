@@ -22,7 +22,12 @@ Turning a damaged image into a consistent one, in five phases:
    when something still points at it: data extents or entries of its own);
    inodes in no directory go to /lost+found under their inode number;
    link counts, parent pointers and block counts are recounted; every inode
-   with no link goes on the orphan list.
+   with no link goes on the orphan list.  Entries and xattrs with invalid
+   or repeated names are dropped, those filed under the wrong name hash are
+   refiled, impossible file sizes are set from the extents.  Data whose
+   extent records are lost with both the extent-map node and the rmap is
+   gone: the file keeps its size and reads zeros there (a hole), and the
+   fix line says how many blocks it lost.
 4. **derive** the refcount tree (from the extent maps), the rmap (extent
    maps + xattr values + metadata blocks) and the free-space tree (the
    complement of everything owned); recompute the superblock counters.
@@ -62,8 +67,8 @@ from .check import Checker
 from .dirs import name_hash
 from .errors import Corrupted, MediaError, NoSpace
 from .format import (BLOCK_SIZE as BS, DT_BLK, DT_CHR, DT_DIR, DT_FIFO, DT_LNK, DT_REG,
-                     DT_SOCK, NODE_HDR_DTYPE, NODE_HDR_SIZE, OWN_AG, OWN_FS, OWN_LOG,
-                     OWN_MAX_INO, RMAP_ATTR, ROOT_INO, SB_POOL_MAX, STATE_NEEDS_CHECK,
+                     DT_SOCK, MAX_FILE_BYTES, NODE_HDR_DTYPE, NODE_HDR_SIZE, OWN_AG, OWN_FS,
+                     OWN_LOG, OWN_MAX_INO, RMAP_ATTR, ROOT_INO, SB_POOL_MAX, STATE_NEEDS_CHECK,
                      SYMLINK_MAX, XATTR_INLINE_MAX, XATTR_VALUE_MAX, own_tree)
 from .journal import seal
 from .superblock import secondary_bno
@@ -689,6 +694,10 @@ class Repair:
                 else:
                     say(f"{self._where(ino)}: block count {r[I_BLOCKS]} set to {b}")
                 r[I_BLOCKS] = b
+            if r[I_SIZE] > MAX_FILE_BYTES:
+                size = last.get(ino, 0) * BS
+                say(f"{self._where(ino)}: impossible size {r[I_SIZE]} set to {size}")
+                r[I_SIZE] = size
             if stat.S_ISLNK(r[I_MODE]) and b and r[I_SIZE] == 0:
                 r[I_SIZE] = self._symlink_len(ino)
         for ino in sorted(orphans - self.orphans):

@@ -798,9 +798,12 @@ def make_base(work: str, seed: int) -> tuple[str, dict, dict]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--count", type=int, default=100)
-    p.add_argument("--seed", type=int, default=1)
+    p = argparse.ArgumentParser(
+        description="Damage copies of a populated daxfs image at random and check that"
+                    " check, open, read, repair (and with --mount, a real mount) behave.")
+    p.add_argument("--count", type=int, default=100, help="number of cases (default 100)")
+    p.add_argument("--seed", type=int, default=1,
+                   help="seed of the base image and of every case (default 1)")
     p.add_argument("--case", type=int, action="append",
                    help="run only this case number (repeatable)")
     p.add_argument("--mount", action="store_true", help="also mount each damaged image")
@@ -811,7 +814,7 @@ def main(argv=None) -> int:
                    help="run `daxfs check` as a subprocess every K-th case (0: never)")
     p.add_argument("--keep", metavar="DIR", help="keep the damaged images of failing cases")
     p.add_argument("--kind", choices=KINDS + EXTRA_KINDS, help="only this kind of damage")
-    p.add_argument("--quiet", "-q", action="store_true")
+    p.add_argument("--quiet", "-q", action="store_true", help="print failures and the summary only")
     args = p.parse_args(argv)
 
     # the engine's warnings about damage are expected: keep them off the
