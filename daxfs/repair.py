@@ -76,6 +76,7 @@ from .superblock import secondary_bno
 log = logging.getLogger(__name__)
 
 LOST_FOUND = b"lost+found"
+_MAX_FILE_BLOCKS = -(-MAX_FILE_BYTES // BS)
 _LOW = 0xFFFFFFFF
 
 _DT = {stat.S_IFREG: DT_REG, stat.S_IFDIR: DT_DIR, stat.S_IFLNK: DT_LNK,
@@ -337,11 +338,22 @@ class Repair:
             self.fix("root directory (inode 1) was missing: recreated")
 
     def _recover_extents_from_rmap(self) -> None:
-        """Extent records lost with unreadable extent-map nodes come back
-        from the rmap's records of file data, where those can be read."""
+        """A damaged extent map is checked against the rmap, its mirror (one
+        rmap record per extent record): when the rmap is intact, extent
+        records it does not confirm are dropped; extent records lost with
+        unreadable nodes come back from the rmap's records of file data,
+        where those can be read."""
         bm, rm = self.salv["bmap"], self.salv.get("rmap")
-        if not bm.lost or rm is None or not rm.records:
+        if not bm.damaged or rm is None or not rm.records:
             return
+        if not rm.damaged:
+            mirror = {(r[1], r[2], r[0], r[3]) for r in rm.records
+                      if r[1] <= OWN_MAX_INO and not r[4] & RMAP_ATTR}
+            kept = [e for e in self.extents if e[:4] in mirror]
+            if len(kept) != len(self.extents):
+                self.fix(f"extent maps: {len(self.extents) - len(kept)} extent record(s) in"
+                         " damaged nodes disagree with the rmap: dropped")
+                self.extents = kept
         per: dict[int, list] = {}
         for ino, foff, p, n, _ in self.extents:
             per.setdefault(ino, []).append((foff, foff + n))
@@ -377,6 +389,8 @@ class Repair:
                 why = f"points outside the device (block {p}+{n})"
             elif self.meta[p:p + n].any():
                 why = f"overlaps metadata (block {p}+{n})"
+            elif foff + n > _MAX_FILE_BLOCKS:
+                why = "lies beyond the maximum file size"
             elif ino in last_end and foff < last_end[ino]:
                 why = "overlaps the previous extent of the file"
             elif ino == 0 or ino > OWN_MAX_INO:

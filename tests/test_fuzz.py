@@ -60,7 +60,7 @@ def _report(results):
     return "\n".join(out)
 
 
-@pytest.mark.parametrize("kind", F.KINDS)
+@pytest.mark.parametrize("kind", F.KINDS + F.EXTRA_KINDS)
 def test_engine(work, kind):
     d, base, inv, expect = work
     results = [F.run_case(case, SEED, base, inv, expect, str(d), repair=True, mount=False,

@@ -603,3 +603,21 @@ def test_impossible_file_size(img, base):
     files[ino] = (p, data + bytes(-len(data) % BLOCK_SIZE), xa)   # size now whole blocks
     fixes, _ = repair_and_verify(img, files)
     assert any(f"impossible size {(1 << 64) - 5} set to" in f for f in fixes), fixes
+
+
+def test_poisoned_node(img, base):
+    """A node on a bad (poisoned) range is unreadable: rebuilt elsewhere; the
+    bad block is free afterwards and the next open clears it."""
+    from daxfs.badblocks import BadBlocks
+    nodes, root = node_blocks(img, "bmap")
+    leaf = [b for b, level in nodes if level == 0][1]
+    BadBlocks(str(img)).add(leaf, 1)
+    rc, problems = run_check(img)
+    assert any(f"node block {leaf} is on a poisoned" in p for p in problems), problems
+    fixes, _ = repair_and_verify(img, base[1])
+    assert any(f"block {leaf} is poisoned" in f for f in fixes), fixes
+    fs = Filesystem.open(str(img))
+    assert [r.action for r in fs.poison_reports] == ["1 free block(s) zeroed and cleared"]
+    fs.close()
+    assert BadBlocks(str(img)).ranges() == []
+    assert run_check(img) == (0, [])
