@@ -57,13 +57,22 @@ class Allocator:
         return max(0, self.free_blocks - self.reserve)
 
     def save_state(self):
-        return (list(self._busy_s), list(self._busy_e),
-                {k: list(v) for k, v in self._owner_changes.items()})
+        """What rollback needs: busy extents are only ever added during an
+        operation, so remembering the ones added since is enough (copying
+        the lists made every operation cost O(blocks freed since commit))."""
+        self._busy_added = []
+        return {k: list(v) for k, v in self._owner_changes.items()}
 
     def restore_state(self, state) -> None:
-        self._busy_s, self._busy_e, self._owner_changes = state
+        for start in reversed(getattr(self, "_busy_added", [])):
+            i = bisect.bisect_left(self._busy_s, start)
+            while i < len(self._busy_s) and self._busy_s[i] == start:
+                del self._busy_s[i]
+                del self._busy_e[i]
+                break
+        self._busy_added = []
+        self._owner_changes = state
 
-    # ---- busy extents ---------------------------------------------------------
     def has_busy(self) -> bool:
         """Are blocks freed by the running transaction waiting for its commit?"""
         return bool(self._busy_s)
@@ -181,6 +190,9 @@ class Allocator:
             i = bisect.bisect_left(self._busy_s, fs_)
             self._busy_s.insert(i, fs_)
             self._busy_e.insert(i, fe_)
+            added = getattr(self, "_busy_added", None)
+            if added is not None:
+                added.append(fs_)
 
     # ---- btree nodes (reserve pool) ------------------------------------------
     def _pool_count(self) -> int:

@@ -34,7 +34,13 @@ def _searchsorted(col, v, side: str) -> int:
     first: numpy compares a uint64 column with a Python int through
     float64, so keys above 2**53 that differ in their low bits (directory
     cookies are hash << 32 | index) would compare equal."""
-    if col.dtype.kind in "ui" and isinstance(v, (int, np.integer)):
+    if col.dtype == _U64 and isinstance(v, (int, np.integer)):
+        if v < 0:
+            return 0
+        if v > _U64_MAX:
+            return len(col)
+        v = _U64.type(v)
+    elif col.dtype.kind in "ui" and isinstance(v, (int, np.integer)):
         info = np.iinfo(col.dtype)
         if v < info.min:
             return 0
@@ -42,6 +48,10 @@ def _searchsorted(col, v, side: str) -> int:
             return len(col)
         v = col.dtype.type(v)
     return int(col.searchsorted(v, side))
+
+
+_U64 = np.dtype("<u8")
+_U64_MAX = (1 << 64) - 1
 
 
 class TreeSpec:
@@ -155,6 +165,8 @@ class BTree:
 
     def _verify(self, bno: int, blk: np.ndarray, level: int | None) -> None:
         spec = self.spec
+        if blk.size != BLOCK_SIZE:
+            raise Corrupted(bno, f"{spec.name} btree node pointer beyond the end of the device")
         hdr = blk[:NODE_HDR_SIZE].view(NODE_HDR_DTYPE)[0]
         if bytes(hdr["magic"]) != spec.magic:
             raise Corrupted(bno, f"bad magic {bytes(hdr['magic'])!r} for a {spec.name}"
@@ -488,10 +500,9 @@ class BTree:
         node.recs[i:n - 1] = node.recs[i + 1:n]
         node.set_n(n - 1)
         if depth == 0:
-            if node.n == 0 and node.level == 0:
-                self._free_node(node)
-                self._set_root(0, 0)
-            elif node.level and node.n == 1:
+            # an empty root leaf stays: freeing it would make the next
+            # insert allocate it again (and move its rmap owner twice)
+            if node.level and node.n == 1:
                 child = int(node.recs["child"][0])
                 self._free_node(node)
                 self._set_root(child, self.height - 1)

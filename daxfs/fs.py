@@ -60,11 +60,11 @@ def _op(method):
                     result = method(self, *args, **kwargs)
                     self.vol.alloc.settle()
                 except Corrupted as e:
-                    self.vol.rollback_op()
+                    self._rollback()
                     self._shut_down(str(e))
                     raise Shutdown(f"filesystem shut down: {e}") from e
                 except NoSpace:
-                    self.vol.rollback_op()
+                    self._rollback()
                     if retry or not self.vol.alloc.has_busy():
                         raise
                     # Only blocks freed by the running transaction are
@@ -72,7 +72,7 @@ def _op(method):
                     self.commit()
                     continue
                 except BaseException:
-                    self.vol.rollback_op()
+                    self._rollback()
                     raise
                 break
         finally:
@@ -146,6 +146,12 @@ class Filesystem:
     def shut_down(self, why: str) -> None:
         """Stop serving: every later operation fails with EIO."""
         self._shut_down(why)
+
+    def _rollback(self) -> None:
+        """Undo the current operation: its blocks, and any in-core inode it
+        may have changed without putting it back."""
+        self.vol.rollback_op()
+        self.inodes.forget_cache()
 
     def _step(self) -> None:
         """A consistent point inside a long operation: refill the pool and
@@ -421,7 +427,7 @@ class Filesystem:
                 self._free_inode(ino)
                 self.vol.alloc.settle()
             except BaseException:
-                self.vol.rollback_op()
+                self._rollback()
                 raise
             self.vol.end_op()
 
@@ -533,6 +539,8 @@ class Filesystem:
             # lazy: the caller stops when its buffer is full, and a readdir
             # must not cost the whole rest of the directory each time
             for epos, name, child, _ in self.dirs.entries(ino, start):
+                if epos < start:
+                    continue        # only a damaged tree leads back: cookies must advance
                 try:
                     attr = self.inodes.get(child).attr()
                 except NotFound:

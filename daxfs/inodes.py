@@ -10,8 +10,8 @@ import stat
 import time
 
 from .attrs import Attr
-from .errors import NoSpace, NotFound
-from .format import OWN_MAX_INO
+from .errors import Corrupted, NoSpace, NotFound
+from .format import BLOCK_SIZE, MAX_FILE_BYTES, OWN_MAX_INO
 
 _FIELDS = ("ino", "mode", "nlink", "uid", "gid", "size", "blocks", "atime", "mtime",
            "ctime", "btime", "rdev", "parent", "flags", "generation")
@@ -49,22 +49,44 @@ class Inode:
                     btime_ns=self.btime, generation=self.generation)
 
 
+CACHE_MAX = 65536
+
+
 class Inodes:
+    """The inode tree, with a write-through cache of in-core inodes: an
+    operation usually reads the same few inodes several times.  `get`
+    returns the cached object; whoever changes it must `put` it before the
+    operation ends, and a rolled-back operation must call `forget_cache()`."""
+
     def __init__(self, vol):
         self.vol = vol
         self.tree = vol.trees["inode"]
+        self._cache: dict[int, Inode] = {}
 
     def get(self, ino: int) -> Inode:
+        inode = self._cache.get(ino)
+        if inode is not None:
+            return inode
         rec = self.tree.lookup((ino,))
         if rec is None:
             raise NotFound(f"inode {ino} does not exist")
-        return Inode.from_rec(rec)
+        if rec[5] > MAX_FILE_BYTES or rec[6] > MAX_FILE_BYTES // BLOCK_SIZE:
+            raise Corrupted(0, f"inode {ino}: impossible size {rec[5]} or block count {rec[6]}")
+        inode = Inode.from_rec(rec)
+        if len(self._cache) >= CACHE_MAX:
+            self._cache.clear()
+        self._cache[ino] = inode
+        return inode
+
+    def forget_cache(self) -> None:
+        self._cache.clear()
 
     def exists(self, ino: int) -> bool:
-        return self.tree.lookup((ino,)) is not None
+        return ino in self._cache or self.tree.lookup((ino,)) is not None
 
     def put(self, inode: Inode) -> None:
         self.tree.update(inode.to_rec())
+        self._cache[inode.ino] = inode
 
     def create(self, mode: int, uid: int, gid: int, *, rdev: int = 0, parent: int = 0,
                nlink: int = 1, ino: int | None = None) -> Inode:
@@ -79,9 +101,11 @@ class Inodes:
                                 rdev, parent, 0, 0))
         self.tree.insert(inode.to_rec())
         sb["inode_count"] = int(sb["inode_count"]) + 1
+        self._cache[ino] = inode
         return inode
 
     def delete(self, ino: int) -> None:
+        self._cache.pop(ino, None)
         if self.tree.delete((ino,)) is None:
             raise NotFound(f"inode {ino} does not exist")
         sb = self.vol.sb

@@ -87,4 +87,4 @@ def test_scan_bounds_and_update(vol):
     for i in range(2000):
         assert t.delete((i * 10,)) is not None
     vol.alloc.settle()
-    assert t.height == 0 and t.count == 0
+    assert t.height <= 1 and t.count == 0 and list(t.scan()) == []
