@@ -14,8 +14,11 @@ Turning a damaged image into a consistent one, in five phases:
    for rebuilding.
 3. **fix the primary records** (the ones nothing else can derive):
    inodes, extent maps, directory entries, xattrs, the orphan list.
-   Extents lost with an unreadable extent-map node are taken back from the
-   rmap when it can still be read (one rmap record per extent record).
+   A damaged extent map is checked against the rmap, its mirror (one rmap
+   record per extent record): records an intact rmap does not confirm are
+   dropped, and extents lost with unreadable nodes are taken back from the
+   rmap records that can still be read.  (When both trees are intact but
+   disagree, the extent maps are the truth and the rmap is rebuilt.)
    Extent and xattr-value records pointing outside the device or over
    metadata (superblocks, log, verified tree nodes) are dropped; directory
    entries naming missing inodes are dropped (an inode is recreated only
@@ -49,7 +52,9 @@ repair of the result finds nothing to do.
 
 It does not repair an image whose two superblock copies are both unusable
 (and not mended by replaying the log): that is an operational error (the
-caller exits 8), as is an image that is locked or not a daxfs image.
+caller exits 8), as is an image that is locked or not a daxfs image.  When
+the free space cannot hold the rebuilt trees nothing is written and the
+repair says so among the problems left.
 """
 
 from __future__ import annotations
@@ -88,6 +93,13 @@ _GOOD_FMTS = set(_DT)
 # inode record fields (format.INODE_DTYPE)
 I_INO, I_MODE, I_NLINK, I_UID, I_GID, I_SIZE, I_BLOCKS = 0, 1, 2, 3, 4, 5, 6
 I_ATIME, I_MTIME, I_CTIME, I_BTIME, I_RDEV, I_PARENT = 7, 8, 9, 10, 11, 12
+
+
+def _show(name: bytes) -> str:
+    """A name for a message line: undecodable bytes and control characters
+    escaped, so that every fix stays on one line."""
+    text = name.decode(errors="backslashreplace")
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _fill(cap: int) -> int:
@@ -287,8 +299,7 @@ class Repair:
             d = stack.pop()
             for name, ino in children.get(d, []):
                 if ino not in self.paths:
-                    self.paths[ino] = self.paths[d].rstrip("/") + "/" + \
-                        name.decode(errors="replace")
+                    self.paths[ino] = self.paths[d].rstrip("/") + "/" + _show(name)
                     stack.append(ino)
 
     def _meta_mask(self) -> None:
