@@ -30,8 +30,8 @@ import numpy as np
 
 from .btree import Node
 from .errors import Corrupted, DaxfsError, MediaError
-from .format import (BLOCK_SIZE, DT_DIR, OWN_AG, OWN_FS, OWN_LOG, RMAP_ATTR, ROOT_INO,
-                     TREE_NAMES, own_tree)
+from .format import (BLOCK_SIZE, DT_DIR, MAX_FILE_BYTES, OWN_AG, OWN_FS, OWN_LOG, RMAP_ATTR,
+                     ROOT_INO, TREE_NAMES, own_tree)
 from .journal import sealed_ok
 from .superblock import secondary_bno, verify_copy
 
@@ -182,6 +182,8 @@ class Checker:
         orphans = {r[0] for r in self._records("orphan")}
         for ino, rec in self.inodes.items():
             mode, nlink, size, nblocks = rec[1], rec[2], rec[5], rec[6]
+            if size > MAX_FILE_BYTES:
+                self.problem(f"inode {ino}: size {size} is beyond the maximum file size")
             if stat.S_IFMT(mode) not in (stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK, stat.S_IFIFO,
                                          stat.S_IFCHR, stat.S_IFBLK, stat.S_IFSOCK):
                 self.problem(f"inode {ino}: bad file type in mode {mode:o}")
@@ -291,9 +293,11 @@ class Checker:
         def counts(ranges, weights=None):
             d = np.zeros(total + 1, dtype=np.int64)
             if ranges:
-                arr = np.array(ranges, dtype=np.int64).reshape(-1, 2)
-                s = np.clip(arr[:, 0], 0, total)
-                e = np.clip(arr[:, 0] + arr[:, 1], 0, total)
+                # u64 on disk: clip before adding, so that no sum overflows
+                arr = np.minimum(np.array(ranges, dtype=np.uint64).reshape(-1, 2),
+                                 np.uint64(total)).astype(np.int64)
+                s = arr[:, 0]
+                e = np.minimum(arr[:, 0] + arr[:, 1], total)
                 w = np.ones(len(arr), np.int64) if weights is None else np.array(weights, np.int64)
                 np.add.at(d, s, w)
                 np.add.at(d, e, -w)

@@ -16,7 +16,7 @@ commit that maps it.
 import numpy as np
 
 from .attrs import FIEMAP_EXTENT_LAST, FIEMAP_EXTENT_SHARED, FiemapExtent
-from .errors import MediaError, NoSpace
+from .errors import Corrupted, MediaError, NoSpace
 from .format import BLOCK_SIZE as BS
 
 _END = (1 << 64) - 1
@@ -48,6 +48,11 @@ class FileMap:
             if f >= end:
                 break
             out.append((f, p, min(n, end - f)))
+        total = self.vol.total_blocks
+        for f, p, n in out:
+            if p == 0 or p + n > total:
+                raise Corrupted(p, f"inode {ino}: extent at file block {f} points outside"
+                                   f" the device (block {p}+{n})")
         return out
 
     def last_block(self, ino: int) -> int:

@@ -224,6 +224,7 @@ def replay(pmem, log_start: int, log_blocks: int) -> int | None:
         return None
     bnos = area[LOG_HDR_SIZE:LOG_HDR_SIZE + 8 * n].view("<u8").copy()
     if bnos.size and int(bnos.max()) >= pmem.nblocks:
+        del first, hdr, area    # no view of the mapping may outlive the failed open
         raise Corrupted(log_start, "log names a block beyond the end of the device")
     if pmem.readonly:
         return int(hdr["seq"])
