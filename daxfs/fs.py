@@ -84,6 +84,25 @@ def _op(method):
     return wrapper
 
 
+def _query(method):
+    """A read-only public operation: no undo bookkeeping (nothing to roll
+    back), but corruption still shuts the filesystem down.  A relatime
+    update is its last step and either happens whole or not at all."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        if self.shutdown_reason:
+            raise Shutdown(f"filesystem shut down: {self.shutdown_reason}")
+        if self._in_op:
+            return method(self, *args, **kwargs)
+        try:
+            return method(self, *args, **kwargs)
+        except Corrupted as e:
+            self.inodes.forget_cache()
+            self._shut_down(str(e))
+            raise Shutdown(f"filesystem shut down: {e}") from e
+    return wrapper
+
+
 class Filesystem:
     root_ino = ROOT_INO
 
@@ -187,7 +206,7 @@ class Filesystem:
             raise NoSpace("no space left on device")
 
     # ---- lookup and attributes ---------------------------------------------
-    @_op
+    @_query
     def lookup(self, parent: int, name: bytes):
         self._dir(parent)
         if name == b".":
@@ -201,7 +220,7 @@ class Filesystem:
             raise NotFound(f"{name!r} not found in directory {parent}")
         return self.inodes.get(ent[1]).attr()
 
-    @_op
+    @_query
     def getattr(self, ino: int):
         return self.inodes.get(ino).attr()
 
@@ -314,7 +333,7 @@ class Filesystem:
         self.inodes.put(inode)
         return inode.attr()
 
-    @_op
+    @_query
     def readlink(self, ino: int) -> bytes:
         inode = self.inodes.get(ino)
         if not inode.is_lnk:
@@ -551,7 +570,7 @@ class Filesystem:
             raise Shutdown(f"filesystem shut down: {e}") from e
 
     # ---- data ----------------------------------------------------------------
-    @_op
+    @_query
     def read(self, ino: int, offset: int, size: int) -> bytes:
         inode = self.inodes.get(ino)
         if inode.is_dir:
@@ -608,7 +627,7 @@ class Filesystem:
             raise Shutdown(f"filesystem shut down: {self.shutdown_reason}")
         self.commit()
 
-    @_op
+    @_query
     def statfs(self) -> StatFs:
         a = self.vol.alloc
         total = self.vol.total_blocks
@@ -618,7 +637,7 @@ class Filesystem:
                       free_inodes=a.available())
 
     # ---- extended attributes -------------------------------------------------
-    @_op
+    @_query
     def getxattr(self, ino: int, name: bytes) -> bytes:
         self.inodes.get(ino)
         return self.xattrs.get(ino, name)
@@ -634,7 +653,7 @@ class Filesystem:
         self._touch(inode, m=False)
         self.inodes.put(inode)
 
-    @_op
+    @_query
     def listxattr(self, ino: int) -> list[bytes]:
         self.inodes.get(ino)
         return self.xattrs.names(ino)
@@ -754,7 +773,7 @@ class Filesystem:
                 out.append(DedupeResult(-e.errno, 0))
         return out
 
-    @_op
+    @_query
     def fiemap(self, ino: int, start: int, length: int):
         inode = self.inodes.get(ino)
         return self.filemap.fiemap(ino, start, length, inode.size)

@@ -20,6 +20,10 @@ class Xattrs:
     def __init__(self, vol):
         self.vol = vol
         self.tree = vol.trees["xattr"]
+        # inodes known to have no attribute at all: the kernel asks for
+        # security.capability before every write, and the answer is
+        # almost always "none"
+        self._bare: set[int] = set()
 
     def _find(self, ino: int, name: bytes):
         h = name_hash(name) << 32
@@ -29,8 +33,14 @@ class Xattrs:
         return None
 
     def get(self, ino: int, name: bytes) -> bytes:
+        if ino in self._bare:
+            raise NoAttribute(f"no attribute {name!r}")
         rec = self._find(ino, name)
         if rec is None:
+            if not self.names(ino):
+                if len(self._bare) > 65536:
+                    self._bare.clear()
+                self._bare.add(ino)
             raise NoAttribute(f"no attribute {name!r}")
         vlen, vblk = rec[4], rec[5]
         if vblk == 0:
@@ -44,6 +54,7 @@ class Xattrs:
             raise NameTooLong(f"attribute name of {len(name)} bytes is longer than {XATTR_NAME_MAX}")
         if len(value) > XATTR_VALUE_MAX:
             raise AttributeTooBig(f"attribute value of {len(value)} bytes is over {XATTR_VALUE_MAX}")
+        self._bare.discard(ino)
         old = self._find(ino, name)
         if old is not None and flags & XATTR_CREATE:
             raise Exists(f"attribute {name!r} exists")
