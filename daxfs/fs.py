@@ -13,6 +13,7 @@ Names are bytes; inode numbers, offsets and times (ns) are ints.  Errors are
 the classes in errors.py.
 """
 
+import contextlib
 import errno
 import functools
 import logging
@@ -183,6 +184,16 @@ class Filesystem:
             self.commit()
             self.vol.begin_op()
 
+    @contextlib.contextmanager
+    def _stepping(self, inode):
+        """A long operation on `inode` that may commit between its steps
+        (`_step`): the inode is put back before each such commit."""
+        self._step_inodes = [inode]
+        try:
+            yield
+        finally:
+            self._step_inodes = []
+
     def _writable(self):
         if self.readonly:
             raise ReadOnly("the filesystem is mounted read-only")
@@ -253,8 +264,7 @@ class Filesystem:
 
     def _truncate(self, inode, size: int) -> None:
         old = inode.size
-        self._step_inodes = [inode]
-        try:
+        with self._stepping(inode):
             if size < old:
                 keep = -(-size // BS)
                 inode.size = size
@@ -265,8 +275,6 @@ class Filesystem:
                 inode.size = size
             if size != old:
                 self._touch(inode)
-        finally:
-            self._step_inodes = []
 
     def _drop_post_eof(self, inode) -> None:
         """Unmap blocks past EOF (left by a crash mid-write) before the file grows."""
@@ -324,11 +332,8 @@ class Filesystem:
         if not target:
             raise NotFound("empty symlink target")
         inode = self._new_inode(parent, name, stat.S_IFLNK | 0o777, uid, gid)
-        self._step_inodes = [inode]
-        try:
+        with self._stepping(inode):
             self.filemap.write(inode, 0, target)
-        finally:
-            self._step_inodes = []
         inode.size = len(target)
         self.inodes.put(inode)
         return inode.attr()
@@ -429,11 +434,8 @@ class Filesystem:
         if inode.nlink:
             self.vol.trees["orphan"].delete((ino,))
             return
-        self._step_inodes = [inode]
-        try:
+        with self._stepping(inode):
             self.filemap.truncate_blocks(inode, 0)
-        finally:
-            self._step_inodes = []
         self.xattrs.remove_all(ino)
         self.inodes.delete(ino)
         self.vol.trees["orphan"].delete((ino,))
@@ -605,13 +607,10 @@ class Filesystem:
             return 0
         if offset + n > MAX_FILE_BYTES:
             raise FileTooBig("write beyond the maximum file size")
-        self._step_inodes = [inode]
-        try:
+        with self._stepping(inode):
             if offset + n > inode.size:
                 self._drop_post_eof(inode)
             done = self.filemap.write(inode, offset, data)
-        finally:
-            self._step_inodes = []
         if offset + done > inode.size:
             inode.size = offset + done
         # set-uid/set-gid bits are dropped by the kernel (a setattr it sends
@@ -730,13 +729,10 @@ class Filesystem:
 
     def _remap(self, src, s_off: int, dst, d_off: int, count: int) -> None:
         nblk = -(-count // BS)
-        self._step_inodes = [dst] if dst is not src else [src]
-        try:
+        with self._stepping(dst):
             if d_off + count > dst.size:
                 self._drop_post_eof(dst)
             self.filemap.clone(src, s_off // BS, dst, d_off // BS, nblk)
-        finally:
-            self._step_inodes = []
         if d_off + count > dst.size:
             dst.size = d_off + count
         self._touch(dst)
