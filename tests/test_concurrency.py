@@ -14,6 +14,15 @@
   directory while all that happens; every byte read must be the record
   stream's, every name must be listed.
 
+Kernel FUSE, not daxfs: while a file is appended to through FUSE (no
+writeback cache), another process's view of its size can step back for a
+moment (a read reply racing the append shrinks i_size), so an mmap of the
+whole file may SIGBUS on its last page and a size taken from fstat may be
+too big a moment later.  Measured on the pyfuse3 passthrough peer
+(scripts/peers/passthrough.py) as well, more often than on daxfs.  The
+readers therefore map F<i> only up to 64 KiB below the size they saw, and
+dedupers stay as far below it.
+
 Every process has a time limit (a hang is a deadlock: the FUSE connection
 is aborted and the test fails); the daemon's log must be clean and
 `daxfs check` must pass after unmount, and the contents survive a remount.
@@ -35,6 +44,7 @@ BS = 4096
 RUN_SECONDS = 12
 PROC_TIMEOUT = 90          # a worker still running after this is deadlocked
 MANY = 300
+MARGIN = 64 * 1024         # see "Kernel FUSE, not daxfs" above
 
 
 def record(i: int, seq: int) -> bytes:
@@ -141,8 +151,8 @@ def deduper(w: Worker):
         f = os.open(w.p(f"F{i}"), os.O_RDWR)
         t = os.open(w.p(f"T{i}"), os.O_RDWR)
         try:
-            k = min(os.fstat(f).st_size, os.fstat(t).st_size) // BS * BS
-            if not k:
+            k = min(os.fstat(f).st_size - MARGIN, os.fstat(t).st_size) // BS * BS
+            if k <= 0:
                 return
             k = w.rnd.choice([BS, k])
             src, dst = (t, f) if w.rnd.random() < 0.5 else (f, t)
@@ -217,8 +227,8 @@ def reader(w: Worker):
         elif r < 0.8:
             fd = os.open(w.p(f"F{i}"), os.O_RDONLY)
             try:
-                size = os.fstat(fd).st_size
-                if not size:
+                size = (os.fstat(fd).st_size - MARGIN) // BS * BS
+                if size <= 0:
                     return
                 with mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ) as mm:
                     data = mm[:]
