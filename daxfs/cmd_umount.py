@@ -78,6 +78,18 @@ def _holds(pid: int, key) -> bool:
         return False
 
 
+def fuse_connection(mountpoint: str) -> str | None:
+    """The /sys/fs/fuse/connections entry (the device minor) of the FUSE
+    mount at `mountpoint`, read from mountinfo, or None."""
+    path = os.path.realpath(mountpoint)
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) > 4 and fields[4] == path and " - fuse" in line:
+                return fields[2].split(":")[1]
+    return None
+
+
 def alive(pid: int) -> bool:
     """True while `pid` exists and is not a zombie."""
     try:

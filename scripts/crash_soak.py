@@ -1037,14 +1037,7 @@ def mounted_at(mnt: str) -> bool:
     return any(m == path for m, _, _ in mounts())
 
 
-def fuse_connection(mnt: str) -> str | None:
-    path = os.path.realpath(mnt)
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            if len(fields) > 4 and fields[4] == path and " - fuse" in line:
-                return fields[2].split(":")[1]
-    return None
+from daxfs.cmd_umount import fuse_connection  # noqa: E402
 
 
 def run(cmd, timeout=60):

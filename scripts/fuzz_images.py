@@ -637,21 +637,11 @@ def _mounted(mnt: str) -> bool:
         return any(line.split()[4] == real for line in f if len(line.split()) > 4)
 
 
-def _fuse_conn(mnt: str) -> str | None:
-    real = os.path.realpath(mnt)
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            if len(fields) > 4 and fields[4] == real and " - fuse" in line:
-                return fields[2].split(":")[1]
-    return None
-
-
 def unmount(mnt: str, pids: list[int]) -> list[str]:
     """fusermount3 -u, then umount -l, then abort and kill: never leave a mount."""
-    from daxfs.cmd_umount import wait_gone
+    from daxfs.cmd_umount import fuse_connection, wait_gone
     problems = []
-    conn = _fuse_conn(mnt)
+    conn = fuse_connection(mnt)
     if _mounted(mnt):
         with contextlib.suppress(subprocess.TimeoutExpired):
             subprocess.run(["fusermount3", "-u", mnt], capture_output=True, timeout=30)

@@ -77,19 +77,11 @@ def mount_source(mnt) -> str | None:
     return found
 
 
-def _fuse_connection(mnt) -> str | None:
-    """The /sys/fs/fuse/connections entry of the mount at `mnt`."""
-    path = os.path.realpath(mnt)
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            if len(fields) > 4 and fields[4] == path and " - fuse" in line:
-                return fields[2].split(":")[1]
-    return None
+from daxfs.cmd_umount import fuse_connection  # noqa: E402
 
 
 def abort_connection(mnt) -> None:
-    conn = _fuse_connection(mnt)
+    conn = fuse_connection(mnt)
     if conn is not None:
         with contextlib.suppress(OSError):
             Path(f"/sys/fs/fuse/connections/{conn}/abort").write_text("1")
@@ -102,7 +94,7 @@ def force_unmount(mnt, pids=()) -> None:
     its FUSE connection aborted and is killed (the test fails elsewhere).
     """
     from daxfs.cmd_umount import wait_gone
-    conn = _fuse_connection(mnt)
+    conn = fuse_connection(mnt)
     if mount_source(mnt) is not None:
         with contextlib.suppress(subprocess.TimeoutExpired):
             run(["fusermount3", "-u", mnt], timeout=30)
