@@ -29,6 +29,7 @@ import sys
 import time
 
 from daxfs import mount as _mount
+from daxfs.mountinfo import unescape as unescape_mountinfo
 
 log = logging.getLogger(__name__)
 
@@ -71,19 +72,6 @@ def parse_options(text: str | None) -> tuple[list[str], bool]:
     return opts, readonly
 
 
-def _unescape_mountinfo(field: str) -> str:
-    """mountinfo escapes space, tab, newline and backslash as \\ooo."""
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == "\\" and i + 4 <= len(field) and field[i + 1:i + 4].isdigit():
-            out.append(chr(int(field[i + 1:i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
 def mounts():
     """Yield (mountpoint, fstype, source) from /proc/self/mountinfo."""
     with open("/proc/self/mountinfo") as f:
@@ -93,7 +81,7 @@ def mounts():
             rfields = right.split()
             if len(fields) < 5 or len(rfields) < 2:
                 continue
-            yield _unescape_mountinfo(fields[4]), rfields[0], _unescape_mountinfo(rfields[1])
+            yield unescape_mountinfo(fields[4]), rfields[0], unescape_mountinfo(rfields[1])
 
 
 def daxfs_mount_at(mountpoint: str):

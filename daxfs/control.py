@@ -172,6 +172,7 @@ from daxfs.attrs import (
     DedupeResult,
     FiemapExtent,
 )
+from daxfs.mountinfo import unescape as unescape_mountinfo
 from daxfs.errors import BadFileDescriptor, InvalidArgument, NoAttribute, PermissionDenied
 
 __all__ = [
@@ -435,10 +436,6 @@ def decode_fiemap(value) -> list[FiemapExtent]:
 
 # --- daemon-side helpers (procfs only; never touch the FUSE mount) ---------
 
-def _unescape_mountinfo(field: str) -> str:
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-
-
 def mount_device(mountpoint, mountinfo: str = "/proc/self/mountinfo") -> int:
     """The st_dev clients see for files under `mountpoint`, read from
     mountinfo (the last mount on that point wins), without a stat through
@@ -452,7 +449,7 @@ def mount_device(mountpoint, mountinfo: str = "/proc/self/mountinfo") -> int:
     with open(mountinfo, encoding="utf-8", errors="surrogateescape") as f:
         for line in f:
             fields = line.split()
-            if len(fields) >= 5 and _unescape_mountinfo(fields[4]) == target:
+            if len(fields) >= 5 and unescape_mountinfo(fields[4]) == target:
                 major, minor = fields[2].split(":")
                 found = os.makedev(int(major), int(minor))
     if found is None:

@@ -77,6 +77,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from daxfs import control
+from daxfs.mountinfo import unescape as unescape_mountinfo
 from daxfs.attrs import DedupeResult
 from daxfs.errors import (BadFileDescriptor, CrossDevice, DaxfsError, InvalidArgument,
                           IsADirectory, NoAttribute, NotFound, PermissionDenied)
@@ -106,7 +107,7 @@ def own_mount_device(image: str, mountinfo: str = "/proc/self/mountinfo") -> int
                     continue
                 if not rest[0].startswith("fuse"):
                     continue
-                if control._unescape_mountinfo(rest[1]) != want:
+                if unescape_mountinfo(rest[1]) != want:
                     continue
                 major, minor = fields[2].split(":")
                 found.add(os.makedev(int(major), int(minor)))

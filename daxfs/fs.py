@@ -49,8 +49,7 @@ def _op(method):
     """Run a public operation atomically; shut down on metadata corruption."""
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
-        if self.shutdown_reason:
-            raise Shutdown(f"filesystem shut down: {self.shutdown_reason}")
+        self._check_alive()
         if self._in_op:
             return method(self, *args, **kwargs)
         self._in_op = True
@@ -91,8 +90,7 @@ def _query(method):
     update is its last step and either happens whole or not at all."""
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
-        if self.shutdown_reason:
-            raise Shutdown(f"filesystem shut down: {self.shutdown_reason}")
+        self._check_alive()
         if self._in_op:
             return method(self, *args, **kwargs)
         try:
@@ -156,6 +154,11 @@ class Filesystem:
         if self.shutdown_reason or self.readonly:
             return
         self.vol.commit()
+
+    def _check_alive(self) -> None:
+        """Every operation's first step: none is served after a shutdown."""
+        if self.shutdown_reason:
+            raise Shutdown(f"filesystem shut down: {self.shutdown_reason}")
 
     def _shut_down(self, why: str) -> None:
         if self.shutdown_reason:
@@ -547,8 +550,7 @@ class Filesystem:
     # ---- directories --------------------------------------------------------
     def readdir(self, ino: int, pos: int = 0):
         """DirEntry for '.', '..' and each name, from cookie `pos` on."""
-        if self.shutdown_reason:
-            raise Shutdown(f"filesystem shut down: {self.shutdown_reason}")
+        self._check_alive()
         try:
             d = self._dir(ino)
             if pos == 0:
@@ -622,8 +624,7 @@ class Filesystem:
     def fsync(self, ino: int = 0) -> None:
         """Returns when the data and metadata of the file (and everything
         before it) are durable."""
-        if self.shutdown_reason:
-            raise Shutdown(f"filesystem shut down: {self.shutdown_reason}")
+        self._check_alive()
         self.commit()
 
     @_query

@@ -96,6 +96,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
 import bench_common as bc  # noqa: E402
+from daxfs.mountinfo import unescape as unescape_mountinfo  # noqa: E402
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 CACHE = Path("/tmp/daxfs-bench-cache")
@@ -134,18 +135,6 @@ def count_text(n: int) -> str:
 
 # ------------------------------------------------------------------ mounts
 
-def _unescape(field: str) -> str:
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == "\\" and field[i + 1:i + 4].isdigit():
-            out.append(chr(int(field[i + 1:i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
 def mount_entry(mnt) -> tuple[str, str] | None:
     """(fstype, 'major:minor') of what is mounted at `mnt` (the top one)."""
     path = os.path.realpath(mnt)
@@ -154,7 +143,7 @@ def mount_entry(mnt) -> tuple[str, str] | None:
         for line in fh:
             left, _, right = line.partition(" - ")
             f = left.split()
-            if len(f) >= 5 and _unescape(f[4]) == path:
+            if len(f) >= 5 and unescape_mountinfo(f[4]) == path:
                 found = (right.split()[0], f[2])
     return found
 

@@ -783,7 +783,7 @@ def test_option_parsing_and_mountinfo_escapes():
     assert cmd_mount.parse_options("ro,nosuid,allow_root") == (["nosuid", "allow_root"], True)
     with pytest.raises(cmd_mount.UsageError):
         cmd_mount.parse_options("uid=5")
-    assert cmd_mount._unescape_mountinfo(r"/a\040b\134c\011d") == "/a b\\c\td"
+    assert cmd_mount.unescape_mountinfo(r"/a\040b\134c\011d") == "/a b\\c\td"
     opts = mount.fuse_options("/x/a,b.img", ["noexec"], readonly=True)
     assert r"fsname=daxfs:/x/a\,b.img" in opts and "subtype=daxfs" in opts
     assert {"default_permissions", "ro", "noexec"} <= opts
