@@ -13,12 +13,19 @@ subtree; for overlapping trees `hi` is the largest record end (start+len-1)
 in the subtree, so an interval query prunes whole subtrees (XFS's
 "overlapped" btrees keep the same low/high keys).
 
-Records are numpy structured arrays viewed on the block; searching a node is
-one `np.searchsorted`, shifting is one slice assignment.  Callers pass keys
+Records are numpy structured arrays viewed on the block; shifting is one
+slice assignment.  Searching a node bisects a Python list of its keys,
+decoded once and kept on the node (`Node.keys`) until the node changes:
+each tree keeps its decoded nodes (`_cache`, bno -> Node), and a cached
+node is used only while the journal still hands out the very buffer it
+was decoded from (a shadow, or the mapping for a clean block), so a
+commit, a rollback or a new shadow makes it decode again.  Callers pass keys
 and records as tuples of Python ints/bytes and get tuples back.  Node blocks
 come from and return to the allocator passed in (`node_alloc`, `node_free`);
 all writes go through the journal's shadows.
 """
+
+from bisect import bisect_left, bisect_right
 
 import numpy as np
 
@@ -27,31 +34,7 @@ from .format import BLOCK_SIZE, NODE_HDR_DTYPE, NODE_HDR_SIZE, TREE_MAGICS, TREE
 from .journal import sealed_ok
 
 MAX_HEIGHT = 16
-
-
-def _searchsorted(col, v, side: str) -> int:
-    """col.searchsorted(v) with v converted to the column's integer type
-    first: numpy compares a uint64 column with a Python int through
-    float64, so keys above 2**53 that differ in their low bits (directory
-    cookies are hash << 32 | index) would compare equal."""
-    if col.dtype == _U64 and isinstance(v, (int, np.integer)):
-        if v < 0:
-            return 0
-        if v > _U64_MAX:
-            return len(col)
-        v = _U64.type(v)
-    elif col.dtype.kind in "ui" and isinstance(v, (int, np.integer)):
-        info = np.iinfo(col.dtype)
-        if v < info.min:
-            return 0
-        if v > info.max:
-            return len(col)
-        v = col.dtype.type(v)
-    return int(col.searchsorted(v, side))
-
-
-_U64 = np.dtype("<u8")
-_U64_MAX = (1 << 64) - 1
+NODE_CACHE_MAX = 4096       # decoded nodes kept per tree
 
 
 class TreeSpec:
@@ -95,11 +78,14 @@ class TreeSpec:
 class Node:
     """A view of one node block: header fields and its record array."""
 
-    __slots__ = ("bno", "buf", "level", "n", "recs", "writable", "cap")
+    __slots__ = ("bno", "buf", "level", "n", "recs", "cap", "keys", "kids", "token")
 
-    def __init__(self, spec: TreeSpec, bno: int, buf: np.ndarray, writable: bool):
+    def __init__(self, spec: TreeSpec, bno: int, buf: np.ndarray, token):
         self.bno = bno
         self.buf = buf
+        self.token = token        # the journal's shadow this was decoded from, or None
+        self.keys = None          # decoded keys (ints, or tuples), built on first search
+        self.kids = None          # decoded child block numbers (internal nodes)
         # header fields read straight from the bytes (format.NODE_HDR_DTYPE:
         # level u16 at 10, nrecs u32 at 12); a structured view costs more
         self.level = int(buf[10]) | int(buf[11]) << 8
@@ -109,7 +95,6 @@ class Node:
         else:
             dt, self.cap = spec.ent_dtype, spec.node_cap
         self.recs = buf[NODE_HDR_SIZE:NODE_HDR_SIZE + self.cap * dt.itemsize].view(dt)
-        self.writable = writable
 
     @property
     def hdr(self):
@@ -117,6 +102,7 @@ class Node:
 
     def set_n(self, n: int) -> None:
         self.n = n
+        self.keys = self.kids = None
         self.buf[12:16] = np.frombuffer(n.to_bytes(4, "little"), dtype=np.uint8)
 
 
@@ -130,38 +116,61 @@ class BTree:
         self.alloc = alloc
         self.verified = verified      # block numbers whose checksum was verified
         self.tid = spec.tree_id
+        self._cache: dict[int, Node] = {}     # bno -> decoded node
+        self._roots = sb["roots"]
+        self._heights = sb["heights"]
+        self._nrecs = sb["nrecs"]
 
     # ---- root state (kept in the superblock) -------------------------------
+    # (views of the superblock's arrays: a rollback restores them in place)
     @property
     def root(self) -> int:
-        return int(self.sb["roots"][self.tid])
+        return int(self._roots[self.tid])
 
     @property
     def height(self) -> int:
-        return int(self.sb["heights"][self.tid])
+        return int(self._heights[self.tid])
 
     @property
     def count(self) -> int:
-        return int(self.sb["nrecs"][self.tid])
+        return int(self._nrecs[self.tid])
 
     def _set_root(self, bno: int, height: int) -> None:
-        self.sb["roots"][self.tid] = bno
-        self.sb["heights"][self.tid] = height
+        self._roots[self.tid] = bno
+        self._heights[self.tid] = height
 
     def _add_count(self, d: int) -> None:
-        self.sb["nrecs"][self.tid] = self.count + d
+        self._nrecs[self.tid] = self.count + d
 
     # ---- node access --------------------------------------------------------
     def _node(self, bno: int, level: int) -> Node:
-        blk = self.j.read(bno)
-        if bno not in self.verified and bno not in self.j.dirty:
-            self._verify(bno, blk, level)
-            self.verified.add(bno)
-        node = Node(self.spec, bno, blk, False)
+        j = self.j
+        shadow = j.dirty.get(bno)
+        node = self._cache.get(bno)
+        if node is None or node.token is not shadow:
+            blk = j.read(bno)
+            if bno not in self.verified and shadow is None:
+                self._verify(bno, blk, level)
+                self.verified.add(bno)
+            node = Node(self.spec, bno, blk, shadow)
+            self._remember(node)
+        elif shadow is None:
+            j.read(bno)             # a poisoned block is an error even when decoded
         if node.level != level:
             raise Corrupted(bno, f"{self.spec.name} btree node has level {node.level},"
                                  f" expected {level}")
         return node
+
+    def _remember(self, node: Node) -> None:
+        cache = self._cache
+        if len(cache) >= NODE_CACHE_MAX and node.bno not in cache:
+            del cache[next(iter(cache))]        # the oldest decoded node
+        cache[node.bno] = node
+
+    def drop_cache(self) -> None:
+        """Forget every decoded node (before the mapping goes away, or after
+        nodes were rewritten behind the tree's back, as repair does)."""
+        self._cache.clear()
 
     def _verify(self, bno: int, blk: np.ndarray, level: int | None) -> None:
         spec = self.spec
@@ -186,13 +195,13 @@ class BTree:
     def _w(self, node: Node) -> Node:
         """The writable version of a node.  Always asks the journal, which
         shadows the block and records how to undo the current operation."""
-        if node.writable:
-            return node
         blk = self.j.write(node.bno)
         if blk is node.buf:
-            node.writable = True
             return node
-        return Node(self.spec, node.bno, blk, True)
+        new = Node(self.spec, node.bno, blk, blk)
+        new.keys, new.kids = node.keys, node.kids      # same bytes
+        self._remember(new)
+        return new
 
     def _new_node(self, level: int) -> Node:
         bno = self.alloc.node_alloc(self.tid)
@@ -203,41 +212,58 @@ class BTree:
         hdr["level"] = level
         hdr["nrecs"] = 0
         hdr["blkno"] = bno
-        return Node(self.spec, bno, blk, True)
+        node = Node(self.spec, bno, blk, blk)
+        self._remember(node)
+        return node
 
     def _free_node(self, node: Node) -> None:
+        self._cache.pop(node.bno, None)
         self.j.discard(node.bno)
         self.verified.discard(node.bno)
         self.alloc.node_free(self.tid, node.bno)
 
     # ---- key helpers --------------------------------------------------------
-    def _kscalar(self, key):
-        return np.array(tuple(key), dtype=self.spec.key_dtype)[()]
+    def _keys(self, node: Node) -> list:
+        """The node's keys as a sorted Python list (ints for one-field keys,
+        tuples otherwise), decoded once per change of the node."""
+        keys = node.keys
+        if keys is None:
+            n = node.n
+            spec = self.spec
+            if spec.single:
+                keys = node.recs[spec.kf0][:n].tolist()
+            elif node.level:
+                keys = node.recs[:n].view(spec.ent_key_view).tolist()
+            else:
+                keys = node.recs[:n].view(spec.rec_key_view).tolist()
+            node.keys = keys
+        return keys
 
     def _search(self, node: Node, key, side: str) -> int:
         """Index of the first record >= key ('left') or > key ('right'),
-        comparing lexicographically; key may be a prefix of the key fields.
-        Narrows field by field with np.searchsorted on each column."""
-        n = node.n
-        if n == 0:
-            return 0
-        recs = node.recs
+        comparing lexicographically; key may be a prefix of the key fields
+        (records that start with it count as equal to it)."""
+        keys = node.keys if node.keys is not None else self._keys(node)
         if self.spec.single:
-            return _searchsorted(recs[self.spec.kf0][:n], key[0], side)
-        lo, hi = 0, n
-        last = len(key) - 1
-        for i, (f, v) in enumerate(zip(self.spec.key_fields, key)):
-            col = recs[f][lo:hi]
-            a = lo + _searchsorted(col, v, "left")
-            b = lo + _searchsorted(col, v, "right")
-            if i == last or a == b:
-                return a if (side == "left" or a == b) else b
-            lo, hi = a, b
-        return lo if side == "left" else hi
+            k = int(key[0])
+            return bisect_left(keys, k) if side == "left" else bisect_right(keys, k)
+        k = tuple(int(v) for v in key)
+        if side == "left":
+            return bisect_left(keys, k)
+        if len(k) == self.spec.nkey:
+            return bisect_right(keys, k)
+        return bisect_left(keys, k[:-1] + (k[-1] + 1,))
 
     def _key_at(self, node: Node, i: int) -> tuple:
-        r = node.recs[i]
-        return tuple(r[f].item() for f in self.spec.key_fields)
+        keys = node.keys if node.keys is not None else self._keys(node)
+        k = keys[i]
+        return (k,) if self.spec.single else k
+
+    def _item_key(self, item):
+        """The decoded key of a record or entry tuple (for Node.keys)."""
+        if self.spec.single:
+            return int(item[0])
+        return tuple(int(v) for v in item[:self.spec.nkey])
 
     def _child_index(self, node: Node, key) -> int:
         i = self._search(node, key, "right") - 1
@@ -248,15 +274,22 @@ class BTree:
         """Path from root to leaf as [(node, index)]; the leaf index is the
         position of the first record >= key."""
         path = []
-        bno, h = self.root, self.height
+        bno, h = int(self._roots[self.tid]), int(self._heights[self.tid])
+        k = int(key[0]) if self.spec.single else tuple(int(v) for v in key)
         for level in range(h - 1, -1, -1):
             node = self._node(bno, level)
+            keys = node.keys if node.keys is not None else self._keys(node)
             if level:
-                i = self._child_index(node, key)
+                i = bisect_right(keys, k) - 1
+                if i < 0:
+                    i = 0
                 path.append([node, i])
-                bno = int(node.recs["child"][i])
+                kids = node.kids
+                if kids is None:
+                    kids = node.kids = node.recs["child"][:node.n].tolist()
+                bno = kids[i]
             else:
-                path.append([node, self._search(node, key, "left")])
+                path.append([node, bisect_left(keys, k)])
         return path
 
     # ---- queries ------------------------------------------------------------
@@ -398,6 +431,7 @@ class BTree:
                 node = path[k][0] = self._w(node)
                 for f, v in zip(spec.key_fields, key):
                     node.recs[0][f] = v
+                node.keys = None
         leaf, i = path[-1]
         if i < leaf.n and self._key_at(leaf, i) == tuple(key):
             raise Corrupted(leaf.bno, f"{spec.name} btree: duplicate key {tuple(key)}")
@@ -410,9 +444,13 @@ class BTree:
         node = path[depth][0] = self._w(path[depth][0])
         n = node.n
         if n < node.cap:
+            keys = node.keys
             node.recs[i + 1:n + 1] = node.recs[i:n]
             node.recs[i] = item
             node.set_n(n + 1)
+            if keys is not None:
+                keys.insert(i, self._item_key(item))
+                node.keys = keys
             self._fix_hi(path, depth)
             return
         # split: left keeps `half`, right gets the rest, then place the item
@@ -497,8 +535,12 @@ class BTree:
     def _remove_at(self, path, depth: int, i: int) -> None:
         node = path[depth][0] = self._w(path[depth][0])
         n = node.n
+        keys = node.keys
         node.recs[i:n - 1] = node.recs[i + 1:n]
         node.set_n(n - 1)
+        if keys is not None:
+            del keys[i]
+            node.keys = keys
         if depth == 0:
             # an empty root leaf stays: freeing it would make the next
             # insert allocate it again (and move its rmap owner twice)
@@ -552,6 +594,7 @@ class BTree:
         right.set_n(total - want)
         for f, v in zip(self.spec.key_fields, self._key_at(right, 0)):
             parent.recs[li + 1][f] = v
+        parent.keys = None
         if self.spec.overlap:
             parent.recs["hi"][li] = self._node_hi(left)
             parent.recs["hi"][li + 1] = self._node_hi(right)

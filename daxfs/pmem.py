@@ -56,6 +56,7 @@ class Pmem:
         self.path = path
         self.readonly = readonly
         self.private = private
+        self._view_holders = []
         flags = os.O_RDONLY if readonly else os.O_RDWR
         try:
             self.fd = os.open(path, flags | os.O_CLOEXEC)
@@ -168,7 +169,15 @@ class Pmem:
         elif not self.readonly:
             self.mm.flush()
 
+    def add_view_holder(self, drop) -> None:
+        """Register a callable that drops the views of the mapping someone
+        keeps (decoded btree nodes); close() calls it first."""
+        self._view_holders.append(drop)
+
     def close(self) -> None:
+        for drop in self._view_holders:
+            drop()
+        self._view_holders = []
         if getattr(self, "mm", None) is not None:
             self.buf = None
             try:

@@ -197,7 +197,7 @@ class Repair:
                 self.pmem.check_load(bno)
                 blk = self.pmem.block(bno)
                 tree._verify(bno, blk, level)
-                node = Node(spec, bno, blk, False)
+                node = Node(spec, bno, blk, None)
                 if node.level != level:
                     raise Corrupted(bno, f"level {node.level}, expected {level}")
             except MediaError:
@@ -1054,6 +1054,7 @@ class Repair:
         sb["inode_count"] = len(self.inodes)
         sb["state"] = int(sb["state"]) & ~STATE_NEEDS_CHECK
         vol.verified.clear()
+        vol.drop_node_caches()
         vol.mark_dirty_sb()
         vol.commit()
 

@@ -48,11 +48,17 @@ class Volume:
             if name == "rmap" and not self.has_rmap:
                 continue
             self.trees[name] = BTree(spec, self.journal, self.sb, None, self.verified)
+        pmem.add_view_holder(self.drop_node_caches)
         self.rmap = Rmap(self.trees.get("rmap"))
         self.refcount = Refcount(self.trees["refcount"])
         self.alloc = Allocator(self)
         for t in self.trees.values():
             t.alloc = self.alloc
+
+    def drop_node_caches(self) -> None:
+        """Forget every tree's decoded nodes (btree.py)."""
+        for t in self.trees.values():
+            t.drop_cache()
 
     # ---- open / create ----------------------------------------------------
     @classmethod
@@ -170,6 +176,7 @@ class Volume:
     def close(self) -> None:
         if not self.pmem.readonly:
             self.commit()
+        self.drop_node_caches()
         self.trees = {}
         self.journal = None
         self.pmem.close()
