@@ -308,8 +308,6 @@ class BTree:
         do not modify the tree while it runs."""
         if not self.height:
             return
-        nk = None if hi is None else len(hi)
-        hi_t = None if hi is None else tuple(hi)
         if lo is None:
             path = self._leftmost_path()
             start = 0
@@ -318,13 +316,11 @@ class BTree:
             start = path[-1][1]
         while True:
             leaf = path[-1][0]
-            if start < leaf.n:
-                rows = leaf.recs[start:leaf.n].tolist()
-                for r in rows:
-                    if hi_t is not None and r[:nk] > hi_t:
-                        return
-                    yield r
-            if not self._next_leaf(path):
+            n = leaf.n
+            end = n if hi is None else self._search(leaf, hi, "right")
+            if start < end:
+                yield from leaf.recs[start:end].tolist()
+            if end < n or not self._next_leaf(path):
                 return
             start = 0
 

@@ -5,6 +5,11 @@ the entries of one directory are contiguous, a lookup is one short range
 query, and pos is a stable readdir cookie.  Names are up to 255 bytes and
 stored whole in the record; names whose hashes collide get different
 collision indexes and are told apart by comparing the names.
+
+`Dirs` keeps a name cache, (parent, name) -> (pos, ino, ftype) or None for
+a name known to be absent, like the kernel's dcache: every change of the
+dir tree goes through add/remove/retarget here, which keep it exact, and a
+rolled-back operation must call `forget_cache()`.
 """
 
 import crc32c
@@ -26,9 +31,21 @@ def check_name(name: bytes) -> None:
         raise Corrupted(0, f"invalid name {name!r}")
 
 
+CACHE_MAX = 131072
+
+
 class Dirs:
     def __init__(self, vol):
         self.tree = vol.trees["dir"]
+        self._cache: dict[tuple[int, bytes], tuple | None] = {}
+
+    def forget_cache(self) -> None:
+        self._cache.clear()
+
+    def _remember(self, parent: int, name: bytes, ent) -> None:
+        if len(self._cache) >= CACHE_MAX:
+            self._cache.clear()
+        self._cache[(parent, name)] = ent
 
     def _same_hash(self, parent: int, name: bytes):
         h = name_hash(name) << 32
@@ -36,10 +53,17 @@ class Dirs:
 
     def lookup(self, parent: int, name: bytes) -> tuple | None:
         """(pos, ino, ftype) of the entry, or None."""
+        try:
+            return self._cache[(parent, name)]
+        except KeyError:
+            pass
+        ent = None
         for rec in self._same_hash(parent, name):
             if rec[5][:rec[4]] == name or rec[5] == name:
-                return rec[1], rec[2], rec[3]
-        return None
+                ent = rec[1], rec[2], rec[3]
+                break
+        self._remember(parent, name, ent)
+        return ent
 
     def add(self, parent: int, name: bytes, ino: int, ftype: int) -> int:
         used = set()
@@ -51,14 +75,18 @@ class Dirs:
             seq += 1
         pos = h | seq
         self.tree.insert((parent, pos, ino, ftype, len(name), name))
+        self._remember(parent, name, (pos, ino, ftype))
         return pos
 
     def remove(self, parent: int, pos: int) -> None:
-        if self.tree.delete((parent, pos)) is None:
+        old = self.tree.delete((parent, pos))
+        if old is None:
             raise Corrupted(0, f"directory {parent}: entry {pos:#x} vanished")
+        self._remember(parent, old[5][:old[4]], None)
 
     def retarget(self, parent: int, pos: int, name: bytes, ino: int, ftype: int) -> None:
         self.tree.update((parent, pos, ino, ftype, len(name), name))
+        self._remember(parent, name, (pos, ino, ftype))
 
     def entries(self, parent: int, from_pos: int = 0):
         """(pos, name, ino, ftype) in cookie order, from pos on."""

@@ -96,7 +96,7 @@ def _query(method):
         try:
             return method(self, *args, **kwargs)
         except Corrupted as e:
-            self.inodes.forget_cache()
+            self._forget_caches()
             self._shut_down(str(e))
             raise Shutdown(f"filesystem shut down: {e}") from e
     return wrapper
@@ -174,7 +174,12 @@ class Filesystem:
         """Undo the current operation: its blocks, and any in-core inode it
         may have changed without putting it back."""
         self.vol.rollback_op()
+        self._forget_caches()
+
+    def _forget_caches(self) -> None:
+        """Drop what the in-core caches remember of names and inodes."""
         self.inodes.forget_cache()
+        self.dirs.forget_cache()
 
     def _step(self) -> None:
         """A consistent point inside a long operation: refill the pool and
@@ -304,6 +309,7 @@ class Filesystem:
         inode = self.inodes.create(mode, uid, gid, rdev=rdev,
                                    parent=parent_ino if is_dir else 0,
                                    nlink=2 if is_dir else 1)
+        self.xattrs.note_bare(inode.ino)
         self.dirs.add(parent_ino, name, inode.ino, _DT.get(stat.S_IFMT(mode), 0))
         if is_dir:
             if parent.nlink >= LINK_MAX:
@@ -419,11 +425,18 @@ class Filesystem:
         self.inodes.put(inode)
         self.vol.trees["orphan"].insert((inode.ino,))
 
-    @_op
     def forget(self, ino: int) -> None:
         """The kernel holds no more references: free the inode if unlinked."""
         if self.readonly or ino == ROOT_INO:
             return
+        self._check_alive()
+        inode = self.inodes.cached(ino)
+        if inode is not None and inode.nlink:
+            return                          # still linked: nothing to free
+        self._forget_unlinked(ino)
+
+    @_op
+    def _forget_unlinked(self, ino: int) -> None:
         if self.vol.trees["orphan"].lookup((ino,)) is None:
             return
         self._free_inode(ino)

@@ -81,6 +81,10 @@ class Inodes:
     def forget_cache(self) -> None:
         self._cache.clear()
 
+    def cached(self, ino: int) -> Inode | None:
+        """The in-core inode if it is cached (no tree access)."""
+        return self._cache.get(ino)
+
     def exists(self, ino: int) -> bool:
         return ino in self._cache or self.tree.lookup((ino,)) is not None
 

@@ -25,6 +25,12 @@ class Xattrs:
         # almost always "none"
         self._bare: set[int] = set()
 
+    def note_bare(self, ino: int) -> None:
+        """A new inode: it has no attributes yet."""
+        if len(self._bare) > 65536:
+            self._bare.clear()
+        self._bare.add(ino)
+
     def _find(self, ino: int, name: bytes):
         h = name_hash(name) << 32
         for rec in self.tree.scan(lo=(ino, h), hi=(ino, h | _LOW)):
@@ -101,9 +107,14 @@ class Xattrs:
         self.tree.delete((ino, rec[1]))
 
     def names(self, ino: int) -> list[bytes]:
+        if ino in self._bare:
+            return []
         return [rec[6] for rec in self.tree.scan(lo=(ino, 0), hi=(ino,))]
 
     def remove_all(self, ino: int) -> None:
+        if ino in self._bare:
+            self._bare.discard(ino)
+            return
         for rec in list(self.tree.scan(lo=(ino, 0), hi=(ino,))):
             self._free_value(ino, rec)
             self.tree.delete((ino, rec[1]))
