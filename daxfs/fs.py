@@ -36,6 +36,7 @@ from .xattrs import Xattrs
 
 log = logging.getLogger(__name__)
 
+INACTIVE_MAX = 16384           # queued unlinked inodes before forget frees some itself
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 DEDUPE_MAX = 1 << 30          # the VFS caps one dedupe request at 1 GiB
@@ -65,10 +66,13 @@ def _op(method):
                     raise Shutdown(f"filesystem shut down: {e}") from e
                 except NoSpace:
                     self._rollback()
-                    if retry or not self.vol.alloc.has_busy():
+                    if retry or not (self.vol.alloc.has_busy() or self._inactive):
                         raise
-                    # Only blocks freed by the running transaction are
-                    # left: commit it (as XFS forces the log) and retry.
+                    # Only blocks of unlinked inodes not yet freed, or freed
+                    # by the running transaction, are left: free the
+                    # inodes, commit (as XFS flushes inodegc and forces
+                    # the log) and retry.
+                    self._reap(list(self._inactive))
                     self.commit()
                     continue
                 except BaseException:
@@ -115,6 +119,8 @@ class Filesystem:
         self.shutdown_reason = ""
         self._in_op = False
         self._step_inodes = []
+        self._inactive: dict[int, None] = {}   # unlinked, forgotten, not yet freed (FIFO)
+        self.defer_inactive = False
         self.has_rmap = vol.has_rmap
         self.atime = True          # relatime updates; the mount's noatime turns them off
         self.poison_reports = []
@@ -426,20 +432,62 @@ class Filesystem:
         self.vol.trees["orphan"].insert((inode.ino,))
 
     def forget(self, ino: int) -> None:
-        """The kernel holds no more references: free the inode if unlinked."""
+        """The kernel holds no more references: free the inode if it is
+        unlinked.  With `defer_inactive` (the daemon sets it) it is queued
+        instead and freed by `reap_inactive` when the daemon is idle, as
+        XFS defers inode inactivation to its inodegc workers; the queue is
+        kept short by freeing the oldest ones here once it is long."""
         if self.readonly or ino == ROOT_INO:
             return
         self._check_alive()
         inode = self.inodes.cached(ino)
         if inode is not None and inode.nlink:
             return                          # still linked: nothing to free
-        self._forget_unlinked(ino)
+        if not self.defer_inactive:
+            self._free_unlinked(ino)
+        elif self._is_orphan(ino):
+            self._inactive[ino] = None
+            if len(self._inactive) > INACTIVE_MAX:
+                self.reap_inactive(len(self._inactive) - INACTIVE_MAX // 2)
+
+    @_query
+    def _is_orphan(self, ino: int) -> bool:
+        return self.vol.trees["orphan"].lookup((ino,)) is not None
+
+    def pending_inactive(self) -> int:
+        """How many unlinked inodes wait to be freed."""
+        return len(self._inactive)
+
+    def reap_inactive(self, limit: int | None = None) -> int:
+        """Free up to `limit` (default: all) queued unlinked inodes, oldest
+        first, each as its own operation.  Returns how many are left."""
+        todo = list(self._inactive)
+        if limit is not None:
+            todo = todo[:limit]
+        for ino in todo:
+            self._check_alive()
+            self._inactive.pop(ino, None)
+            self._free_unlinked(ino)
+        return len(self._inactive)
 
     @_op
-    def _forget_unlinked(self, ino: int) -> None:
-        if self.vol.trees["orphan"].lookup((ino,)) is None:
-            return
-        self._free_inode(ino)
+    def _free_unlinked(self, ino: int) -> None:
+        if self.vol.trees["orphan"].lookup((ino,)) is not None:
+            self._free_inode(ino)
+
+    def _reap(self, inos) -> None:
+        """Free the given orphans, each in its own operation, outside any
+        other operation (orphan reaping at open/close, ENOSPC retry)."""
+        for ino in inos:
+            self._inactive.pop(ino, None)
+            self.vol.begin_op()
+            try:
+                self._free_inode(ino)
+                self.vol.alloc.settle()
+            except BaseException:
+                self._rollback()
+                raise
+            self.vol.end_op()
 
     def _free_inode(self, ino: int) -> None:
         try:
@@ -457,16 +505,7 @@ class Filesystem:
         self.vol.trees["orphan"].delete((ino,))
 
     def _reap_orphans(self) -> None:
-        orphans = [r[0] for r in self.vol.trees["orphan"].scan()]
-        for ino in orphans:
-            self.vol.begin_op()
-            try:
-                self._free_inode(ino)
-                self.vol.alloc.settle()
-            except BaseException:
-                self._rollback()
-                raise
-            self.vol.end_op()
+        self._reap([r[0] for r in self.vol.trees["orphan"].scan()])
 
     # ---- rename ----------------------------------------------------------
     @_op
@@ -640,8 +679,15 @@ class Filesystem:
         self._check_alive()
         self.commit()
 
-    @_query
     def statfs(self) -> StatFs:
+        """Counts with every queued unlinked inode freed first (df right
+        after rm shows the space back)."""
+        if self._inactive and not self.readonly:
+            self.reap_inactive()
+        return self._statfs()
+
+    @_query
+    def _statfs(self) -> StatFs:
         a = self.vol.alloc
         total = self.vol.total_blocks
         return StatFs(block_size=BS, total_blocks=total, free_blocks=a.free_blocks,

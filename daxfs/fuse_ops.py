@@ -12,7 +12,8 @@ What this module owns
   end the whole mount);
 * the kernel's lookup counts (lookup/create/mkdir/mknod/symlink/link and
   readdirplus entries +1, forget -n); when a count reaches zero the engine
-  is told with `fs.forget(ino)` (which frees an unlinked inode);
+  is told with `fs.forget(ino)` (which queues an unlinked inode, freed by
+  `inactive_loop` when no request has come for a few milliseconds);
 * the background group commit (`commit_loop`: `fs.commit()` once a second
   when something changed);
 * cache invalidation (`_invalidate`, always via a worker thread: calling
@@ -72,6 +73,7 @@ import functools
 import logging
 import os
 import stat
+import time
 from collections import defaultdict
 
 import pyfuse3
@@ -89,6 +91,7 @@ ATTR_TIMEOUT = 5.0      # seconds the kernel may trust attributes
 BLKSIZE = 4096          # st_blksize, f_bsize, f_frsize
 NAME_MAX = 255
 COMMIT_INTERVAL = 1.0   # seconds between background group commits
+INACTIVE_IDLE = 0.005   # seconds without requests before unlinked inodes are freed
 
 # The control protocol's names and the probe's value are daxfs/control.py's
 # (the LD_PRELOAD library compares the probe value byte for byte).
@@ -109,6 +112,7 @@ def _boundary(*, mutates: bool = False):
 
         @functools.wraps(handler)
         async def run(self, *args, **kwargs):
+            self._last_request = time.monotonic()
             try:
                 return await handler(self, *args, **kwargs)
             except pyfuse3.FUSEError:
@@ -160,6 +164,8 @@ class Operations(pyfuse3.Operations):
         self.default_permissions = default_permissions
         self._lookups: dict[int, int] = defaultdict(int)
         self._dirty = False
+        self._last_request = 0.0
+        fs.defer_inactive = True           # freed by inactive_loop (fs.forget)
         self.control = ControlServer(fs)   # daxfs/control_server.py
         self.admin = AdminServer(fs)       # daxfs/admin.py
 
@@ -219,6 +225,25 @@ class Operations(pyfuse3.Operations):
                     self.fs.commit()
                 except Exception:
                     log.exception("background commit failed")
+
+    async def inactive_loop(self, idle: float = INACTIVE_IDLE) -> None:
+        """Free the unlinked inodes the kernel has forgotten (fs.forget
+        queues them) once no request has come for `idle` seconds, one per
+        scheduling turn, stopping as soon as requests come again: unlink
+        answers at once and the freeing happens in the gaps."""
+        while True:
+            await trio.sleep(idle)
+            while self.fs.pending_inactive():
+                if time.monotonic() - self._last_request < idle:
+                    break
+                try:
+                    self.fs.reap_inactive(1)
+                except DaxfsError as exc:   # e.g. shut down: freed at the next mount
+                    log.warning("freeing an unlinked inode: %s", exc)
+                except Exception:
+                    log.exception("freeing an unlinked inode failed")
+                self._dirty = True
+                await trio.sleep(0)
 
     def forget_all(self) -> None:
         """After unmount: drop the references the kernel never forgot."""

@@ -110,6 +110,7 @@ async def serve(fs, mountpoint: str, options: set[str], ops_factory=Operations) 
         stack.callback(release)                # runs before pyfuse3.close
         nursery = await stack.enter_async_context(trio.open_nursery())
         nursery.start_soon(ops.commit_loop)
+        nursery.start_soon(ops.inactive_loop)
         nursery.start_soon(_watch_signals, nursery.cancel_scope)
         await pyfuse3.main()
         log.info("FUSE main loop ended")
