@@ -304,11 +304,24 @@ class BTree:
     # ---- queries ------------------------------------------------------------
     def lookup(self, key) -> tuple | None:
         """The record with exactly this key, or None."""
-        if not self.height:
+        h = int(self._heights[self.tid])
+        if not h:
             return None
-        node, i = self._descend(key)[-1]
-        if i < node.n and self._key_at(node, i) == tuple(key):
-            return node.recs[i].item()
+        k = int(key[0]) if self.spec.single else tuple(int(v) for v in key)
+        bno = int(self._roots[self.tid])
+        for level in range(h - 1, 0, -1):
+            node = self._node(bno, level)
+            keys = node.keys if node.keys is not None else self._keys(node)
+            i = bisect_right(keys, k) - 1
+            kids = node.kids
+            if kids is None:
+                kids = node.kids = node.recs["child"][:node.n].tolist()
+            bno = kids[i if i > 0 else 0]
+        leaf = self._node(bno, 0)
+        keys = leaf.keys if leaf.keys is not None else self._keys(leaf)
+        i = bisect_left(keys, k)
+        if i < len(keys) and keys[i] == k:
+            return leaf.recs[i].item()
         return None
 
     def scan(self, lo=None, hi=None):
