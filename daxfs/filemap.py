@@ -143,15 +143,27 @@ class FileMap:
             view[lo - off:hi - off] = buf[src:src + hi - lo]
         return bytes(out)
 
-    def _store(self, p: int, boff: int, data, d0: int, d1: int, fresh: bool = False) -> None:
-        """Store data[d0:d1] at byte boff of physical block p onwards
-        (`fresh`: the blocks were just allocated)."""
+    def _store(self, p: int, boff: int, data, d0: int, d1: int) -> None:
+        """Store data[d0:d1] at byte boff of physical block p onwards.
+        Whole pages go in with one pwrite (Pmem.store_pages): a store
+        through the mapping into a page that is not resident would first
+        read it from the image file, only to overwrite all of it."""
         o = p * BS + boff
-        if fresh and d1 - d0 >= 4 * BS:
-            self.pmem.store_fresh(o, memoryview(data)[d0:d1])
+        n = d1 - d0
+        head = -o % BS
+        whole = (n - head) // BS * BS if n >= head + BS else 0
+        if whole:
+            mv = memoryview(data)[d0:d1]
+            buf = self.pmem.buf
+            if head:
+                buf[o:o + head] = np.frombuffer(mv[:head], dtype=np.uint8)
+            self.pmem.store_pages(o + head, mv[head:head + whole])
+            rest = n - head - whole
+            if rest:
+                t = o + head + whole
+                buf[t:t + rest] = np.frombuffer(mv[head + whole:], dtype=np.uint8)
             return
-        self.pmem.buf[o:o + d1 - d0] = np.frombuffer(data, dtype=np.uint8, count=d1 - d0,
-                                                    offset=d0)
+        self.pmem.buf[o:o + n] = np.frombuffer(data, dtype=np.uint8, count=n, offset=d0)
 
     def write(self, inode, off: int, data) -> int:
         """Store data at byte off of the file; allocates holes, copies shared
@@ -225,7 +237,7 @@ class FileMap:
                 s = old_p * BS + (d_hi - lo)
                 buf[t:(p + k) * BS] = buf[s:(old_p + k) * BS]
         if d_lo < d_hi:
-            self._store(p, d_lo - lo, data, d_lo - off, d_hi - off, fresh=True)
+            self._store(p, d_lo - lo, data, d_lo - off, d_hi - off)
         self.journal.note_data(p, k)
 
     def _overwrite(self, inode, f: int, p: int, k: int, off: int, end: int, data) -> None:

@@ -127,13 +127,13 @@ class Pmem:
         o = bno * BLOCK_SIZE
         return self.buf[o:o + n * BLOCK_SIZE]
 
-    def store_fresh(self, offset: int, data) -> None:
-        """Store bytes into blocks this process has not touched yet (newly
-        allocated).  A first store through a shared file mapping costs a
-        page fault per page; pwrite puts the bytes into the same page cache
-        pages about ten times faster, with the same flush semantics.  The
-        private (power-loss) mapping keeps plain stores: its pages must stay
-        private until flushed."""
+    def store_pages(self, offset: int, data) -> None:
+        """Store whole pages (offset and length page-aligned).  A store
+        through a shared file mapping costs a page fault per page not yet
+        mapped here (and a read of the page if it is not resident); pwrite
+        puts the bytes into the same page cache pages without either, with
+        the same flush semantics.  The private (power-loss) mapping keeps
+        plain stores: its pages must stay private until flushed."""
         if self.private:
             self.buf[offset:offset + len(data)] = np.frombuffer(data, dtype=np.uint8)
         else:
