@@ -50,24 +50,74 @@ class Inode:
 
 
 CACHE_MAX = 65536
+_ABSENT = object()
 
 
 class Inodes:
-    """The inode tree, with a write-through cache of in-core inodes: an
-    operation usually reads the same few inodes several times.  `get`
-    returns the cached object; whoever changes it must `put` it before the
-    operation ends, and a rolled-back operation must call `forget_cache()`."""
+    """The inode tree, with a cache of in-core inodes (an operation usually
+    reads the same few inodes several times) and delayed writes: `put`
+    records the inode's new record in `_dirty`, and the tree is updated
+    once per inode at the start of the next commit (`flush`, called by the
+    volume), like the kernel's dirty inode list; an inode written by every
+    one of a thousand writes costs one tree update.  `_dirty` takes part
+    in operations (op_begin/op_rollback restore what a failed operation
+    put), so it never holds a change that was rolled back.
+
+    `get` returns the cached object; whoever changes it must `put` it
+    before the operation ends, and a rolled-back operation must call
+    `forget_cache()`."""
 
     def __init__(self, vol):
         self.vol = vol
         self.tree = vol.trees["inode"]
         self._cache: dict[int, Inode] = {}
+        self._dirty: dict[int, tuple] = {}          # ino -> record not yet in the tree
+        self._undo: dict[int, object] | None = None
+        vol.add_participant(self)
 
+    # ---- taking part in operations and commits (volume.py) ------------------
+    def op_begin(self) -> None:
+        self._undo = {}
+
+    def op_end(self) -> None:
+        self._undo = None
+
+    def op_rollback(self) -> None:
+        if self._undo:
+            for ino, old in self._undo.items():
+                if old is _ABSENT:
+                    self._dirty.pop(ino, None)
+                else:
+                    self._dirty[ino] = old
+        self._undo = None
+
+    def _remember_undo(self, ino: int) -> None:
+        if self._undo is not None and ino not in self._undo:
+            self._undo[ino] = self._dirty.get(ino, _ABSENT)
+
+    def pending(self) -> int:
+        """Tree blocks the next flush may dirty (at most one per inode)."""
+        return len(self._dirty)
+
+    def flush(self) -> None:
+        """Write every delayed inode record into the tree."""
+        if not self._dirty:
+            return
+        tree = self.tree
+        for rec in self._dirty.values():
+            tree.update(rec)
+        self._dirty = {}
+        if self._undo is not None:
+            self._undo = {}             # a commit inside an operation: no way back
+
+    # ---- records ----------------------------------------------------------------
     def get(self, ino: int) -> Inode:
         inode = self._cache.get(ino)
         if inode is not None:
             return inode
-        rec = self.tree.lookup((ino,))
+        rec = self._dirty.get(ino)
+        if rec is None:
+            rec = self.tree.lookup((ino,))
         if rec is None:
             raise NotFound(f"inode {ino} does not exist")
         if rec[5] > MAX_FILE_BYTES or rec[6] > MAX_FILE_BYTES // BLOCK_SIZE:
@@ -86,11 +136,14 @@ class Inodes:
         return self._cache.get(ino)
 
     def exists(self, ino: int) -> bool:
-        return ino in self._cache or self.tree.lookup((ino,)) is not None
+        return (ino in self._cache or ino in self._dirty
+                or self.tree.lookup((ino,)) is not None)
 
     def put(self, inode: Inode) -> None:
-        self.tree.update(inode.to_rec())
-        self._cache[inode.ino] = inode
+        ino = inode.ino
+        self._remember_undo(ino)
+        self._dirty[ino] = inode.to_rec()
+        self._cache[ino] = inode
 
     def create(self, mode: int, uid: int, gid: int, *, rdev: int = 0, parent: int = 0,
                nlink: int = 1, ino: int | None = None) -> Inode:
@@ -110,11 +163,14 @@ class Inodes:
 
     def delete(self, ino: int) -> None:
         self._cache.pop(ino, None)
+        self._remember_undo(ino)
+        self._dirty.pop(ino, None)
         if self.tree.delete((ino,)) is None:
             raise NotFound(f"inode {ino} does not exist")
         sb = self.vol.sb
         sb["inode_count"] = int(sb["inode_count"]) - 1
 
     def all(self):
+        dirty = self._dirty
         for rec in self.tree.scan():
-            yield Inode.from_rec(rec)
+            yield Inode.from_rec(dirty.get(rec[0], rec))

@@ -43,6 +43,7 @@ class Volume:
         self.journal = Journal(pmem, int(self.sb["log_start"]), int(self.sb["log_blocks"]),
                                int(self.sb["generation"]))
         self.verified: set[int] = set()
+        self.participants = []
         self.trees = {}
         for name, spec in SPECS.items():
             if name == "rmap" and not self.has_rmap:
@@ -136,14 +137,26 @@ class Volume:
             raise
 
     # ---- one operation: all or nothing inside the running transaction ------
+    def add_participant(self, p) -> None:
+        """Something that keeps changes in memory until commit (inodes.py's
+        dirty inodes): it takes part in every operation (op_begin, op_end,
+        op_rollback) and writes its changes into the trees at the start of
+        every commit (flush), so that they are in the same transaction as
+        the tree changes made with them."""
+        self.participants.append(p)
+
     def begin_op(self) -> None:
         self.journal.begin_op()
         self._sb_saved = self.sb_arr.copy()
         self._alloc_saved = self.alloc.save_state()
+        for p in self.participants:
+            p.op_begin()
 
     def end_op(self) -> None:
         self.journal.end_op()
         self._sb_saved = None
+        for p in self.participants:
+            p.op_end()
 
     def rollback_op(self) -> None:
         self.journal.rollback_op()
@@ -151,6 +164,8 @@ class Volume:
             self.sb_arr[:] = self._sb_saved
             self.alloc.restore_state(self._alloc_saved)
         self._sb_saved = None
+        for p in self.participants:
+            p.op_rollback()
 
     # ---- commit -------------------------------------------------------------
     def mark_dirty_sb(self) -> None:
@@ -159,6 +174,8 @@ class Volume:
     def commit(self) -> None:
         """Make every change so far durable and atomic (a group commit)."""
         j = self.journal
+        for p in self.participants:
+            p.flush()
         if not j.dirty and not getattr(self, "_sb_dirty", False):
             if j.data_ranges:
                 j.commit()
@@ -171,7 +188,10 @@ class Volume:
         self._sb_dirty = False
 
     def needs_commit(self) -> bool:
-        return self.journal.pending > self.journal.capacity // 2
+        pending = self.journal.pending
+        for p in self.participants:
+            pending += p.pending()
+        return pending > self.journal.capacity // 2
 
     def close(self) -> None:
         if not self.pmem.readonly:

@@ -1,0 +1,177 @@
+"""The engine's in-memory caches never disagree with the trees: decoded
+btree nodes (btree.py), the name cache (dirs.py), delayed inode writes
+(inodes.py) and the queue of unlinked inodes waiting to be freed (fs.py).
+Each test makes a cache hold something, changes the trees under it through
+a commit, a rollback or a reopen, and checks what the engine answers."""
+
+import stat
+
+import pytest
+
+from daxfs.errors import Exists, NotFound, NoSpace
+from daxfs.format import BLOCK_SIZE as BS
+from daxfs.fs import Filesystem
+from engine_helpers import assert_clean, make_fs
+
+REG = stat.S_IFREG | 0o644
+
+
+def _fail_inside_op(fs, body):
+    """Run body() as one operation that fails at its end: everything it
+    changed must be rolled back."""
+    class Boom(Exception):
+        pass
+
+    def op(self):
+        body()
+        raise Boom()
+
+    from daxfs.fs import _op
+    with pytest.raises(Boom):
+        _op(op)(fs)
+
+
+def test_delayed_inode_write_is_rolled_back(tmp_path):
+    fs = make_fs(tmp_path / "a.img")
+    ino = fs.mknod(1, b"f", REG, 0, 0).ino
+    fs.setattr(ino, mode=0o600)              # a delayed write that must survive
+
+    def body():
+        inode = fs.inodes.get(ino)
+        inode.mode = stat.S_IFREG | 0o777
+        inode.uid = 4242
+        fs.inodes.put(inode)
+
+    _fail_inside_op(fs, body)
+    st = fs.getattr(ino)
+    assert (st.mode & 0o7777, st.uid) == (0o600, 0)
+    fs.commit()
+    fs.close()
+    fs = Filesystem.open(str(tmp_path / "a.img"))
+    st = fs.getattr(ino)
+    assert (st.mode & 0o7777, st.uid) == (0o600, 0)
+    assert_clean(fs)
+    fs.close()
+
+
+def test_delayed_inode_write_reaches_the_image(tmp_path):
+    fs = make_fs(tmp_path / "b.img")
+    ino = fs.mknod(1, b"f", REG, 0, 0).ino
+    for i in range(50):                       # many puts of one inode, one tree update
+        fs.write(ino, i * BS, b"x" * BS)
+    fs.setattr(ino, mtime_ns=123_000_000_000)
+    fs.close()
+    fs = Filesystem.open(str(tmp_path / "b.img"))
+    st = fs.getattr(ino)
+    assert st.size == 50 * BS and st.mtime_ns == 123_000_000_000
+    assert st.blocks == 50
+    assert_clean(fs)
+    fs.close()
+
+
+def test_name_cache_follows_rollback(tmp_path):
+    fs = make_fs(tmp_path / "c.img")
+    fs.mknod(1, b"keep", REG, 0, 0)
+    with pytest.raises(NotFound):
+        fs.lookup(1, b"ghost")                # cached as absent
+
+    def body():
+        fs.dirs.add(1, b"ghost", 99, 1)      # cached as present, then rolled back
+        fs.dirs.remove(1, fs.dirs.lookup(1, b"keep")[0])
+
+    _fail_inside_op(fs, body)
+    with pytest.raises(NotFound):
+        fs.lookup(1, b"ghost")
+    assert fs.lookup(1, b"keep").ino > 1
+    with pytest.raises(Exists):
+        fs.mknod(1, b"keep", REG, 0, 0)
+    assert_clean(fs)
+    fs.close()
+
+
+def test_decoded_nodes_follow_commit_and_rollback(tmp_path):
+    fs = make_fs(tmp_path / "d.img", size=64 << 20)
+    d = fs.mkdir(1, b"d", 0o755, 0, 0).ino
+    names = [b"n%05d" % i for i in range(3000)]   # splits the dir and inode trees
+    for i, n in enumerate(names):
+        fs.mknod(d, n, REG, 0, 0)
+        if i % 700 == 0:
+            fs.commit()
+
+    def body():                                # many node changes, then undone
+        for n in names[:1500]:
+            fs.unlink(d, n)
+        for i in range(500):
+            fs.mknod(d, b"new%04d" % i, REG, 0, 0)
+
+    _fail_inside_op(fs, body)
+    fs.dirs.forget_cache()                     # answers come from the trees
+    for n in names[::97]:
+        assert fs.lookup(d, n).ino > 1
+    with pytest.raises(NotFound):
+        fs.lookup(d, b"new0001")
+    assert sorted(e.name for e in fs.readdir(d))[2:] == sorted(names)
+    assert_clean(fs)
+    fs.close()
+
+
+def test_deferred_inactive_inodes_are_freed(tmp_path):
+    fs = make_fs(tmp_path / "e.img", size=16 << 20)
+    fs.defer_inactive = True
+    free0 = fs.statfs().free_blocks
+    inos = []
+    for i in range(20):
+        ino = fs.mknod(1, b"f%d" % i, REG, 0, 0).ino
+        fs.write(ino, 0, b"y" * (64 * BS))
+        inos.append(ino)
+    for i, ino in enumerate(inos):
+        fs.unlink(1, b"f%d" % i)
+        fs.forget(ino)
+    assert fs.pending_inactive() == 20            # queued, not freed yet
+    fs.reap_inactive(5)
+    assert fs.pending_inactive() == 15
+    assert fs.statfs().free_blocks == free0       # statfs frees the rest first
+    assert fs.pending_inactive() == 0
+    assert_clean(fs)
+    fs.close()
+
+
+def test_enospc_frees_queued_inodes_and_retries(tmp_path):
+    fs = make_fs(tmp_path / "g.img", size=16 << 20)
+    fs.defer_inactive = True
+    big = fs.mknod(1, b"big", REG, 0, 0).ino
+    chunk = b"z" * (1 << 20)
+    off = 0
+    while True:
+        try:
+            n = fs.write(big, off, chunk)
+        except NoSpace:
+            break
+        off += n
+        if n < len(chunk):
+            break
+    fs.unlink(1, b"big")
+    fs.forget(big)
+    assert fs.pending_inactive() == 1
+    other = fs.mknod(1, b"other", REG, 0, 0).ino
+    assert fs.write(other, 0, chunk) == len(chunk)   # space of the queued inode
+    assert fs.pending_inactive() == 0
+    assert_clean(fs)
+    fs.close()
+
+
+def test_queued_inodes_are_freed_at_close_and_after_a_crash(tmp_path):
+    path = tmp_path / "h.img"
+    fs = make_fs(path, size=16 << 20)
+    fs.defer_inactive = True
+    free0 = fs.statfs().free_blocks
+    ino = fs.mknod(1, b"f", REG, 0, 0).ino
+    fs.write(ino, 0, b"q" * (32 * BS))
+    fs.unlink(1, b"f")
+    fs.forget(ino)
+    fs.commit()
+    fs.vol.pmem.close()                        # a crash: the orphan is on disk
+    fs = Filesystem.open(str(path))
+    assert fs.statfs().free_blocks == free0
+    assert_clean(fs)
+    fs.close()
