@@ -144,6 +144,16 @@ class BTree:
     def count(self) -> int:
         return int(self._nrecs[self.tid])
 
+    def blocks_touched_by(self, nrecs: int) -> int:
+        """An upper bound of the nodes that changing `nrecs` records may
+        dirty: no more leaves than the tree has (nodes are at least a third
+        full) and than records, plus splits and the internal levels."""
+        if not nrecs:
+            return 0
+        leaves = self.count // max(1, self.spec.leaf_cap // 3) + 1
+        touched = min(nrecs, leaves)
+        return touched + touched // max(1, self.spec.node_cap // 3) + nrecs // max(1, self.spec.leaf_cap // 2) + 2 * self.height + 2
+
     def _set_root(self, bno: int, height: int) -> None:
         self._roots[self.tid] = bno
         self._heights[self.tid] = height

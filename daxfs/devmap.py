@@ -39,6 +39,8 @@ class MapRecord:
 def records(fs, start: int = 0, limit: int = 0) -> list[MapRecord]:
     """Map records in block order from block `start` (at most `limit`)."""
     vol = fs.vol
+    if vol.rmap.pending() and not fs.readonly:
+        fs.commit()                     # the deferred rmap changes into the tree
     if vol.has_rmap:
         raw = [r for r in vol.trees["rmap"].scan(lo=(start, 0, 0))]
         prev = vol.trees["rmap"].overlaps(start, start) if start else []

@@ -149,8 +149,16 @@ class Filesystem:
         if self.vol is None:
             return
         if not self.readonly and not self.shutdown_reason:
-            self._reap_orphans()
-            self.vol.close()
+            try:
+                self._reap_orphans()
+                self.vol.close()
+            except Corrupted as e:
+                # the last commit met damage: the image keeps its last
+                # committed state; the next mount (or check) will find it
+                self._shut_down(str(e))
+                self.vol.pmem.close()
+                self.vol = None
+                raise Shutdown(f"filesystem shut down: {e}") from e
         else:
             self.vol.pmem.close()
         self.vol = None
@@ -159,7 +167,14 @@ class Filesystem:
         """Make every change so far durable (group commit)."""
         if self.shutdown_reason or self.readonly:
             return
-        self.vol.commit()
+        try:
+            self.vol.commit()
+        except Corrupted as e:
+            # (a deferred change met a damaged tree while being written:
+            # nothing of this transaction reaches the image)
+            self._forget_caches()
+            self._shut_down(str(e))
+            raise Shutdown(f"filesystem shut down: {e}") from e
 
     def _check_alive(self) -> None:
         """Every operation's first step: none is served after a shutdown."""

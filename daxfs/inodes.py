@@ -96,8 +96,8 @@ class Inodes:
             self._undo[ino] = self._dirty.get(ino, _ABSENT)
 
     def pending(self) -> int:
-        """Tree blocks the next flush may dirty (at most one per inode)."""
-        return len(self._dirty)
+        """Tree blocks the next flush may dirty (an upper bound)."""
+        return self.tree.blocks_touched_by(len(self._dirty)) if self._dirty else 0
 
     def flush(self) -> None:
         """Write every delayed inode record into the tree."""

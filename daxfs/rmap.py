@@ -7,39 +7,127 @@ one record per block (btree nodes, pool) or per region (superblocks, log).
 The key (bno, owner, offset) is the only unique key when many owners share
 a block, as in XFS's rmapbt; "who owns block B" is one overlap query.
 
+Changes are deferred, as XFS defers its rmap updates to intent items:
+they collect in `_delta` (key -> the record it must become, or None for
+"deleted") and go into the tree at the start of the next commit (`flush`,
+called by the volume), sorted by key.  A record made and removed before
+the commit (a short-lived file, a btree node taken from the pool and given
+back) costs nothing in the tree.  `_delta` takes part in operations (a
+failed operation's changes are undone), and `owners()` answers from the
+tree and the delta together.
+
 On a filesystem made with --no-rmap there is no tree: updates are no-ops
 and `owners()` raises NotSupported (poison.py then scans the extent maps).
 """
 
 from .errors import Corrupted, NotSupported
 
+_ABSENT = object()
+FLUSH_SETTLE_EVERY = 32     # records written between allocator settles in flush
+
 
 class Rmap:
-    def __init__(self, tree):
+    def __init__(self, tree, settle=None):
         self.tree = tree          # a BTree, or None without the rmap feature
+        self.settle = settle or (lambda: None)
+        # key -> (record or None, in_tree): what the key must become at the
+        # next flush, and whether the tree holds the key now
+        self._delta: dict[tuple, tuple] = {}
+        self._undo: dict[tuple, object] | None = None
 
     @property
     def enabled(self) -> bool:
         return self.tree is not None
 
-    # ---- file data -------------------------------------------------------------
-    def map(self, bno: int, owner: int, offset: int, length: int, flags: int = 0) -> None:
-        if self.tree is not None:
-            self.tree.insert((bno, owner, offset, length, flags))
+    # ---- taking part in operations and commits (volume.py) ------------------
+    def op_begin(self) -> None:
+        self._undo = {}
 
-    def unmap(self, bno: int, owner: int, offset: int) -> tuple:
+    def op_end(self) -> None:
+        self._undo = None
+
+    def op_rollback(self) -> None:
+        if self._undo:
+            for key, old in self._undo.items():
+                if old is _ABSENT:
+                    self._delta.pop(key, None)
+                else:
+                    self._delta[key] = old
+        self._undo = None
+
+    def pending(self) -> int:
+        """Tree blocks the next flush may dirty (an upper bound)."""
+        return self.tree.blocks_touched_by(len(self._delta)) if self._delta else 0
+
+    def flush(self) -> None:
+        """Write the deferred changes into the tree, in key order.  The
+        tree's own node allocations add owner changes (the allocator
+        settles every few records): the volume flushes again until
+        nothing is left."""
+        if not self._delta:
+            return
+        tree = self.tree
+        delta, self._delta = self._delta, {}
+        for i, key in enumerate(sorted(delta)):
+            rec, in_tree = delta[key]
+            if rec is None:
+                if tree.delete(key) is None:
+                    raise Corrupted(key[0], f"rmap has no record for block {key[0]}"
+                                            f" owner {key[1]} offset {key[2]}")
+            elif in_tree:
+                tree.update(rec)
+            else:
+                tree.insert(rec)
+            if i % FLUSH_SETTLE_EVERY == FLUSH_SETTLE_EVERY - 1:
+                self.settle()
+        if self._undo is not None:
+            self._undo = {}             # a commit inside an operation: no way back
+
+    def _set(self, key: tuple, value: tuple | None) -> None:
+        if self._undo is not None and key not in self._undo:
+            self._undo[key] = self._delta.get(key, _ABSENT)
+        if value is None:
+            self._delta.pop(key, None)
+        else:
+            self._delta[key] = value
+
+    # ---- file data (deferred) ---------------------------------------------------
+    def map(self, bno: int, owner: int, offset: int, length: int, flags: int = 0) -> None:
         if self.tree is None:
-            return None
-        old = self.tree.delete((bno, owner, offset))
+            return
+        key = (bno, owner, offset)
+        cur = self._delta.get(key)
+        if cur is not None and cur[0] is not None:
+            raise Corrupted(bno, f"rmap: block {bno} owner {owner} offset {offset} mapped twice")
+        in_tree = cur is not None and cur[1]
+        self._set(key, ((bno, owner, offset, length, flags), in_tree))
+
+    def unmap(self, bno: int, owner: int, offset: int) -> None:
+        """Remove a record (a missing one is found, as corruption, when the
+        flush deletes it)."""
+        if self.tree is None:
+            return
+        key = (bno, owner, offset)
+        cur = self._delta.get(key)
+        if cur is None:
+            self._set(key, (None, True))
+            return
+        old, in_tree = cur
         if old is None:
             raise Corrupted(bno, f"rmap has no record for block {bno} owner {owner} offset {offset}")
-        return old
+        self._set(key, (None, True) if in_tree else None)
 
     def resize(self, bno: int, owner: int, offset: int, length: int, flags: int = 0) -> None:
-        if self.tree is not None:
-            self.tree.update((bno, owner, offset, length, flags))
+        if self.tree is None:
+            return
+        key = (bno, owner, offset)
+        cur = self._delta.get(key)
+        in_tree = True if cur is None else cur[1]
+        if cur is not None and cur[0] is None:
+            raise Corrupted(bno, f"rmap: resizing removed record {bno} owner {owner}")
+        self._set(key, ((bno, owner, offset, length, flags), in_tree))
 
-    # ---- metadata -------------------------------------------------------------
+    # ---- metadata ------------------------------------------------------------------
     def map_meta(self, bno: int, owner: int, length: int = 1) -> None:
         self.map(bno, owner, 0, length)
 
@@ -47,16 +135,19 @@ class Rmap:
         self.unmap(bno, owner, 0)
 
     def change_owner(self, bno: int, old: int, new: int) -> None:
+        """A btree node or pool block (one block, no flags) changes owner."""
         if self.tree is None:
             return
-        rec = self.tree.delete((bno, old, 0))
-        if rec is None:
-            raise Corrupted(bno, f"rmap: block {bno} is not owned by {old:#x}")
-        self.tree.insert((bno, new, 0, rec[3], rec[4]))
+        self.unmap(bno, old, 0)
+        self.map(bno, new, 0, 1)
 
     # ---- queries -------------------------------------------------------------
     def owners(self, lo: int, hi: int) -> list[tuple]:
         """Every record overlapping blocks [lo, hi] as (bno, owner, offset, len, flags)."""
         if self.tree is None:
             raise NotSupported("this filesystem has no rmap btree")
-        return self.tree.overlaps(lo, hi)
+        out = [r for r in self.tree.overlaps(lo, hi) if r[:3] not in self._delta]
+        for rec, _ in self._delta.values():
+            if rec is not None and rec[0] <= hi and rec[0] + rec[3] - 1 >= lo:
+                out.append(rec)
+        return sorted(out)

@@ -50,7 +50,8 @@ class Volume:
                 continue
             self.trees[name] = BTree(spec, self.journal, self.sb, None, self.verified)
         pmem.add_view_holder(self.drop_node_caches)
-        self.rmap = Rmap(self.trees.get("rmap"))
+        self.rmap = Rmap(self.trees.get("rmap"), settle=lambda: self.alloc.settle())
+        self.add_participant(self.rmap)
         self.refcount = Refcount(self.trees["refcount"])
         self.alloc = Allocator(self)
         for t in self.trees.values():
@@ -127,7 +128,7 @@ class Volume:
             sb["free_blocks"] = data_len
             vol.rmap.map_meta(0, OWN_FS)
             vol.rmap.map_meta(secondary_bno(total), OWN_FS)
-            vol.rmap.map(log_start, OWN_LOG, 0, log_blocks)
+            vol.rmap.map_meta(log_start, OWN_LOG, log_blocks)
             for b in pool:
                 vol.rmap.map_meta(b, OWN_AG)
             vol.alloc.settle()
@@ -174,18 +175,28 @@ class Volume:
     def commit(self) -> None:
         """Make every change so far durable and atomic (a group commit)."""
         j = self.journal
-        for p in self.participants:
-            p.flush()
+        self._flush_participants()
         if not j.dirty and not getattr(self, "_sb_dirty", False):
             if j.data_ranges:
                 j.commit()
             return
-        self.alloc.settle()
         self.sb["generation"] = j.seq + 1
         write_superblocks(j, self.sb_arr, self.total_blocks)
         j.commit()
         self.alloc.clear_busy()
         self._sb_dirty = False
+
+    def _flush_participants(self) -> None:
+        """Delayed changes into the trees, and the allocator settled, until
+        neither has anything left (a flush may split nodes, whose new
+        owners are delayed rmap changes again)."""
+        for _ in range(64):
+            for p in self.participants:
+                p.flush()
+            self.alloc.settle()
+            if not any(p.pending() for p in self.participants):
+                return
+        raise Corrupted(0, "delayed metadata changes do not settle")
 
     def needs_commit(self) -> bool:
         pending = self.journal.pending

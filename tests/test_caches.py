@@ -9,7 +9,7 @@ import stat
 import pytest
 
 from daxfs.errors import Exists, NotFound, NoSpace
-from daxfs.format import BLOCK_SIZE as BS
+from daxfs.format import BLOCK_SIZE as BS, OWN_MAX_INO
 from daxfs.fs import Filesystem
 from engine_helpers import assert_clean, make_fs
 
@@ -174,4 +174,41 @@ def test_queued_inodes_are_freed_at_close_and_after_a_crash(tmp_path):
     fs = Filesystem.open(str(path))
     assert fs.statfs().free_blocks == free0
     assert_clean(fs)
+    fs.close()
+
+
+def test_deferred_rmap_answers_owners_before_and_after_commit(tmp_path):
+    fs = make_fs(tmp_path / "r.img")
+    a = fs.mknod(1, b"a", REG, 0, 0).ino
+    fs.write(a, 0, b"a" * (4 * BS))
+    b = fs.mknod(1, b"b", REG, 0, 0).ino
+    fs.clone_range(a, 0, b, 0, 4 * BS)
+    pblk = fs.fiemap(a, 0, BS)[0].physical // BS
+    assert fs.vol.rmap.pending()                      # not in the tree yet
+    owners = {r[1] for r in fs.vol.rmap.owners(pblk + 1, pblk + 1)}
+    assert owners == {a, b}
+    fs.commit()
+    assert not fs.vol.rmap.pending()
+    assert {r[1] for r in fs.vol.rmap.owners(pblk + 1, pblk + 1)} == {a, b}
+    fs.unlink(1, b"b")
+    fs.forget(b)                                       # its rmap records: pending deletes
+    assert {r[1] for r in fs.vol.rmap.owners(pblk, pblk + 3)} == {a}
+    assert_clean(fs)
+    fs.close()
+
+
+def test_short_lived_file_leaves_no_rmap_work(tmp_path):
+    fs = make_fs(tmp_path / "s.img")
+    fs.commit()
+    data0 = [r for r in fs.vol.trees["rmap"].scan() if r[1] <= OWN_MAX_INO]
+    for i in range(50):
+        ino = fs.mknod(1, b"t%d" % i, REG, 0, 0).ino
+        fs.write(ino, 0, b"t" * (3 * BS))
+        fs.write(ino, 8 * BS, b"u" * BS)
+        fs.unlink(1, b"t%d" % i)
+        fs.forget(ino)
+    data_keys = [k for k in fs.vol.rmap._delta if k[1] <= OWN_MAX_INO]
+    assert data_keys == []                             # made and removed: cancelled
+    assert_clean(fs)
+    assert [r for r in fs.vol.trees["rmap"].scan() if r[1] <= OWN_MAX_INO] == data0
     fs.close()
