@@ -1,17 +1,18 @@
 """In-core values the filesystem API hands out: file attributes, statfs
 figures, readdir entries, FIEMAP extents and dedupe results.
 
-Plain frozen dataclasses of Python ints and bytes; the on-disk records they
-come from are described in format.py.
+Plain frozen dataclasses of Python ints and bytes (Attr, made for every
+lookup and getattr, is a NamedTuple: as immutable, and made several times
+faster); the on-disk records they come from are described in format.py.
 """
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 BLOCK_SIZE = 4096
 
 
-@dataclass(frozen=True)
-class Attr:
+class Attr(NamedTuple):
     ino: int
     mode: int          # file type and permission bits, as st_mode
     nlink: int

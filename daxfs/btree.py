@@ -71,6 +71,8 @@ class TreeSpec:
         self.leaf_cap = (BLOCK_SIZE - NODE_HDR_SIZE) // rec_dtype.itemsize
         self.node_cap = (BLOCK_SIZE - NODE_HDR_SIZE) // self.ent_dtype.itemsize
         assert self.leaf_cap >= 4 and self.node_cap >= 4
+        self.leaf_third = self.leaf_cap // 3
+        self.node_third = self.node_cap // 3
         self.single = nkey == 1
         self.kf0 = self.key_fields[0]
 
@@ -150,9 +152,11 @@ class BTree:
         full) and than records, plus splits and the internal levels."""
         if not nrecs:
             return 0
-        leaves = self.count // max(1, self.spec.leaf_cap // 3) + 1
-        touched = min(nrecs, leaves)
-        return touched + touched // max(1, self.spec.node_cap // 3) + nrecs // max(1, self.spec.leaf_cap // 2) + 2 * self.height + 2
+        spec = self.spec
+        leaves = int(self._nrecs[self.tid]) // spec.leaf_third + 1
+        touched = nrecs if nrecs < leaves else leaves
+        return (touched + touched // spec.node_third + nrecs // spec.leaf_third
+                + 2 * int(self._heights[self.tid]) + 2)
 
     def _set_root(self, bno: int, height: int) -> None:
         self._roots[self.tid] = bno

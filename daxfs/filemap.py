@@ -270,7 +270,7 @@ class FileMap:
                 self.journal.note_data(p, k)
                 return
         self._store(p, d_lo - lo, data, d_lo - off, d_hi - off)
-        self.journal.note_data(p, k)
+        self.journal.note_overwrite(p, k)
 
     def _cow(self, inode, f: int, p: int, k: int, off: int, end: int, data) -> None:
         """Copy-on-write: give file blocks [f, f+k) (now on shared blocks

@@ -163,12 +163,16 @@ class Filesystem:
             self.vol.pmem.close()
         self.vol = None
 
-    def commit(self) -> None:
-        """Make every change so far durable (group commit)."""
+    def commit(self, durable: bool = True) -> None:
+        """Make every change so far durable (group commit).  The daemon's
+        background commit passes durable=False: file data overwritten in
+        place is then left to the kernel's writeback (fsync, close and
+        unmount commit durably), like ext4's data=ordered; metadata and
+        the data of newly mapped blocks are always in the commit."""
         if self.shutdown_reason or self.readonly:
             return
         try:
-            self.vol.commit()
+            self.vol.commit(durable)
         except Corrupted as e:
             # (a deferred change met a damaged tree while being written:
             # nothing of this transaction reaches the image)

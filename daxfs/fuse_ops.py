@@ -222,7 +222,7 @@ class Operations(pyfuse3.Operations):
             if self._dirty:
                 self._dirty = False
                 try:
-                    self.fs.commit()
+                    self.fs.commit(durable=False)
                 except Exception:
                     log.exception("background commit failed")
 

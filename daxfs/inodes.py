@@ -6,6 +6,7 @@ one place (`Inode.from_rec`) and back in one place (`to_rec`).  Inode
 numbers come from the superblock's `next_ino` counter and are never reused.
 """
 
+import operator
 import stat
 import time
 
@@ -15,6 +16,9 @@ from .format import BLOCK_SIZE, MAX_FILE_BYTES, OWN_MAX_INO
 
 _FIELDS = ("ino", "mode", "nlink", "uid", "gid", "size", "blocks", "atime", "mtime",
            "ctime", "btime", "rdev", "parent", "flags", "generation")
+
+
+_get_fields = operator.attrgetter(*_FIELDS)
 
 
 class Inode:
@@ -28,7 +32,7 @@ class Inode:
         return ino
 
     def to_rec(self) -> tuple:
-        return tuple(getattr(self, f) for f in _FIELDS)
+        return _get_fields(self)
 
     @property
     def is_dir(self) -> bool:
@@ -43,10 +47,9 @@ class Inode:
         return stat.S_ISLNK(self.mode)
 
     def attr(self) -> Attr:
-        return Attr(ino=self.ino, mode=self.mode, nlink=self.nlink, uid=self.uid,
-                    gid=self.gid, rdev=self.rdev, size=self.size, blocks=self.blocks,
-                    atime_ns=self.atime, mtime_ns=self.mtime, ctime_ns=self.ctime,
-                    btime_ns=self.btime, generation=self.generation)
+        return Attr(self.ino, self.mode, self.nlink, self.uid, self.gid, self.rdev,
+                    self.size, self.blocks, self.atime, self.mtime, self.ctime,
+                    self.btime, self.generation)
 
 
 CACHE_MAX = 65536

@@ -32,6 +32,7 @@ from .format import (BLOCK_SIZE, LOG_BNOS_FIRST, LOG_BNOS_NEXT, LOG_HDR_DTYPE,
 log = logging.getLogger(__name__)
 
 _ZERO4 = bytes(4)
+LOOSE_MAX = 16384            # overwritten ranges remembered before fsync flushes everything
 
 
 def seal(block: np.ndarray) -> None:
@@ -75,6 +76,8 @@ class Journal:
         self.seq = seq
         self.dirty: dict[int, np.ndarray] = {}
         self.data_ranges: list[tuple[int, int]] = []
+        self.loose_ranges: list[tuple[int, int]] = []
+        self.loose_overflow = False
         self.commits = 0
         self._undo: dict[int, np.ndarray | None] | None = None
 
@@ -139,8 +142,21 @@ class Journal:
         self._undo = None
 
     def note_data(self, bno: int, n: int) -> None:
-        """Remember data blocks stored directly, to flush before the commit."""
+        """Remember data blocks stored directly into newly mapped blocks: they
+        are flushed before the commit that maps them."""
         self.data_ranges.append((bno, n))
+
+    def note_overwrite(self, bno: int, n: int) -> None:
+        """Remember data stored in place into blocks the committed metadata
+        already maps: no metadata depends on them, so only a durable commit
+        (fsync) flushes them, as ext4's data=ordered leaves overwrites to
+        writeback."""
+        if self.loose_overflow:
+            return
+        self.loose_ranges.append((bno, n))
+        if len(self.loose_ranges) > LOOSE_MAX:
+            self.loose_ranges = []
+            self.loose_overflow = True          # the next durable commit flushes all
 
     @property
     def pending(self) -> int:
@@ -149,22 +165,35 @@ class Journal:
     def has_changes(self) -> bool:
         return bool(self.dirty) or bool(self.data_ranges)
 
+    def _flush_data(self, durable: bool) -> None:
+        if durable and self.loose_overflow:
+            self.pmem.flush_all()
+            self.loose_overflow = False
+            self.loose_ranges = []
+            self.data_ranges = []
+            return
+        ranges = self.data_ranges
+        if durable and self.loose_ranges:
+            ranges = ranges + self.loose_ranges
+            self.loose_ranges = []
+        if ranges:
+            self.pmem.flush(ranges)
+        self.data_ranges = []
+
     # ---- commit -------------------------------------------------------------
-    def commit(self) -> None:
-        """Make every change since the last commit durable, atomically."""
+    def commit(self, durable: bool = True) -> None:
+        """Make every change since the last commit durable, atomically
+        (`durable=False`: a background group commit, which leaves data
+        overwritten in place to the kernel's writeback)."""
         if not self.dirty:
-            if self.data_ranges:
-                self.pmem.flush(self.data_ranges)
-                self.data_ranges = []
+            self._flush_data(durable)
             return
         self._undo = None
         if len(self.dirty) > self.capacity:
             raise LogFull(f"{len(self.dirty)} dirty blocks, log holds {self.capacity}")
         pm = self.pmem
         # 1. data before the metadata that points at it
-        if self.data_ranges:
-            pm.flush(self.data_ranges)
-            self.data_ranges = []
+        self._flush_data(durable)
         # 2. seal
         bnos = sorted(self.dirty)
         for b in bnos:

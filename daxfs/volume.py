@@ -172,17 +172,17 @@ class Volume:
     def mark_dirty_sb(self) -> None:
         self._sb_dirty = True
 
-    def commit(self) -> None:
-        """Make every change so far durable and atomic (a group commit)."""
+    def commit(self, durable: bool = True) -> None:
+        """Make every change so far durable and atomic (a group commit;
+        `durable=False` leaves data overwritten in place to writeback)."""
         j = self.journal
         self._flush_participants()
         if not j.dirty and not getattr(self, "_sb_dirty", False):
-            if j.data_ranges:
-                j.commit()
+            j.commit(durable)
             return
         self.sb["generation"] = j.seq + 1
         write_superblocks(j, self.sb_arr, self.total_blocks)
-        j.commit()
+        j.commit(durable)
         self.alloc.clear_busy()
         self._sb_dirty = False
 

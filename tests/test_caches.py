@@ -212,3 +212,30 @@ def test_short_lived_file_leaves_no_rmap_work(tmp_path):
     assert_clean(fs)
     assert [r for r in fs.vol.trees["rmap"].scan() if r[1] <= OWN_MAX_INO] == data0
     fs.close()
+
+
+def test_background_commit_leaves_overwrites_to_fsync(tmp_path):
+    """A background commit (durable=False) makes metadata and new blocks
+    durable but leaves data overwritten in place to writeback; fsync makes
+    it durable.  Power losses are simulated on a private mapping."""
+    path = tmp_path / "o.img"
+    make_fs(path).close()
+    fs = Filesystem.open(str(path), private=True)
+    ino = fs.mknod(1, b"f", REG, 0, 0).ino
+    fs.write(ino, 0, b"A" * (8 * BS))
+    fs.commit(durable=False)                   # new blocks: flushed anyway
+    fs.write(ino, 2 * BS, b"B" * BS)           # in place
+    fs.commit(durable=False)
+    fs.vol.pmem.close()                        # power loss
+    fs = Filesystem.open(str(path), private=True)
+    data = fs.read(ino, 0, 8 * BS)
+    assert data[:2 * BS] == b"A" * (2 * BS) and data[3 * BS:] == b"A" * (5 * BS)
+    assert data[2 * BS:3 * BS] in (b"A" * BS, b"B" * BS)
+    assert_clean(fs)
+    fs.write(ino, 2 * BS, b"C" * BS)
+    fs.fsync(ino)                              # durable: the overwrite too
+    fs.vol.pmem.close()
+    fs = Filesystem.open(str(path))
+    assert fs.read(ino, 2 * BS, BS) == b"C" * BS
+    assert_clean(fs)
+    fs.close()
