@@ -36,7 +36,7 @@ import signal
 import pyfuse3
 import trio
 
-from daxfs.fuse_ops import Operations
+from daxfs.fuse_ops import Operations, main_loop_args
 
 log = logging.getLogger(__name__)
 
@@ -109,10 +109,11 @@ async def serve(fs, mountpoint: str, options: set[str], ops_factory=Operations) 
 
         stack.callback(release)                # runs before pyfuse3.close
         nursery = await stack.enter_async_context(trio.open_nursery())
+        ops.nursery = nursery
         nursery.start_soon(ops.commit_loop)
         nursery.start_soon(ops.inactive_loop)
         nursery.start_soon(_watch_signals, nursery.cancel_scope)
-        await pyfuse3.main()
+        await pyfuse3.main(**main_loop_args())
         log.info("FUSE main loop ended")
         nursery.cancel_scope.cancel()
 
