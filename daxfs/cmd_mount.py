@@ -42,14 +42,20 @@ READY_TIMEOUT = 60.0
 FUSE_FLAGS = {
     "allow_other", "allow_root", "auto_unmount", "default_permissions",
     "suid", "nosuid", "dev", "nodev", "exec", "noexec", "async", "sync",
-    "dirsync", "atime", "noatime", "nodiratime", "relatime", "norelatime",
-    "strictatime", "nostrictatime", "lazytime", "nolazytime",
+    "dirsync", "atime", "noatime",
 }
-FUSE_KEYS = {"max_read"}
+FUSE_KEYS: set[str] = set()
+# Options libfuse 3 refuses (fuse_session_new fails) although mount(8) and
+# fstab lines pass them: the atime rules are the daemon's (FUSE inodes are
+# S_NOATIME in the kernel), so they are taken here and given to the engine
+# (daxfs.mount.ENGINE_OPTIONS), never to libfuse.
+ENGINE_FLAGS = _mount.ENGINE_OPTIONS
 # Options meant for mount(8)/fstab, not for the filesystem: dropped.
 IGNORED = {"rw", "defaults", "auto", "noauto", "user", "users", "nouser",
            "owner", "group", "nofail", "_netdev", "fsname", "subtype"}
-IGNORED_PREFIXES = ("x-", "comment=", "fsname=", "subtype=")
+# max_read= is refused by libfuse unless init() sets the same value, which
+# pyfuse3 cannot do: it is only a hint, so it is dropped.
+IGNORED_PREFIXES = ("x-", "comment=", "fsname=", "subtype=", "max_read=")
 
 
 class UsageError(Exception):
@@ -65,7 +71,7 @@ def parse_options(text: str | None) -> tuple[list[str], bool]:
             readonly = True
         elif opt in IGNORED or opt.startswith(IGNORED_PREFIXES):
             continue
-        elif opt in FUSE_FLAGS or ("=" in opt and key in FUSE_KEYS):
+        elif opt in FUSE_FLAGS or opt in ENGINE_FLAGS or ("=" in opt and key in FUSE_KEYS):
             opts.append(opt)
         else:
             raise UsageError(f"unknown mount option {opt!r}")

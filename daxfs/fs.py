@@ -123,6 +123,8 @@ class Filesystem:
         self.defer_inactive = False
         self.has_rmap = vol.has_rmap
         self.atime = True          # relatime updates; the mount's noatime turns them off
+        self.strictatime = False   # the mount's strictatime: every read the daemon sees
+        self.diratime = True       # readdir updates the directory's atime (not nodiratime)
         self.poison_reports = []
         self.reflink = bool(int(vol.sb["features"]) & FEAT_REFLINK)
 
@@ -625,6 +627,8 @@ class Filesystem:
         try:
             d = self._dir(ino)
             if pos == 0:
+                if self.diratime:
+                    self._relatime(d)
                 yield DirEntry(b".", d.attr(), 1)
             if pos <= 1:
                 p = self.inodes.get(d.parent or ROOT_INO)
@@ -662,7 +666,7 @@ class Filesystem:
         if self.readonly or not self.atime:
             return
         now = time.time_ns()
-        if inode.atime <= inode.mtime or inode.atime <= inode.ctime or \
+        if self.strictatime or inode.atime <= inode.mtime or inode.atime <= inode.ctime or \
                 now - inode.atime > 86400 * 10**9:
             inode.atime = now
             self.inodes.put(inode)

@@ -375,7 +375,11 @@ class Operations(pyfuse3.Operations):
     # ------------------------------------------------------------ file data
 
     def _file_info(self, ino: int) -> pyfuse3.FileInfo:
-        return pyfuse3.FileInfo(fh=ino, keep_cache=True, direct_io=False)
+        # strictatime: every open drops the cached pages, so that the reads
+        # after it reach the engine and update atime (FUSE inodes are
+        # S_NOATIME: a page-cache hit is never seen here).
+        keep = not getattr(self.fs, "strictatime", False)
+        return pyfuse3.FileInfo(fh=ino, keep_cache=keep, direct_io=False)
 
     @_boundary(mutates=True)
     async def open(self, inode, flags, ctx):

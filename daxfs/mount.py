@@ -54,9 +54,30 @@ def fsname_for(image: str) -> str:
     return FSNAME_PREFIX + os.path.abspath(image)
 
 
+# Atime options the daemon applies itself (libfuse 3 refuses them).
+ENGINE_OPTIONS = {
+    "nodiratime", "diratime", "relatime", "norelatime", "strictatime",
+    "nostrictatime", "lazytime", "nolazytime",
+}
+
+
+def apply_atime_options(fs, extra) -> None:
+    """noatime / relatime / strictatime / nodiratime, the last word winning
+    as with mount(8); the default is relatime with directory atimes."""
+    for opt in extra:
+        if opt == "noatime":
+            fs.atime = False
+        elif opt in ("atime", "relatime", "nostrictatime"):
+            fs.atime, fs.strictatime = True, False
+        elif opt in ("strictatime", "norelatime"):
+            fs.atime, fs.strictatime = True, True
+        elif opt in ("nodiratime", "diratime"):
+            fs.diratime = opt == "diratime"
+
+
 def fuse_options(image: str, extra=(), *, readonly: bool = False) -> set[str]:
     """The option set for pyfuse3.init."""
-    opts = set(extra)
+    opts = set(extra) - ENGINE_OPTIONS
     opts.discard("rw")
     fsname = fsname_for(image)
     if not fsname.isascii():
@@ -129,7 +150,7 @@ def run(image: str, mountpoint: str, extra_options=(), *, readonly: bool = False
         from daxfs.fs import Filesystem
         opener = Filesystem.open
     fs = opener(image, readonly=readonly)
-    if "noatime" in extra_options and hasattr(fs, "atime"):
-        fs.atime = False
+    if hasattr(fs, "atime"):
+        apply_atime_options(fs, extra_options)
     options = fuse_options(image, extra_options, readonly=readonly)
     trio.run(serve, fs, mountpoint, options)
