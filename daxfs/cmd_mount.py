@@ -237,12 +237,37 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+REMOUNT_TIMEOUT = 60.0
+
+
+def remount(mountpoint: str, text: str) -> int:
+    """`mount -o remount,...` of a daxfs mount: the kernel changes the
+    mount's flags (ro/rw, nosuid, noexec, atime words...) itself, as for
+    every filesystem; mount(8) is asked to do it without calling this
+    helper again (-i).  The daemon stays as it is: a read-only remount
+    makes the kernel refuse writes with EROFS before they reach it."""
+    if daxfs_mount_at(mountpoint) is None:
+        raise UsageError(f"{mountpoint}: not a daxfs mount point (remount)")
+    words = [w for w in (text or "").split(",") if w and w != "remount"
+             and (w == "rw" or w not in IGNORED) and not w.startswith(IGNORED_PREFIXES)]
+    try:
+        res = subprocess.run(["mount", "-i", "-o", ",".join(["remount"] + words), mountpoint],
+                             capture_output=True, text=True, timeout=REMOUNT_TIMEOUT)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise UsageError(f"remount of {mountpoint} failed: {exc}") from None
+    if res.returncode != 0:
+        raise UsageError(f"remount of {mountpoint} failed: {res.stderr.strip() or res.returncode}")
+    return 0
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.install_helper:
             print(f"installed {install_helper(args.install_helper)}")
             return 0
+        if "remount" in (args.options or "").split(",") and args.mountpoint:
+            return remount(os.path.abspath(args.mountpoint), args.options)
         if not args.image or not args.mountpoint:
             raise UsageError("usage: daxfs mount IMAGE MOUNTPOINT [-o OPTIONS] [--foreground]")
         image = os.path.abspath(args.image)
