@@ -90,6 +90,12 @@ def fuse_options(image: str, extra=(), *, readonly: bool = False) -> set[str]:
     opts.add("default_permissions")
     if os.geteuid() == 0:
         opts.add("allow_other")
+        # Mounted by root, a filesystem honours device nodes and set-id
+        # bits unless told otherwise (libfuse would default to nodev,nosuid)
+        if "nodev" not in opts:
+            opts.add("dev")
+        if "nosuid" not in opts:
+            opts.add("suid")
     if readonly:
         opts.add("ro")
     return opts

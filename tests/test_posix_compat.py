@@ -123,3 +123,19 @@ def test_remount_read_only_and_back(image, mnt):
     check_image(image)
     with mount_image(image, mnt) as m:
         assert Path(m, "b").read_bytes() == b"after"
+
+
+def test_device_nodes_work_on_a_root_mount(image, mnt):
+    """Mounted by root, device nodes and set-id bits are honoured as on any
+    disk filesystem; -o nodev,nosuid turns them off."""
+    with mount_image(image, mnt) as m:
+        os.mknod(os.path.join(m, "null"), 0o666 | 0o020000, os.makedev(1, 3))
+        with open(os.path.join(m, "null"), "wb") as f:
+            f.write(b"into the void")
+        with open("/proc/mounts") as f:
+            line = next(ln for ln in f if f" {m} " in ln)
+        assert "nodev" not in line and "nosuid" not in line
+    with mount_image(image, mnt, options="nodev,nosuid") as m:
+        with pytest.raises(PermissionError):
+            open(os.path.join(m, "null"), "wb")
+    check_image(image)
