@@ -113,8 +113,8 @@ class Allocator:
         got = self._find(want, goal, minlen)
         if got is None:
             raise NoSpace("no space left on device (free space is busy until the next commit)")
-        s, n = got
-        self._take(s, n)
+        s, n, rec = got
+        self._take(s, n, rec)
         return s, n
 
     def _idle_pieces(self, s: int, e: int):
@@ -126,26 +126,29 @@ class Allocator:
             s = idle[1]
 
     def _find(self, want: int, goal: int, minlen: int = 1):
+        """(start, count, the free record holding them) or None."""
         tree = self.free_tree
         if goal:
             r = tree.last_le((goal,))
             if r and r[0] + r[1] > goal:
                 for a, b in self._idle_pieces(goal, r[0] + r[1]):
                     if b - a >= minlen:
-                        return a, min(want, b - a)
+                        return a, min(want, b - a), r
         for start in ((goal,), None) if goal else (None,):
             for s, n in tree.scan(lo=start):
                 if n < minlen:
                     continue
                 for a, b in self._idle_pieces(s, s + n):
                     if b - a >= minlen:
-                        return a, min(want, b - a)
+                        return a, min(want, b - a), (s, n)
         return None
 
-    def _take(self, s: int, n: int) -> None:
-        """Remove [s, s+n) from the free-space tree (it must be free)."""
+    def _take(self, s: int, n: int, r=None) -> None:
+        """Remove [s, s+n) from the free-space tree (it must be free).  `r`,
+        if the caller has it, is the free record holding [s, s+n)."""
         tree = self.free_tree
-        r = tree.last_le((s,))
+        if r is None:
+            r = tree.last_le((s,))
         if r is None or r[0] + r[1] < s + n:
             raise Corrupted(0, f"allocating blocks {s}+{n} that are not free")
         rs, rl = r
@@ -256,8 +259,8 @@ class Allocator:
             got = self._find(need, self._rotor)
             if got is None:
                 return
-            s, n = got
-            self._take(s, n)
+            s, n, rec = got
+            self._take(s, n, rec)
             self._rotor = s + n
             for b in range(s, s + n):
                 c = self._pool_count()

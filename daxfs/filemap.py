@@ -20,6 +20,7 @@ from .errors import Corrupted, MediaError, NoSpace
 from .format import BLOCK_SIZE as BS
 
 _END = (1 << 64) - 1
+_UNKNOWN = object()
 
 
 class FileMap:
@@ -37,9 +38,16 @@ class FileMap:
     def extents(self, ino: int, start: int, end: int) -> list[tuple[int, int, int]]:
         """(file block, physical block, length) of every extent meeting
         file blocks [start, end), clipped to that range, in order."""
+        return self._extents(ino, start, end)[0]
+
+    def _extents(self, ino: int, start: int, end: int):
+        """extents(), and the file's record with the greatest key <= start
+        (None if the file has none)."""
         out = []
         prev = self.tree.last_le((ino, start))
-        if prev and prev[0] == ino and prev[1] < start < prev[1] + prev[3]:
+        if prev and prev[0] != ino:
+            prev = None
+        if prev and prev[1] < start < prev[1] + prev[3]:
             f, p, n = prev[1], prev[2], prev[3]
             cut = start - f
             out.append((start, p + cut, min(n - cut, end - start)))
@@ -53,7 +61,7 @@ class FileMap:
             if p == 0 or p + n > total:
                 raise Corrupted(p, f"inode {ino}: extent at file block {f} points outside"
                                    f" the device (block {p}+{n})")
-        return out
+        return out, prev
 
     def last_block(self, ino: int) -> int:
         """One past the last mapped file block (0 if none)."""
@@ -62,17 +70,24 @@ class FileMap:
             return rec[1] + rec[3]
         return 0
 
-    def map(self, ino: int, foff: int, pblk: int, n: int) -> None:
-        """Map file blocks [foff, foff+n) to [pblk, pblk+n) (a hole now)."""
+    def map(self, ino: int, foff: int, pblk: int, n: int, prev=_UNKNOWN) -> tuple:
+        """Map file blocks [foff, foff+n) to [pblk, pblk+n) (a hole now).
+        `prev`, when the caller knows it, is the file's record with the
+        greatest key below foff (or None).  Returns the record that now
+        maps foff."""
         if foff:
-            prev = self.tree.last_le((ino, foff - 1))
+            if prev is _UNKNOWN:
+                prev = self.tree.last_le((ino, foff - 1))
             if (prev and prev[0] == ino and prev[1] + prev[3] == foff
                     and prev[2] + prev[3] == pblk and prev[4] == 0):
-                self.tree.update((ino, prev[1], prev[2], prev[3] + n, 0))
+                rec = (ino, prev[1], prev[2], prev[3] + n, 0)
+                self.tree.update(rec)
                 self.rmap.resize(prev[2], ino, prev[1], prev[3] + n)
-                return
-        self.tree.insert((ino, foff, pblk, n, 0))
+                return rec
+        rec = (ino, foff, pblk, n, 0)
+        self.tree.insert(rec)
         self.rmap.map(pblk, ino, foff, n)
+        return rec
 
     def unmap(self, ino: int, start: int, end: int, limit: int = 0) -> tuple[list, int]:
         """Remove the mapping of file blocks [start, end).  Returns the
@@ -176,10 +191,15 @@ class FileMap:
         pos = b0
         goal = 0
         self._reached = b0         # file block up to which the write is stored
+        exts, prev = self._extents(ino, b0, b1)
+        if prev is not None:       # allocate right after the block before b0
+            goal = prev[2] + prev[3] + (b0 - prev[1] - prev[3])
         try:
-            for f, p, k in self.extents(ino, b0, b1) + [(b1, 0, 0)]:
+            for f, p, k in exts + [(b1, 0, 0)]:
                 if pos < f:
-                    goal = self._fill_hole(inode, pos, f, off, end, data, goal)
+                    # (prev is the record before b0: known only for a hole at b0)
+                    goal = self._fill_hole(inode, pos, f, off, end, data, goal,
+                                           prev if pos == b0 else _UNKNOWN)
                 if k:
                     self._overwrite(inode, f, p, k, off, end, data)
                     goal = p + k
@@ -192,14 +212,15 @@ class FileMap:
             raise
         return n
 
-    def _fill_hole(self, inode, f0: int, f1: int, off: int, end: int, data, goal: int) -> int:
+    def _fill_hole(self, inode, f0: int, f1: int, off: int, end: int, data, goal: int,
+                   prev=_UNKNOWN) -> int:
         ino = inode.ino
         if not goal:
             goal = self._goal(ino, f0)
         while f0 < f1:
             p, k = self.alloc.alloc(f1 - f0, goal)
             self._fill_new(p, f0, k, off, end, data, None)
-            self.map(ino, f0, p, k)
+            prev = self.map(ino, f0, p, k, prev)
             inode.blocks += k
             f0 += k
             self._reached = f0

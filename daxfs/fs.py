@@ -121,6 +121,7 @@ class Filesystem:
         self._step_inodes = []
         self._inactive: dict[int, None] = {}   # unlinked, forgotten, not yet freed (FIFO)
         self.defer_inactive = False
+        self._eof_clean: set[int] = set()      # inodes known to have no blocks past EOF
         self.has_rmap = vol.has_rmap
         self.atime = True          # relatime updates; the mount's noatime turns them off
         self.strictatime = False   # the mount's strictatime: every read the daemon sees
@@ -207,6 +208,7 @@ class Filesystem:
         """Drop what the in-core caches remember of names and inodes."""
         self.inodes.forget_cache()
         self.dirs.forget_cache()
+        self._eof_clean.clear()
 
     def _step(self) -> None:
         """A consistent point inside a long operation: refill the pool and
@@ -312,10 +314,21 @@ class Filesystem:
                 self._touch(inode)
 
     def _drop_post_eof(self, inode) -> None:
-        """Unmap blocks past EOF (left by a crash mid-write) before the file grows."""
+        """Unmap blocks past EOF, and zero the last block past EOF (both
+        left by a crash mid-write), before the file grows.  Only a crash leaves such blocks, so each inode is looked at
+        once per mount (`_eof_clean`, forgotten with the other caches when
+        an operation is rolled back)."""
+        if inode.ino in self._eof_clean:
+            return
         keep = -(-inode.size // BS)
         if self.filemap.last_block(inode.ino) > keep:
             self.filemap.truncate_blocks(inode, keep)
+        # the same crash can leave bytes past EOF in the last block: zero
+        # them before they come inside the file (XFS zeroes past EOF too)
+        self.filemap.zero_tail(inode, inode.size)
+        if len(self._eof_clean) > 65536:
+            self._eof_clean.clear()
+        self._eof_clean.add(inode.ino)
 
     # ---- creating names ----------------------------------------------------
     def _new_inode(self, parent_ino: int, name: bytes, mode: int, uid: int, gid: int,

@@ -239,3 +239,29 @@ def test_background_commit_leaves_overwrites_to_fsync(tmp_path):
     assert fs.read(ino, 2 * BS, BS) == b"C" * BS
     assert_clean(fs)
     fs.close()
+
+
+def test_blocks_past_eof_left_by_a_crash_never_show(tmp_path):
+    """A crash in the middle of a long write can leave blocks mapped past
+    EOF (their data committed, the new size not).  When the file grows
+    again, after a remount, neither a write nor a truncate may show them;
+    the check is made once per inode and mount."""
+    path = tmp_path / "p.img"
+    fs = make_fs(path)
+    ino = fs.mknod(1, b"f", REG, 0, 0).ino
+    fs.write(ino, 0, b"S" * (8 * BS))
+    inode = fs.inodes.get(ino)
+    inode.size = BS + 100                    # as if the size never got committed
+    fs.inodes.put(inode)
+    fs.close()
+    fs = Filesystem.open(str(path))
+    fs.write(ino, 3 * BS, b"N" * 10)         # grows the file, leaving a gap
+    data = fs.read(ino, 0, 4 * BS)
+    assert data[:BS + 100] == b"S" * (BS + 100)
+    assert data[BS + 100:3 * BS] == bytes(2 * BS - 100)
+    assert data[3 * BS:3 * BS + 10] == b"N" * 10
+    fs.write(ino, 3 * BS + 10, b"M" * 10)    # the second extension: no new look
+    fs.setattr(ino, size=6 * BS)
+    assert fs.read(ino, 3 * BS + 20, 3 * BS - 20) == bytes(3 * BS - 20)
+    assert_clean(fs)
+    fs.close()
