@@ -142,20 +142,18 @@ class FileMap:
             return b""
         b0, b1 = off // BS, (end + BS - 1) // BS
         exts = self.extents(ino, b0, b1)
-        buf = self.pmem.buf
+        pmem = self.pmem
         if len(exts) == 1 and exts[0][0] == b0 and exts[0][2] == b1 - b0:
             p = exts[0][1]
             self._load_check(p, b1 - b0)
-            o = p * BS + (off - b0 * BS)
-            return buf[o:o + end - off].tobytes()
+            return pmem.load(p * BS + (off - b0 * BS), end - off)
         out = bytearray(end - off)
         view = memoryview(out)
         for f, p, n in exts:
             self._load_check(p, n)
             lo = max(off, f * BS)
             hi = min(end, (f + n) * BS)
-            src = p * BS + (lo - f * BS)
-            view[lo - off:hi - off] = buf[src:src + hi - lo]
+            pmem.load_into(view[lo - off:hi - off], p * BS + (lo - f * BS))
         return bytes(out)
 
     def _store(self, p: int, boff: int, data, d0: int, d1: int) -> None:

@@ -10,6 +10,8 @@ process loses exactly what was not flushed, which is how the tests simulate
 power loss.
 """
 
+import ctypes
+import ctypes.util
 import fcntl
 import logging
 import mmap
@@ -25,6 +27,23 @@ from .format import BLOCK_SIZE, MIN_IMAGE_BYTES
 log = logging.getLogger(__name__)
 
 _FLOCK = "hhqqi4x"          # struct flock on Linux x86_64/aarch64
+WRITEBACK_MIN = 64 << 10    # stores this big start their writeback at once
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def _libc_sync_file_range():
+    """sync_file_range(2) from libc (the os module has no binding), or None."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_sync_file_range = _libc_sync_file_range()
 _open_here: set[tuple[int, int]] = set()
 
 
@@ -127,6 +146,23 @@ class Pmem:
         o = bno * BLOCK_SIZE
         return self.buf[o:o + n * BLOCK_SIZE]
 
+    def load(self, offset: int, n: int) -> bytes:
+        """The bytes [offset, offset+n) of the device.  pread, not a copy
+        out of the mapping: the kernel reads ahead on the image as for any
+        file read, and no page of it is faulted into this process (the
+        same page cache pages either way; the private mapping copies)."""
+        if not self.private:
+            data = os.pread(self.fd, n, offset)
+            if len(data) == n:
+                return data
+        return self.buf[offset:offset + n].tobytes()
+
+    def load_into(self, view: memoryview, offset: int) -> None:
+        """Fill `view` with the bytes of the device from offset (as load)."""
+        if not self.private and os.preadv(self.fd, [view], offset) == len(view):
+            return
+        view[:] = self.buf[offset:offset + len(view)]
+
     def store_pages(self, offset: int, data) -> None:
         """Store whole pages (offset and length page-aligned).  A store
         through a shared file mapping costs a page fault per page not yet
@@ -136,8 +172,14 @@ class Pmem:
         plain stores: its pages must stay private until flushed."""
         if self.private:
             self.buf[offset:offset + len(data)] = np.frombuffer(data, dtype=np.uint8)
-        else:
-            os.pwrite(self.fd, data, offset)
+            return
+        os.pwrite(self.fd, data, offset)
+        if len(data) >= WRITEBACK_MIN and _sync_file_range is not None:
+            # Start writing the pages to the image now (without waiting):
+            # the commit's flush then finds them written or on their way,
+            # instead of writing a second's worth of data while every
+            # request waits.
+            _sync_file_range(self.fd, offset, len(data), _SYNC_FILE_RANGE_WRITE)
 
     def check_load(self, bno: int, n: int = 1) -> None:
         """Raise MediaError if any block of [bno, bno+n) is bad."""
