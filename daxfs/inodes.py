@@ -11,6 +11,7 @@ import stat
 import time
 
 from .attrs import Attr
+from .delayed import Delayed
 from .errors import Corrupted, NoSpace, NotFound
 from .format import BLOCK_SIZE, MAX_FILE_BYTES, OWN_MAX_INO
 
@@ -53,16 +54,15 @@ class Inode:
 
 
 CACHE_MAX = 65536
-_ABSENT = object()
 
 
-class Inodes:
+class Inodes(Delayed):
     """The inode tree, with a cache of in-core inodes (an operation usually
     reads the same few inodes several times) and delayed writes: `put`
-    records the inode's new record in `_dirty`, and the tree is updated
+    records the inode's new record in `_pending`, and the tree is updated
     once per inode at the start of the next commit (`flush`, called by the
     volume), like the kernel's dirty inode list; an inode written by every
-    one of a thousand writes costs one tree update.  `_dirty` takes part
+    one of a thousand writes costs one tree update.  `_pending` takes part
     in operations (op_begin/op_rollback restore what a failed operation
     put), so it never holds a change that was rolled back.
 
@@ -74,51 +74,26 @@ class Inodes:
         self.vol = vol
         self.tree = vol.trees["inode"]
         self._cache: dict[int, Inode] = {}
-        self._dirty: dict[int, tuple] = {}          # ino -> record not yet in the tree
-        self._undo: dict[int, object] | None = None
+        Delayed.__init__(self)              # _pending: ino -> record not yet in the tree
         vol.add_participant(self)
 
-    # ---- taking part in operations and commits (volume.py) ------------------
-    def op_begin(self) -> None:
-        self._undo = {}
-
-    def op_end(self) -> None:
-        self._undo = None
-
-    def op_rollback(self) -> None:
-        if self._undo:
-            for ino, old in self._undo.items():
-                if old is _ABSENT:
-                    self._dirty.pop(ino, None)
-                else:
-                    self._dirty[ino] = old
-        self._undo = None
-
-    def _remember_undo(self, ino: int) -> None:
-        if self._undo is not None and ino not in self._undo:
-            self._undo[ino] = self._dirty.get(ino, _ABSENT)
-
+    # ---- taking part in commits (volume.py) -------------------------------------
     def pending(self) -> int:
         """Tree blocks the next flush may dirty (an upper bound)."""
-        return self.tree.blocks_touched_by(len(self._dirty)) if self._dirty else 0
+        return self.tree.blocks_touched_by(len(self._pending)) if self._pending else 0
 
     def flush(self) -> None:
         """Write every delayed inode record into the tree."""
-        if not self._dirty:
-            return
-        tree = self.tree
-        for rec in self._dirty.values():
-            tree.update(rec)
-        self._dirty = {}
-        if self._undo is not None:
-            self._undo = {}             # a commit inside an operation: no way back
+        update = self.tree.update
+        for rec in self._take_all().values():
+            update(rec)
 
     # ---- records ----------------------------------------------------------------
     def get(self, ino: int) -> Inode:
         inode = self._cache.get(ino)
         if inode is not None:
             return inode
-        rec = self._dirty.get(ino)
+        rec = self._pending.get(ino)
         if rec is None:
             rec = self.tree.lookup((ino,))
         if rec is None:
@@ -139,14 +114,12 @@ class Inodes:
         return self._cache.get(ino)
 
     def exists(self, ino: int) -> bool:
-        return (ino in self._cache or ino in self._dirty
+        return (ino in self._cache or ino in self._pending
                 or self.tree.lookup((ino,)) is not None)
 
     def put(self, inode: Inode) -> None:
-        ino = inode.ino
-        self._remember_undo(ino)
-        self._dirty[ino] = inode.to_rec()
-        self._cache[ino] = inode
+        self._put(inode.ino, inode.to_rec())
+        self._cache[inode.ino] = inode
 
     def create(self, mode: int, uid: int, gid: int, *, rdev: int = 0, parent: int = 0,
                nlink: int = 1, ino: int | None = None) -> Inode:
@@ -166,14 +139,13 @@ class Inodes:
 
     def delete(self, ino: int) -> None:
         self._cache.pop(ino, None)
-        self._remember_undo(ino)
-        self._dirty.pop(ino, None)
+        self._put(ino, None)
         if self.tree.delete((ino,)) is None:
             raise NotFound(f"inode {ino} does not exist")
         sb = self.vol.sb
         sb["inode_count"] = int(sb["inode_count"]) - 1
 
     def all(self):
-        dirty = self._dirty
+        pending = self._pending
         for rec in self.tree.scan():
-            yield Inode.from_rec(dirty.get(rec[0], rec))
+            yield Inode.from_rec(pending.get(rec[0], rec))

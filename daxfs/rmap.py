@@ -8,66 +8,49 @@ The key (bno, owner, offset) is the only unique key when many owners share
 a block, as in XFS's rmapbt; "who owns block B" is one overlap query.
 
 Changes are deferred, as XFS defers its rmap updates to intent items:
-they collect in `_delta` (key -> the record it must become, or None for
+they collect in `_pending` (key -> the record it must become, or None for
 "deleted") and go into the tree at the start of the next commit (`flush`,
 called by the volume), sorted by key.  A record made and removed before
 the commit (a short-lived file, a btree node taken from the pool and given
-back) costs nothing in the tree.  `_delta` takes part in operations (a
+back) costs nothing in the tree.  `_pending` takes part in operations (a
 failed operation's changes are undone), and `owners()` answers from the
-tree and the delta together.
+tree and the pending changes together.
 
 On a filesystem made with --no-rmap there is no tree: updates are no-ops
 and `owners()` raises NotSupported (poison.py then scans the extent maps).
 """
 
+from .delayed import Delayed
 from .errors import Corrupted, NotSupported
-
-_ABSENT = object()
 FLUSH_SETTLE_EVERY = 32     # records written between allocator settles in flush
 
 
-class Rmap:
+class Rmap(Delayed):
     def __init__(self, tree, settle=None):
         self.tree = tree          # a BTree, or None without the rmap feature
         self.settle = settle or (lambda: None)
-        # key -> (record or None, in_tree): what the key must become at the
-        # next flush, and whether the tree holds the key now
-        self._delta: dict[tuple, tuple] = {}
-        self._undo: dict[tuple, object] | None = None
+        # _pending: key -> (record or None, in_tree): what the key must
+        # become at the next flush, and whether the tree holds the key now
+        Delayed.__init__(self)
 
     @property
     def enabled(self) -> bool:
         return self.tree is not None
 
-    # ---- taking part in operations and commits (volume.py) ------------------
-    def op_begin(self) -> None:
-        self._undo = {}
-
-    def op_end(self) -> None:
-        self._undo = None
-
-    def op_rollback(self) -> None:
-        if self._undo:
-            for key, old in self._undo.items():
-                if old is _ABSENT:
-                    self._delta.pop(key, None)
-                else:
-                    self._delta[key] = old
-        self._undo = None
-
+    # ---- taking part in commits (volume.py) -------------------------------------
     def pending(self) -> int:
         """Tree blocks the next flush may dirty (an upper bound)."""
-        return self.tree.blocks_touched_by(len(self._delta)) if self._delta else 0
+        return self.tree.blocks_touched_by(len(self._pending)) if self._pending else 0
 
     def flush(self) -> None:
         """Write the deferred changes into the tree, in key order.  The
         tree's own node allocations add owner changes (the allocator
         settles every few records): the volume flushes again until
         nothing is left."""
-        if not self._delta:
+        if not self._pending:
             return
         tree = self.tree
-        delta, self._delta = self._delta, {}
+        delta = self._take_all()
         for i, key in enumerate(sorted(delta)):
             rec, in_tree = delta[key]
             if rec is None:
@@ -80,27 +63,17 @@ class Rmap:
                 tree.insert(rec)
             if i % FLUSH_SETTLE_EVERY == FLUSH_SETTLE_EVERY - 1:
                 self.settle()
-        if self._undo is not None:
-            self._undo = {}             # a commit inside an operation: no way back
-
-    def _set(self, key: tuple, value: tuple | None) -> None:
-        if self._undo is not None and key not in self._undo:
-            self._undo[key] = self._delta.get(key, _ABSENT)
-        if value is None:
-            self._delta.pop(key, None)
-        else:
-            self._delta[key] = value
 
     # ---- file data (deferred) ---------------------------------------------------
     def map(self, bno: int, owner: int, offset: int, length: int, flags: int = 0) -> None:
         if self.tree is None:
             return
         key = (bno, owner, offset)
-        cur = self._delta.get(key)
+        cur = self._pending.get(key)
         if cur is not None and cur[0] is not None:
             raise Corrupted(bno, f"rmap: block {bno} owner {owner} offset {offset} mapped twice")
         in_tree = cur is not None and cur[1]
-        self._set(key, ((bno, owner, offset, length, flags), in_tree))
+        self._put(key, ((bno, owner, offset, length, flags), in_tree))
 
     def unmap(self, bno: int, owner: int, offset: int) -> None:
         """Remove a record (a missing one is found, as corruption, when the
@@ -108,24 +81,24 @@ class Rmap:
         if self.tree is None:
             return
         key = (bno, owner, offset)
-        cur = self._delta.get(key)
+        cur = self._pending.get(key)
         if cur is None:
-            self._set(key, (None, True))
+            self._put(key, (None, True))
             return
         old, in_tree = cur
         if old is None:
             raise Corrupted(bno, f"rmap has no record for block {bno} owner {owner} offset {offset}")
-        self._set(key, (None, True) if in_tree else None)
+        self._put(key, (None, True) if in_tree else None)
 
     def resize(self, bno: int, owner: int, offset: int, length: int, flags: int = 0) -> None:
         if self.tree is None:
             return
         key = (bno, owner, offset)
-        cur = self._delta.get(key)
+        cur = self._pending.get(key)
         in_tree = True if cur is None else cur[1]
         if cur is not None and cur[0] is None:
             raise Corrupted(bno, f"rmap: resizing removed record {bno} owner {owner}")
-        self._set(key, ((bno, owner, offset, length, flags), in_tree))
+        self._put(key, ((bno, owner, offset, length, flags), in_tree))
 
     # ---- metadata ------------------------------------------------------------------
     def map_meta(self, bno: int, owner: int, length: int = 1) -> None:
@@ -146,8 +119,8 @@ class Rmap:
         """Every record overlapping blocks [lo, hi] as (bno, owner, offset, len, flags)."""
         if self.tree is None:
             raise NotSupported("this filesystem has no rmap btree")
-        out = [r for r in self.tree.overlaps(lo, hi) if r[:3] not in self._delta]
-        for rec, _ in self._delta.values():
+        out = [r for r in self.tree.overlaps(lo, hi) if r[:3] not in self._pending]
+        for rec, _ in self._pending.values():
             if rec is not None and rec[0] <= hi and rec[0] + rec[3] - 1 >= lo:
                 out.append(rec)
         return sorted(out)

@@ -207,7 +207,7 @@ def test_short_lived_file_leaves_no_rmap_work(tmp_path):
         fs.write(ino, 8 * BS, b"u" * BS)
         fs.unlink(1, b"t%d" % i)
         fs.forget(ino)
-    data_keys = [k for k in fs.vol.rmap._delta if k[1] <= OWN_MAX_INO]
+    data_keys = [k for k in fs.vol.rmap._pending if k[1] <= OWN_MAX_INO]
     assert data_keys == []                             # made and removed: cancelled
     assert_clean(fs)
     assert [r for r in fs.vol.trees["rmap"].scan() if r[1] <= OWN_MAX_INO] == data0

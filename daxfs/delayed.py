@@ -1,0 +1,50 @@
+"""Changes kept in memory until the next commit that still take part in
+operations: the base of the delayed inode records (inodes.py) and the
+deferred rmap records (rmap.py).
+
+The volume (volume.py) calls `op_begin`, `op_end` and `op_rollback` of
+every participant around each operation, so a failed operation's changes
+are undone here as its blocks are in the journal, and `flush` at the start
+of each commit, which writes the changes into the trees."""
+
+_ABSENT = object()
+
+
+class Delayed:
+    """key -> pending value, with the undo of the running operation."""
+
+    def __init__(self):
+        self._pending: dict = {}
+        self._undo: dict | None = None
+
+    def op_begin(self) -> None:
+        self._undo = {}
+
+    def op_end(self) -> None:
+        self._undo = None
+
+    def op_rollback(self) -> None:
+        if self._undo:
+            for key, old in self._undo.items():
+                if old is _ABSENT:
+                    self._pending.pop(key, None)
+                else:
+                    self._pending[key] = old
+        self._undo = None
+
+    def _put(self, key, value) -> None:
+        """Set a key's pending value (None: no longer pending)."""
+        if self._undo is not None and key not in self._undo:
+            self._undo[key] = self._pending.get(key, _ABSENT)
+        if value is None:
+            self._pending.pop(key, None)
+        else:
+            self._pending[key] = value
+
+    def _take_all(self) -> dict:
+        """Everything pending, for a flush (which is part of a commit: a
+        commit inside an operation leaves no way back)."""
+        items, self._pending = self._pending, {}
+        if self._undo is not None:
+            self._undo = {}
+        return items
