@@ -16,7 +16,7 @@ in the subtree, so an interval query prunes whole subtrees (XFS's
 Records are numpy structured arrays viewed on the block; shifting is one
 slice assignment.  Searching a node bisects a Python list of its keys,
 decoded once and kept on the node (`Node.keys`) until the node changes:
-each tree keeps its decoded nodes (`_cache`, bno -> Node), and a cached
+each tree keeps its decoded nodes (`_inner`, `_cache`: bno -> Node), and a cached
 node is used only while the journal still hands out the very buffer it
 was decoded from (a shadow, or the mapping for a clean block), so a
 commit, a rollback or a new shadow makes it decode again.  Callers pass keys
@@ -34,7 +34,8 @@ from .format import BLOCK_SIZE, NODE_HDR_DTYPE, NODE_HDR_SIZE, TREE_MAGICS, TREE
 from .journal import sealed_ok
 
 MAX_HEIGHT = 16
-NODE_CACHE_MAX = 4096       # decoded nodes kept per tree
+NODE_CACHE_MAX = 8192       # decoded leaves kept per tree
+INNER_CACHE_MAX = 65536     # decoded internal nodes kept per tree (all, in practice)
 
 
 class TreeSpec:
@@ -127,7 +128,8 @@ class BTree:
         self.alloc = alloc
         self.verified = verified      # block numbers whose checksum was verified
         self.tid = spec.tree_id
-        self._cache: dict[int, Node] = {}     # bno -> decoded node
+        self._cache: dict[int, Node] = {}     # bno -> decoded leaf
+        self._inner: dict[int, Node] = {}     # bno -> decoded internal node
         self._roots = sb["roots"]
         self._heights = sb["heights"]
         self._nrecs = sb["nrecs"]
@@ -169,7 +171,7 @@ class BTree:
     def _node(self, bno: int, level: int) -> Node:
         j = self.j
         shadow = j.dirty.get(bno)
-        node = self._cache.get(bno)
+        node = (self._inner if level else self._cache).get(bno)
         if node is None or node.token is not shadow:
             blk = j.read(bno)
             if bno not in self.verified and shadow is None:
@@ -185,15 +187,29 @@ class BTree:
         return node
 
     def _remember(self, node: Node) -> None:
+        """Keep a decoded node: internal nodes (about one per hundred
+        leaves, on every path) all; leaves up to NODE_CACHE_MAX, the
+        oldest making room."""
+        if node.level:
+            inner = self._inner
+            if len(inner) >= INNER_CACHE_MAX and node.bno not in inner:
+                inner.clear()
+            inner[node.bno] = node
+            return
         cache = self._cache
         if len(cache) >= NODE_CACHE_MAX and node.bno not in cache:
-            del cache[next(iter(cache))]        # the oldest decoded node
+            del cache[next(iter(cache))]        # the oldest decoded leaf
         cache[node.bno] = node
+
+    def _forget_node(self, bno: int) -> None:
+        self._cache.pop(bno, None)
+        self._inner.pop(bno, None)
 
     def drop_cache(self) -> None:
         """Forget every decoded node (before the mapping goes away, or after
         nodes were rewritten behind the tree's back, as repair does)."""
         self._cache.clear()
+        self._inner.clear()
 
     def _verify(self, bno: int, blk: np.ndarray, level: int | None) -> None:
         spec = self.spec
@@ -240,7 +256,7 @@ class BTree:
         return node
 
     def _free_node(self, node: Node) -> None:
-        self._cache.pop(node.bno, None)
+        self._forget_node(node.bno)
         self.j.discard(node.bno)
         self.verified.discard(node.bno)
         self.alloc.node_free(self.tid, node.bno)
