@@ -31,6 +31,7 @@ from .format import (BLOCK_SIZE as BS, DT_BLK, DT_CHR, DT_DIR, DT_FIFO, DT_LNK, 
                      DT_SOCK, FEAT_REFLINK, LINK_MAX, MAX_FILE_BYTES, ROOT_INO, STATE_NEEDS_CHECK,
                      SYMLINK_MAX)
 from .inodes import Inodes
+from .orphans import Orphans
 from .volume import Volume
 from .xattrs import Xattrs
 
@@ -113,6 +114,7 @@ class Filesystem:
         self.vol = vol
         self.readonly = vol.pmem.readonly
         self.inodes = Inodes(vol)
+        self.orphans = Orphans(vol)
         self.dirs = Dirs(vol)
         self.xattrs = Xattrs(vol)
         self.filemap = FileMap(vol, step=self._step)
@@ -423,7 +425,7 @@ class Filesystem:
         self._touch(inode, m=False)
         self.inodes.put(inode)
         if inode.nlink == 0:
-            self.vol.trees["orphan"].insert((inode.ino,))
+            self.orphans.add(inode.ino)
 
     @_op
     def unlink(self, parent: int, name: bytes) -> None:
@@ -463,7 +465,7 @@ class Filesystem:
         inode.nlink = 0
         self._touch(inode, m=False)
         self.inodes.put(inode)
-        self.vol.trees["orphan"].insert((inode.ino,))
+        self.orphans.add(inode.ino)
 
     def forget(self, ino: int) -> None:
         """The kernel holds no more references: free the inode if it is
@@ -486,7 +488,7 @@ class Filesystem:
 
     @_query
     def _is_orphan(self, ino: int) -> bool:
-        return self.vol.trees["orphan"].lookup((ino,)) is not None
+        return self.orphans.contains(ino)
 
     def pending_inactive(self) -> int:
         """How many unlinked inodes wait to be freed."""
@@ -506,7 +508,7 @@ class Filesystem:
 
     @_op
     def _free_unlinked(self, ino: int) -> None:
-        if self.vol.trees["orphan"].lookup((ino,)) is not None:
+        if self.orphans.contains(ino):
             self._free_inode(ino)
 
     def _reap(self, inos) -> None:
@@ -527,19 +529,19 @@ class Filesystem:
         try:
             inode = self.inodes.get(ino)
         except NotFound:
-            self.vol.trees["orphan"].delete((ino,))
+            self.orphans.remove(ino)
             return
         if inode.nlink:
-            self.vol.trees["orphan"].delete((ino,))
+            self.orphans.remove(ino)
             return
         with self._stepping(inode):
             self.filemap.truncate_blocks(inode, 0)
         self.xattrs.remove_all(ino)
         self.inodes.delete(ino)
-        self.vol.trees["orphan"].delete((ino,))
+        self.orphans.remove(ino)
 
     def _reap_orphans(self) -> None:
-        self._reap([r[0] for r in self.vol.trees["orphan"].scan()])
+        self._reap(self.orphans.all())
 
     # ---- rename ----------------------------------------------------------
     @_op
@@ -605,7 +607,7 @@ class Filesystem:
                 dino.nlink = 0
                 self._touch(dino, m=False)
                 self.inodes.put(dino)
-                self.vol.trees["orphan"].insert((dino.ino,))
+                self.orphans.add(dino.ino)
             else:
                 self._drop_link(dino)
         self.dirs.remove(old_parent, src[0])

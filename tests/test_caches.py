@@ -265,3 +265,33 @@ def test_blocks_past_eof_left_by_a_crash_never_show(tmp_path):
     assert fs.read(ino, 3 * BS + 20, 3 * BS - 20) == bytes(3 * BS - 20)
     assert_clean(fs)
     fs.close()
+
+
+def test_deferred_orphan_records(tmp_path):
+    """The orphan list's changes wait for the commit: an unlinked, still
+    referenced inode is listed on disk by the commit after its unlink (a
+    crash then frees it at the next open), and one unlinked and freed
+    before any commit never touches the orphan tree."""
+    path = tmp_path / "o.img"
+    fs = make_fs(path, size=16 << 20)
+    fs.commit()
+    free0 = fs.statfs().free_blocks
+    tree = fs.vol.trees["orphan"]
+    n0 = tree.count
+    quick = fs.mknod(1, b"quick", REG, 0, 0).ino
+    fs.write(quick, 0, b"q" * (4 * BS))
+    fs.unlink(1, b"quick")
+    fs.forget(quick)
+    kept = fs.mknod(1, b"kept", REG, 0, 0).ino
+    fs.write(kept, 0, b"k" * (16 * BS))
+    fs.unlink(1, b"kept")                      # still "open": no forget
+    assert fs.orphans.contains(kept) and not fs.orphans.contains(quick)
+    assert tree.count == n0                    # nothing written yet
+    fs.commit()
+    assert tree.count == n0 + 1 and tree.lookup((kept,)) is not None
+    fs.vol.pmem.close()                        # crash with the orphan listed
+    fs = Filesystem.open(str(path))
+    assert fs.statfs().free_blocks == free0    # reaped at open
+    assert fs.vol.trees["orphan"].count == n0
+    assert_clean(fs)
+    fs.close()
