@@ -99,10 +99,6 @@ class Node:
             dt, self.cap = spec.ent_dtype, spec.node_cap
         self.recs = buf[NODE_HDR_SIZE:NODE_HDR_SIZE + self.cap * dt.itemsize].view(dt)
 
-    @property
-    def hdr(self):
-        return self.buf[:NODE_HDR_SIZE].view(NODE_HDR_DTYPE)
-
     def set_n(self, n: int) -> None:
         self.n = n
         self.keys = self.kids = None
@@ -298,58 +294,49 @@ class BTree:
         k = keys[i]
         return (k,) if self.spec.single else k
 
-    def _item_key(self, item):
-        """The decoded key of a record or entry tuple (for Node.keys)."""
-        if self.spec.single:
-            return int(item[0])
-        return tuple(int(v) for v in item[:self.spec.nkey])
-
-    def _child_index(self, node: Node, key) -> int:
-        i = self._search(node, key, "right") - 1
-        return i if i > 0 else 0
-
     # ---- descent ------------------------------------------------------------
+    def _key(self, key):
+        """A key as the decoded key lists hold it (int, or tuple of ints)."""
+        return int(key[0]) if self.spec.single else tuple(int(v) for v in key)
+
+    def _leaf(self, k, path: list | None = None):
+        """(leaf, index of the first record >= k) for a decoded key k; with
+        `path`, every node on the way and the index taken is appended."""
+        bno = int(self._roots[self.tid])
+        for level in range(int(self._heights[self.tid]) - 1, 0, -1):
+            node = self._node(bno, level)
+            keys = node.keys if node.keys is not None else self._keys(node)
+            i = bisect_right(keys, k) - 1
+            if i < 0:
+                i = 0
+            if path is not None:
+                path.append([node, i])
+            kids = node.kids
+            if kids is None:
+                kids = node.kids = node.recs["child"][:node.n].tolist()
+            bno = kids[i]
+        leaf = self._node(bno, 0)
+        keys = leaf.keys if leaf.keys is not None else self._keys(leaf)
+        i = bisect_left(keys, k)
+        if path is not None:
+            path.append([leaf, i])
+        return leaf, i
+
     def _descend(self, key) -> list:
         """Path from root to leaf as [(node, index)]; the leaf index is the
         position of the first record >= key."""
         path = []
-        bno, h = int(self._roots[self.tid]), int(self._heights[self.tid])
-        k = int(key[0]) if self.spec.single else tuple(int(v) for v in key)
-        for level in range(h - 1, -1, -1):
-            node = self._node(bno, level)
-            keys = node.keys if node.keys is not None else self._keys(node)
-            if level:
-                i = bisect_right(keys, k) - 1
-                if i < 0:
-                    i = 0
-                path.append([node, i])
-                kids = node.kids
-                if kids is None:
-                    kids = node.kids = node.recs["child"][:node.n].tolist()
-                bno = kids[i]
-            else:
-                path.append([node, bisect_left(keys, k)])
+        self._leaf(self._key(key), path)
         return path
 
     # ---- queries ------------------------------------------------------------
     def lookup(self, key) -> tuple | None:
         """The record with exactly this key, or None."""
-        h = int(self._heights[self.tid])
-        if not h:
+        if not int(self._heights[self.tid]):
             return None
-        k = int(key[0]) if self.spec.single else tuple(int(v) for v in key)
-        bno = int(self._roots[self.tid])
-        for level in range(h - 1, 0, -1):
-            node = self._node(bno, level)
-            keys = node.keys if node.keys is not None else self._keys(node)
-            i = bisect_right(keys, k) - 1
-            kids = node.kids
-            if kids is None:
-                kids = node.kids = node.recs["child"][:node.n].tolist()
-            bno = kids[i if i > 0 else 0]
-        leaf = self._node(bno, 0)
-        keys = leaf.keys if leaf.keys is not None else self._keys(leaf)
-        i = bisect_left(keys, k)
+        k = self._key(key)
+        leaf, i = self._leaf(k)
+        keys = leaf.keys
         if i < len(keys) and keys[i] == k:
             return leaf.recs[i].item()
         return None
@@ -497,7 +484,7 @@ class BTree:
             node.recs[i] = item
             node.set_n(n + 1)
             if keys is not None:
-                keys.insert(i, self._item_key(item))
+                keys.insert(i, self._key(item[:self.spec.nkey]))
                 node.keys = keys
             self._fix_hi(path, depth)
             return

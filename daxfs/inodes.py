@@ -113,10 +113,6 @@ class Inodes(Delayed):
         """The in-core inode if it is cached (no tree access)."""
         return self._cache.get(ino)
 
-    def exists(self, ino: int) -> bool:
-        return (ino in self._cache or ino in self._pending
-                or self.tree.lookup((ino,)) is not None)
-
     def put(self, inode: Inode) -> None:
         self._put(inode.ino, inode.to_rec())
         self._cache[inode.ino] = inode

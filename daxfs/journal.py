@@ -162,9 +162,6 @@ class Journal:
     def pending(self) -> int:
         return len(self.dirty)
 
-    def has_changes(self) -> bool:
-        return bool(self.dirty) or bool(self.data_ranges)
-
     def _flush_data(self, durable: bool) -> None:
         if durable and self.loose_overflow:
             self.pmem.flush_all()
