@@ -148,8 +148,11 @@ READAHEAD_KB = 1024
 
 # pyfuse3 3.5's request loop (pyfuse3._session_loop(nursery, min_tasks,
 # max_tasks)) is what lets a handler start a temporary extra worker; with
-# another version, fall back to pyfuse3's own worker pool.
-SINGLE_WORKER = hasattr(pyfuse3, "_session_loop")
+# another version, fall back to pyfuse3's own worker pool.  The environment
+# variable DAXFS_PYFUSE3_POOL=1 keeps the pool, for the A/B measurement in
+# scripts/bench_daemon_cpu.py.
+SINGLE_WORKER = (hasattr(pyfuse3, "_session_loop")
+                 and os.environ.get("DAXFS_PYFUSE3_POOL") != "1")
 
 
 def main_loop_args() -> dict:

@@ -1,0 +1,125 @@
+#!/usr/bin/env python3
+"""Engine cost of single operations, no FUSE: µs per operation, median of
+--runs, through the filesystem API (`daxfs.fs.Filesystem`) on a fresh
+image in --workdir.
+
+    .venv/bin/python scripts/bench_ops.py [--runs 3] [--n 10000]
+
+To measure another commit, run it with that checkout first on the path:
+`PYTHONPATH=/path/to/checkout .venv/bin/python scripts/bench_ops.py`.
+Times from a shared machine: compare figures from one run only.
+"""
+
+import argparse
+import os
+import random
+import statistics
+import stat
+import sys
+import tempfile
+import time
+
+REG = stat.S_IFREG | 0o644
+BS = 4096
+
+
+def _fs(workdir, name, size=2 << 30):
+    from daxfs.fs import Filesystem
+    from daxfs.mkfs import mkfs
+    path = os.path.join(workdir, name)
+    mkfs(path, size)
+    return Filesystem.open(path)
+
+
+def _per_op(fn, n):
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) / n * 1e6
+
+
+def metadata(workdir, n) -> dict:
+    fs = _fs(workdir, "meta.img")
+    d = fs.mkdir(1, b"d", 0o755, 0, 0).ino
+    names = [b"file%06d" % i for i in range(n)]
+    inos = []
+
+    def create():
+        for nm in names:
+            try:
+                fs.lookup(d, nm)                   # the kernel's LOOKUP before CREATE
+            except Exception:
+                pass
+            inos.append(fs.mknod(d, nm, REG, 0, 0).ino)
+
+    out = {"create (lookup miss + mknod)": _per_op(create, n)}
+    fs.commit()
+    out["lookup, name and inode cached"] = _per_op(lambda: [fs.lookup(d, nm) for nm in names], n)
+    fs.inodes.forget_cache()
+    if hasattr(fs.dirs, "forget_cache"):           # (older commits had no name cache)
+        fs.dirs.forget_cache()
+    out["lookup, nothing cached"] = _per_op(lambda: [fs.lookup(d, nm) for nm in names], n)
+    deferred = hasattr(fs, "reap_inactive")        # (older commits freed in forget)
+    fs.defer_inactive = True                       # as the daemon runs it
+
+    def unlink():
+        for nm, ino in zip(names, inos):
+            fs.unlink(d, nm)
+            fs.getattr(d)                          # the kernel's GETATTR of the directory
+            fs.forget(ino)
+
+    if deferred:
+        out["unlink + getattr + forget (free queued)"] = _per_op(unlink, n)
+        out["free of a queued unlinked inode"] = _per_op(fs.reap_inactive, n)
+    else:
+        out["unlink + getattr + forget (freeing)"] = _per_op(unlink, n)
+    fs.close()
+    return out
+
+
+def data(workdir, n) -> dict:
+    fs = _fs(workdir, "data.img")
+    big = fs.mknod(1, b"big", REG, 0, 0).ino
+    mb = os.urandom(1 << 20)
+    for i in range(256):
+        fs.write(big, i << 20, mb)
+    fs.commit()
+    rnd = random.Random(1)
+    offs = [rnd.randrange(65536) * BS for _ in range(n)]
+    page = os.urandom(BS)
+    out = {"4 KiB overwrite in place": _per_op(lambda: [fs.write(big, o, page) for o in offs], n)}
+    out["4 KiB read"] = _per_op(lambda: [fs.read(big, o, BS) for o in offs], n)
+    chunk = os.urandom(16384)
+    files, per = max(1, n // 10), 10
+
+    def append():
+        for f in range(files):
+            ino = fs.mknod(1, b"a%d" % f, REG, 0, 0).ino
+            for i in range(per):
+                fs.write(ino, i * len(chunk), chunk)
+
+    out["16 KiB appending write (incl. 1 create per 10)"] = _per_op(append, files * per)
+    fs.close()
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--n", type=int, default=10000, help="operations per figure")
+    p.add_argument("--workdir", default=None)
+    args = p.parse_args(argv)
+    import daxfs
+    print(f"daxfs from {os.path.dirname(daxfs.__file__)}; median of {args.runs} runs, µs/op")
+    results: dict[str, list[float]] = {}
+    for _ in range(args.runs):
+        with tempfile.TemporaryDirectory(dir=args.workdir) as wd:
+            for group in (metadata, data):
+                for k, v in group(wd, args.n).items():
+                    results.setdefault(k, []).append(v)
+    for k, vs in results.items():
+        print(f"  {k:<48} {statistics.median(vs):8.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
