@@ -787,3 +787,31 @@ def test_option_parsing_and_mountinfo_escapes():
     opts = mount.fuse_options("/x/a,b.img", ["noexec"], readonly=True)
     assert r"fsname=daxfs:/x/a\,b.img" in opts and "subtype=daxfs" in opts
     assert {"default_permissions", "ro", "noexec"} <= opts
+
+
+@pytest.mark.timeout(300)
+def test_unlinked_file_is_freed_and_committed_while_idle(image, mnt):
+    """An unlinked, closed file is freed by the daemon on its own once no
+    request has come for a moment (no statfs, no unmount to drain the
+    queue), and the background commit makes that durable: after a SIGKILL
+    the image has no orphan left and the file's inode is gone."""
+    from daxfs.cmd_umount import daemon_pids, wait_gone
+    from daxfs.volume import Volume
+    with mount_image(image, mnt, check_log=False) as m:
+        p = Path(m, "big")
+        p.write_bytes(os.urandom(16 * MiB))
+        ino = os.stat(p).st_ino
+        os.sync()
+        os.unlink(p)
+        time.sleep(3)                        # idle: freed, then committed (1 s timer)
+        pids = daemon_pids(image)
+        os.kill(pids[0], 9)
+        assert not wait_gone(pids, 30)
+        force_unmount(m, pids)
+    vol = Volume.open(str(image), readonly=True)
+    try:
+        assert vol.trees["orphan"].count == 0
+        assert vol.trees["inode"].lookup((ino,)) is None
+    finally:
+        vol.pmem.close()
+    check_image(image)
