@@ -60,3 +60,32 @@ def test_bench_quick_json_shape(tmp_path):
     assert _fuse_mounts() == before
     loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True, timeout=30).stdout
     assert str(tmp_path) not in loops
+
+
+@pytest.mark.timeout(240)
+def test_bench_ops_runs(tmp_path):
+    """scripts/bench_ops.py prints every figure (values not checked)."""
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_ops.py"), "--runs", "1",
+                          "--n", "200", "--workdir", str(tmp_path)],
+                         capture_output=True, text=True, timeout=200)
+    assert res.returncode == 0, res.stderr
+    for name in ("create", "lookup, name and inode cached", "unlink + getattr + forget",
+                 "4 KiB overwrite", "16 KiB appending write"):
+        assert name in res.stdout, res.stdout
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts: needs root")
+@pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="no /dev/fuse")
+def test_bench_daemon_cpu_runs(tmp_path):
+    """scripts/bench_daemon_cpu.py measures every system and leaves
+    nothing mounted (values not checked)."""
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_daemon_cpu.py"),
+                          "--runs", "1", "--files", "50", "--pool", "--workdir", str(tmp_path)],
+                         capture_output=True, text=True, timeout=200)
+    assert res.returncode == 0, res.stderr
+    for op in ("create", "stat", "unlink"):
+        line = next(ln for ln in res.stdout.splitlines() if ln.strip().startswith(op))
+        assert "daxfs:" in line and "pyfuse3 pool" in line and "passthrough:" in line
+    with open("/proc/mounts") as f:
+        assert str(tmp_path) not in f.read()
