@@ -24,13 +24,15 @@ class BadBlocks:
 
     def __init__(self, image_path: str | None):
         self.path = sidecar_path(image_path) if image_path else None
-        self._starts: list[int] = []
+        # first blocks of the bad ranges, sorted: the list object is never
+        # replaced, so a caller may keep it and test it for emptiness
+        self.starts: list[int] = []
         self._ends: list[int] = []
         if self.path and os.path.exists(self.path):
             self._load()
 
     def __bool__(self) -> bool:
-        return bool(self._starts)
+        return bool(self.starts)
 
     def _load(self) -> None:
         with open(self.path) as f:
@@ -48,7 +50,7 @@ class BadBlocks:
             return
         tmp = self.path + ".tmp"
         with open(tmp, "w") as f:
-            for s, e in zip(self._starts, self._ends):
+            for s, e in zip(self.starts, self._ends):
                 f.write(f"{s * SECTORS_PER_BLOCK} {(e - s) * SECTORS_PER_BLOCK}\n")
             f.flush()
             os.fsync(f.fileno())
@@ -57,11 +59,11 @@ class BadBlocks:
     def _add(self, bno: int, n: int) -> None:
         s, e = bno, bno + n
         i = bisect.bisect_left(self._ends, s)
-        j = bisect.bisect_right(self._starts, e)
+        j = bisect.bisect_right(self.starts, e)
         if i < j:
-            s = min(s, self._starts[i])
+            s = min(s, self.starts[i])
             e = max(e, self._ends[j - 1])
-        self._starts[i:j] = [s]
+        self.starts[i:j] = [s]
         self._ends[i:j] = [e]
 
     def add(self, bno: int, n: int) -> None:
@@ -73,7 +75,7 @@ class BadBlocks:
         """Mark blocks [bno, bno+n) good again (after a recovery write)."""
         s, e = bno, bno + n
         starts, ends = [], []
-        for a, b in zip(self._starts, self._ends):
+        for a, b in zip(self.starts, self._ends):
             if b <= s or a >= e:
                 starts.append(a)
                 ends.append(b)
@@ -84,25 +86,26 @@ class BadBlocks:
             if b > e:
                 starts.append(e)
                 ends.append(b)
-        changed = (starts != self._starts) or (ends != self._ends)
-        self._starts, self._ends = starts, ends
+        changed = (starts != self.starts) or (ends != self._ends)
+        self.starts[:], self._ends[:] = starts, ends
         if changed:
             self._save()
 
     def reload(self) -> None:
-        self._starts, self._ends = [], []
+        self.starts.clear()
+        self._ends.clear()
         if self.path and os.path.exists(self.path):
             self._load()
 
     def first_bad(self, bno: int, n: int) -> int | None:
         """The first bad block in [bno, bno+n), or None."""
-        if not self._starts:
+        if not self.starts:
             return None
         i = bisect.bisect_right(self._ends, bno)
-        if i < len(self._starts) and self._starts[i] < bno + n:
-            return max(bno, self._starts[i])
+        if i < len(self.starts) and self.starts[i] < bno + n:
+            return max(bno, self.starts[i])
         return None
 
     def ranges(self) -> list[tuple[int, int]]:
         """Every bad range as (first block, block count)."""
-        return [(s, e - s) for s, e in zip(self._starts, self._ends)]
+        return [(s, e - s) for s, e in zip(self.starts, self._ends)]

@@ -25,7 +25,9 @@ come from and return to the allocator passed in (`node_alloc`, `node_free`);
 all writes go through the journal's shadows.
 """
 
+import struct
 from bisect import bisect_left, bisect_right
+from collections import OrderedDict
 
 import numpy as np
 
@@ -34,6 +36,10 @@ from .format import BLOCK_SIZE, NODE_HDR_DTYPE, NODE_HDR_SIZE, TREE_MAGICS, TREE
 from .journal import sealed_ok
 
 MAX_HEIGHT = 16
+_LEVEL_NRECS = struct.Struct("<HI")     # format.NODE_HDR_DTYPE: level u16 at 10, nrecs u32 at 12
+_NRECS = struct.Struct("<I")
+_INT_FORMATS = {("u", 1): "B", ("u", 2): "H", ("u", 4): "I", ("u", 8): "Q",
+                ("i", 1): "b", ("i", 2): "h", ("i", 4): "i", ("i", 8): "q"}
 NODE_CACHE_MAX = 8192       # decoded leaves kept per tree
 INNER_CACHE_MAX = 65536     # decoded internal nodes kept per tree (all, in practice)
 
@@ -76,6 +82,22 @@ class TreeSpec:
         self.node_third = self.node_cap // 3
         self.single = nkey == 1
         self.kf0 = self.key_fields[0]
+        self.rec_struct = _int_struct(rec_dtype)
+
+
+def _int_struct(dt: np.dtype) -> struct.Struct | None:
+    """A struct that unpacks one record of `dt` to the tuple numpy's
+    .item() gives, when every field is a little-endian integer (several
+    times faster than .item()); None otherwise."""
+    fmt, at = "<", 0
+    for name in dt.names:
+        f, off = dt.fields[name][:2]
+        code = _INT_FORMATS.get((f.kind, f.itemsize))
+        if code is None or f.byteorder == ">" or off < at:
+            return None
+        fmt += "x" * (off - at) + code
+        at = off + f.itemsize
+    return struct.Struct(fmt + "x" * (dt.itemsize - at))
 
 
 class Node:
@@ -89,10 +111,8 @@ class Node:
         self.token = token        # the journal's shadow this was decoded from, or None
         self.keys = None          # decoded keys (ints, or tuples), built on first search
         self.kids = None          # decoded child block numbers (internal nodes)
-        # header fields read straight from the bytes (format.NODE_HDR_DTYPE:
-        # level u16 at 10, nrecs u32 at 12); a structured view costs more
-        self.level = int(buf[10]) | int(buf[11]) << 8
-        self.n = int.from_bytes(buf[12:16].tobytes(), "little")
+        # header fields read straight from the bytes; a structured view costs more
+        self.level, self.n = _LEVEL_NRECS.unpack_from(buf, 10)
         if self.level == 0:
             dt, self.cap = spec.rec_dtype, spec.leaf_cap
         else:
@@ -102,7 +122,7 @@ class Node:
     def set_n(self, n: int) -> None:
         self.n = n
         self.keys = self.kids = None
-        self.buf[12:16] = np.frombuffer(n.to_bytes(4, "little"), dtype=np.uint8)
+        _NRECS.pack_into(self.buf, 12, n)
 
 
 def _shift(node: Node, a: int, b: int, by: int) -> None:
@@ -124,11 +144,12 @@ class BTree:
         self.alloc = alloc
         self.verified = verified      # block numbers whose checksum was verified
         self.tid = spec.tree_id
-        self._cache: dict[int, Node] = {}     # bno -> decoded leaf
+        self._cache: OrderedDict[int, Node] = OrderedDict()   # bno -> decoded leaf, oldest first
         self._inner: dict[int, Node] = {}     # bno -> decoded internal node
         self._roots = sb["roots"]
         self._heights = sb["heights"]
         self._nrecs = sb["nrecs"]
+        self._bad = journal.pmem.bad.starts   # non-empty when the device has bad blocks
 
     # ---- root state (kept in the superblock) -------------------------------
     # (views of the superblock's arrays: a rollback restores them in place)
@@ -175,7 +196,7 @@ class BTree:
                 self.verified.add(bno)
             node = Node(self.spec, bno, blk, shadow)
             self._remember(node)
-        elif shadow is None:
+        elif shadow is None and self._bad:
             j.read(bno)             # a poisoned block is an error even when decoded
         if node.level != level:
             raise Corrupted(bno, f"{self.spec.name} btree node has level {node.level},"
@@ -194,7 +215,7 @@ class BTree:
             return
         cache = self._cache
         if len(cache) >= NODE_CACHE_MAX and node.bno not in cache:
-            del cache[next(iter(cache))]        # the oldest decoded leaf
+            cache.popitem(last=False)           # the oldest decoded leaf
         cache[node.bno] = node
 
     def _forget_node(self, bno: int) -> None:
@@ -297,14 +318,19 @@ class BTree:
     # ---- descent ------------------------------------------------------------
     def _key(self, key):
         """A key as the decoded key lists hold it (int, or tuple of ints)."""
-        return int(key[0]) if self.spec.single else tuple(int(v) for v in key)
+        return int(key[0]) if self.spec.single else tuple(map(int, key))
 
     def _leaf(self, k, path: list | None = None):
         """(leaf, index of the first record >= k) for a decoded key k; with
         `path`, every node on the way and the index taken is appended."""
         bno = int(self._roots[self.tid])
+        dirty, inner, bad = self.j.dirty, self._inner, self._bad
         for level in range(int(self._heights[self.tid]) - 1, 0, -1):
-            node = self._node(bno, level)
+            # the cached, clean-or-current case inline; everything else
+            # (decode, verify, poison, level mismatch) in _node
+            node = inner.get(bno)
+            if node is None or node.token is not dirty.get(bno) or node.level != level or bad:
+                node = self._node(bno, level)
             keys = node.keys if node.keys is not None else self._keys(node)
             i = bisect_right(keys, k) - 1
             if i < 0:
@@ -315,7 +341,9 @@ class BTree:
             if kids is None:
                 kids = node.kids = node.recs["child"][:node.n].tolist()
             bno = kids[i]
-        leaf = self._node(bno, 0)
+        leaf = self._cache.get(bno)
+        if leaf is None or leaf.token is not dirty.get(bno) or leaf.level or bad:
+            leaf = self._node(bno, 0)
         keys = leaf.keys if leaf.keys is not None else self._keys(leaf)
         i = bisect_left(keys, k)
         if path is not None:
@@ -338,8 +366,15 @@ class BTree:
         leaf, i = self._leaf(k)
         keys = leaf.keys
         if i < len(keys) and keys[i] == k:
-            return leaf.recs[i].item()
+            return self._record(leaf, i)
         return None
+
+    def _record(self, node: Node, i: int) -> tuple:
+        """Record i of a leaf as a tuple (what numpy's .item() gives)."""
+        st = self.spec.rec_struct
+        if st is None:
+            return node.recs[i].item()
+        return st.unpack_from(node.buf, NODE_HDR_SIZE + i * st.size)
 
     def scan(self, lo=None, hi=None):
         """Records with lo <= key <= hi in key order (prefix keys allowed for
@@ -411,7 +446,7 @@ class BTree:
                 return None
             leaf = path[-1][0]
             i = leaf.n - 1
-        return leaf.recs[i].item()
+        return self._record(leaf, i)
 
     def first(self) -> tuple | None:
         for r in self.scan():
@@ -562,7 +597,7 @@ class BTree:
         leaf, i = path[-1]
         if not (i < leaf.n and self._key_at(leaf, i) == tuple(key)):
             return None
-        old = leaf.recs[i].item()
+        old = self._record(leaf, i)
         self._remove_at(path, len(path) - 1, i)
         self._add_count(-1)
         return old

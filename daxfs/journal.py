@@ -174,8 +174,14 @@ class Journal:
             ranges = ranges + self.loose_ranges
             self.loose_ranges = []
         if ranges:
-            self.pmem.flush(ranges)
+            self.pmem.flush(ranges, alone=self._alone())
         self.data_ranges = []
+
+    def _alone(self) -> bool:
+        """No stores wait to be written but the ones being flushed: data
+        overwritten in place is left to writeback only by background
+        commits, and only then may a flush not sweep the whole image."""
+        return not (self.loose_ranges or self.loose_overflow)
 
     # ---- commit -------------------------------------------------------------
     def commit(self, durable: bool = True) -> None:
@@ -215,11 +221,11 @@ class Journal:
             body[i] = self.dirty[b]
         c = crc32c.crc32c(area)
         area[4:8] = np.frombuffer(c.to_bytes(4, "little"), dtype=np.uint8)
-        pm.flush([(self.log_start, hdr_blocks + n)])
+        pm.flush([(self.log_start, hdr_blocks + n)], alone=self._alone())
         # 4. checkpoint
         for b in bnos:
             pm.block(b)[:] = self.dirty[b]
-        pm.flush([(b, 1) for b in bnos])
+        pm.flush([(b, 1) for b in bnos], alone=self._alone())
         self.seq = seq
         self.dirty = {}
         self.commits += 1

@@ -148,7 +148,7 @@ class Volume:
 
     def begin_op(self) -> None:
         self.journal.begin_op()
-        self._sb_saved = self.sb_arr.copy()
+        self._sb_saved = self.sb_arr.tobytes()   # (a structured copy costs 40x more)
         self._alloc_saved = self.alloc.save_state()
         for p in self.participants:
             p.op_begin()
@@ -162,7 +162,7 @@ class Volume:
     def rollback_op(self) -> None:
         self.journal.rollback_op()
         if getattr(self, "_sb_saved", None) is not None:
-            self.sb_arr[:] = self._sb_saved
+            self.sb_arr.view(np.uint8)[:] = np.frombuffer(self._sb_saved, dtype=np.uint8)
             self.alloc.restore_state(self._alloc_saved)
         self._sb_saved = None
         for p in self.participants:
