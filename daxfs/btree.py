@@ -670,6 +670,94 @@ class BTree:
             parent.recs["hi"][li + 1] = self._node_hi(right)
             self._fix_hi(path, depth - 1)
 
+    # ---- batches in key order (the commit's delayed records) ----------------
+    # Each keeps the path to the leaf it last changed and stays there while
+    # the next key belongs to that leaf and the change needs no split, merge
+    # or new lower bound; anything else takes the general path and the next
+    # key descends again.  The caller must not touch the tree in between.
+    def _limit(self, path) -> object:
+        """The smallest key that belongs right of path's leaf (None: no
+        leaf is right of it)."""
+        for d in range(len(path) - 2, -1, -1):
+            node, i = path[d]
+            if i + 1 < node.n:
+                return self._keys(node)[i + 1]
+        return None
+
+    def _cursor(self, k, path, limit):
+        """(path, limit) whose leaf holds the place of decoded key k (keys
+        come in ascending order, so only the upper end needs checking)."""
+        if path is None or (limit is not None and k >= limit):
+            path = []
+            self._leaf(k, path)
+            limit = self._limit(path)
+        return path, limit
+
+    def insert_sorted(self, recs) -> None:
+        """insert() of each record, keys ascending and not present."""
+        nkey = self.spec.nkey
+        path = limit = None
+        for rec in recs:
+            k = self._key(rec[:nkey])
+            if self.height:
+                path, limit = self._cursor(k, path, limit)
+                leaf = path[-1][0]
+                keys = leaf.keys if leaf.keys is not None else self._keys(leaf)
+                i = bisect_left(keys, k)
+                if 0 < i and leaf.n < leaf.cap:
+                    if i < leaf.n and keys[i] == k:
+                        raise Corrupted(leaf.bno, f"{self.spec.name} btree: duplicate key {k}")
+                    path[-1][1] = i
+                    self._insert_at(path, len(path) - 1, i, rec)
+                    self._add_count(1)
+                    continue
+            self.insert(rec)
+            path = None
+
+    def update_sorted(self, recs) -> None:
+        """update() of each record, keys ascending and present."""
+        nkey = self.spec.nkey
+        path = limit = None
+        for rec in recs:
+            k = self._key(rec[:nkey])
+            if not self.height:
+                raise KeyError(k)
+            path, limit = self._cursor(k, path, limit)
+            leaf = path[-1][0]
+            keys = leaf.keys if leaf.keys is not None else self._keys(leaf)
+            i = bisect_left(keys, k)
+            if not (i < leaf.n and keys[i] == k):
+                raise KeyError(k)
+            leaf = path[-1][0] = self._w(leaf)
+            path[-1][1] = i
+            leaf.recs[i] = rec
+            self._fix_hi(path, len(path) - 1)
+
+    def delete_sorted(self, keys_in) -> list:
+        """delete() of each key, ascending; the keys found absent."""
+        missing = []
+        path = limit = None
+        for key in keys_in:
+            k = self._key(key)
+            if not self.height:
+                missing.append(key)
+                continue
+            path, limit = self._cursor(k, path, limit)
+            leaf = path[-1][0]
+            keys = leaf.keys if leaf.keys is not None else self._keys(leaf)
+            i = bisect_left(keys, k)
+            if not (i < leaf.n and keys[i] == k):
+                missing.append(key)
+                continue
+            if len(path) > 1 and leaf.n - 1 < leaf.cap // 3:
+                self.delete(key)            # rebalances: the general path
+                path = None
+                continue
+            path[-1][1] = i
+            self._remove_at(path, len(path) - 1, i)
+            self._add_count(-1)
+        return missing
+
     # ---- whole-tree walk (check, repair, statistics) -----------------------
     def walk_nodes(self):
         """Yield (node, parent_low_key, parent_hi) for every node, depth first.

@@ -16,6 +16,7 @@ the classes in errors.py.
 import contextlib
 import errno
 import functools
+import itertools
 import logging
 import stat
 import time
@@ -497,9 +498,9 @@ class Filesystem:
     def reap_inactive(self, limit: int | None = None) -> int:
         """Free up to `limit` (default: all) queued unlinked inodes, oldest
         first, each as its own operation.  Returns how many are left."""
-        todo = list(self._inactive)
-        if limit is not None:
-            todo = todo[:limit]
+        # (the oldest `limit` without copying the whole queue: the daemon
+        # frees one at a time from a queue of thousands)
+        todo = list(itertools.islice(self._inactive, limit))
         for ino in todo:
             self._check_alive()
             self._inactive.pop(ino, None)

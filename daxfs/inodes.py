@@ -84,9 +84,8 @@ class Inodes(Delayed):
 
     def flush(self) -> None:
         """Write every delayed inode record into the tree."""
-        update = self.tree.update
-        for rec in self._take_all().values():
-            update(rec)
+        recs = self._take_all()
+        self.tree.update_sorted([recs[ino] for ino in sorted(recs)])
 
     # ---- records ----------------------------------------------------------------
     def get(self, ino: int) -> Inode:

@@ -51,18 +51,18 @@ class Rmap(Delayed):
             return
         tree = self.tree
         delta = self._take_all()
-        for i, key in enumerate(sorted(delta)):
-            rec, in_tree = delta[key]
-            if rec is None:
-                if tree.delete(key) is None:
-                    raise Corrupted(key[0], f"rmap has no record for block {key[0]}"
-                                            f" owner {key[1]} offset {key[2]}")
-            elif in_tree:
-                tree.update(rec)
-            else:
-                tree.insert(rec)
-            if i % FLUSH_SETTLE_EVERY == FLUSH_SETTLE_EVERY - 1:
-                self.settle()
+        keys = sorted(delta)
+        for at in range(0, len(keys), FLUSH_SETTLE_EVERY):
+            chunk = [(k, delta[k]) for k in keys[at:at + FLUSH_SETTLE_EVERY]]
+            gone = tree.delete_sorted([k for k, (rec, _) in chunk if rec is None])
+            if gone:
+                k = gone[0]
+                raise Corrupted(k[0], f"rmap has no record for block {k[0]}"
+                                      f" owner {k[1]} offset {k[2]}")
+            tree.update_sorted([rec for _, (rec, in_tree) in chunk if rec is not None and in_tree])
+            tree.insert_sorted([rec for _, (rec, in_tree) in chunk
+                                if rec is not None and not in_tree])
+            self.settle()
 
     # ---- file data (deferred) ---------------------------------------------------
     def map(self, bno: int, owner: int, offset: int, length: int, flags: int = 0) -> None:

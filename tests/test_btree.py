@@ -91,3 +91,97 @@ def test_scan_bounds_and_update(vol):
         assert t.delete((i * 10,)) is not None
     vol.alloc.settle()
     assert t.height <= 1 and t.count == 0 and list(t.scan()) == []
+
+
+def _assert_shape(t):
+    """Every node's keys ascending and at or above its parent's entry key;
+    for the overlapping tree, each entry's high key is its subtree's
+    largest record end; every record reachable in key order."""
+    spec = t.spec
+    his = {}
+    for node, low, hi in t.walk_nodes():
+        keys = t._keys(node)
+        assert keys == sorted(keys) and len(set(keys)) == len(keys)
+        if low is not None and keys:
+            first = (keys[0],) if spec.single else keys[0]
+            assert first >= tuple(low)
+        if spec.overlap and node.n:
+            his[node.bno] = (hi, t._node_hi(node))
+    for bno, (want, got) in his.items():
+        if want is not None:
+            assert want == got, bno
+    # no node under a parent of two or more children is less than a third full
+    stack = [(t.root, t.height - 1)]
+    while stack:
+        bno, level = stack.pop()
+        node = t._node(bno, level)
+        if level:
+            kids = [int(c) for c in node.recs["child"][:node.n]]
+            for c in kids:
+                child = t._node(c, level - 1)
+                assert len(kids) < 2 or child.n >= child.cap // 3, (c, child.n)
+                stack.append((c, level - 1))
+
+
+def _ours(r) -> bool:
+    """The test's records: high block numbers, and block 0 with owners
+    below every special owner (the smallest keys of the whole tree)."""
+    return r[0] >= 1 << 40 or (r[0] == 0 and r[1] < 1000)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_sorted_batches_match_model(vol, seed):
+    """insert_sorted / update_sorted / delete_sorted (the commit's delayed
+    records) stay on one leaf while they can and fall back to the general
+    insert and delete for splits, merges and new lower bounds: the tree
+    must end up exactly as the model, with a sound shape."""
+    rnd = random.Random(seed)
+    t = vol.trees["rmap"]
+    vol.commit()
+    model = {}
+    ours = 1 << 40
+
+    def new_key(lo, span):
+        if rnd.random() < 0.05:                       # below every key in the tree
+            return (0, rnd.randrange(1000), rnd.randrange(3))
+        return (ours + lo + rnd.randrange(span), rnd.randrange(3), 0)
+
+    for step in range(60):
+        kind = rnd.choice(("ins", "ins", "ins", "upd", "del", "delrange"))
+        span = rnd.choice((50, 400, 5000))           # dense batches stay on a leaf
+        lo = rnd.randrange(20000)
+        mine = sorted(model)
+        if kind == "ins":
+            keys = sorted({new_key(lo, span) for _ in range(rnd.randrange(1, 300))} - set(model))
+            recs = [(*k, rnd.randrange(1, 60), 0) for k in keys]
+            t.insert_sorted(recs)
+            model.update((r[:3], r) for r in recs)
+        elif kind == "upd":
+            keys = sorted(rnd.sample(mine, min(len(mine), rnd.randrange(1, 200))))
+            recs = [(*k, rnd.randrange(1, 60), 1) for k in keys]
+            t.update_sorted(recs)
+            model.update((r[:3], r) for r in recs)
+        else:
+            if kind == "del":
+                keys = rnd.sample(mine, min(len(mine), rnd.randrange(1, 400)))
+            else:                                     # empties leaves: merges
+                keys = [k for k in mine if ours + lo <= k[0] < ours + lo + span]
+            absent = (ours - 1, 0, 0)
+            missing = t.delete_sorted(sorted(keys + [absent]))
+            assert missing == [absent]
+            for k in keys:
+                del model[k]
+        vol.alloc.settle()
+        if step % 7 == 6:
+            vol.commit()
+        assert [r for r in t.scan() if _ours(r)] == [model[k] for k in sorted(model)]
+    vol.commit()
+    assert t.count == len(list(t.scan()))
+    _assert_shape(t)
+    for _ in range(200):
+        lo = ours + rnd.randrange(25000)
+        hi = lo + rnd.randrange(30)
+        want = sorted(r for r in model.values() if r[0] <= hi and r[0] + r[3] - 1 >= lo)
+        assert sorted(r for r in t.overlaps(lo, hi) if r[0] >= ours) == want
+    with pytest.raises(KeyError):
+        t.update_sorted([(ours - 1, 0, 0, 1, 0)])
