@@ -259,9 +259,15 @@ class Filesystem:
     # ---- lookup and attributes ---------------------------------------------
     @_query
     def lookup(self, parent: int, name: bytes):
-        self._dir(parent)
         if name == b".":
-            return self.inodes.get(parent).attr()
+            # Path walks never ask for "."; the kernel does, for an inode of
+            # any type, to open a file handle whose inode it has dropped
+            # (export support).  A removed file's handle is stale.
+            inode = self.inodes.get(parent)
+            if not inode.nlink:
+                raise NotFound(f"inode {parent} has been removed")
+            return inode.attr()
+        self._dir(parent)
         if name == b"..":
             p = self.inodes.get(parent)
             return self.inodes.get(p.parent or ROOT_INO).attr()

@@ -178,9 +178,12 @@ def tune_readahead(dev: int) -> None:
 class Operations(pyfuse3.Operations):
     """pyfuse3 request handlers over one open `Filesystem`."""
 
-    # We answer lookups of names only; "." / ".." lookups are only sent for
-    # NFS export, which daxfs does not offer.
-    supports_dot_lookup = False
+    # "." / ".." lookups are answered (fs.lookup): with them the kernel
+    # offers export support, so file handles (name_to_handle_at,
+    # open_by_handle_at, NFS export, fanotify) work after it has dropped
+    # the inode.  Inode numbers are never reused, so a handle is never
+    # mistaken for a newer file.
+    supports_dot_lookup = True
     enable_writeback_cache = False
     enable_acl = False
 

@@ -139,3 +139,75 @@ def test_device_nodes_work_on_a_root_mount(image, mnt):
         with pytest.raises(PermissionError):
             open(os.path.join(m, "null"), "wb")
     check_image(image)
+
+
+def _handles():
+    """name_to_handle_at / open_by_handle_at through ctypes (Python has no
+    binding): returns (to_handle(path) -> bytes, open_handle(mount_fd, h) -> fd)."""
+    import ctypes
+    import struct
+    libc = ctypes.CDLL(None, use_errno=True)
+    MAX = 128
+
+    def to_handle(path: str) -> bytes:
+        buf = ctypes.create_string_buffer(struct.pack("<Ii", MAX, 0) + b"\0" * MAX)
+        mount_id = ctypes.c_int()
+        if libc.name_to_handle_at(-100, os.fsencode(path), buf, ctypes.byref(mount_id), 0):
+            e = ctypes.get_errno()
+            raise OSError(e, os.strerror(e), path)
+        size = struct.unpack_from("<I", buf.raw)[0]
+        return buf.raw[:8 + size]
+
+    def open_handle(mount_fd: int, handle: bytes) -> int:
+        buf = ctypes.create_string_buffer(handle)
+        fd = libc.open_by_handle_at(mount_fd, buf, os.O_RDONLY)
+        if fd < 0:
+            e = ctypes.get_errno()
+            raise OSError(e, os.strerror(e))
+        return fd
+
+    return to_handle, open_handle
+
+
+def _drop_inode_caches() -> None:
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("2\n")
+
+
+def test_open_by_handle_after_the_kernel_forgot_the_inode(image, mnt):
+    """File handles (name_to_handle_at, used by NFS export, fanotify and
+    backup tools) open the file again after the kernel dropped the inode
+    (FUSE then asks the daemon to look up "." in the handle's inode), and
+    a handle to a removed file is stale, as on XFS."""
+    to_handle, open_handle = _handles()
+    with mount_image(image, mnt) as m:
+        os.mkdir(m / "d")
+        (m / "d" / "f").write_bytes(b"by handle")
+        (m / "gone").write_bytes(b"x")
+        hf, hd, hg = (to_handle(str(m / p)) for p in ("d/f", "d", "gone"))
+        os.unlink(m / "gone")
+        _drop_inode_caches()
+        mfd = os.open(m, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fd = open_handle(mfd, hf)
+            try:
+                assert os.read(fd, 100) == b"by handle"
+            finally:
+                os.close(fd)
+            fd = open_handle(mfd, hd)
+            try:
+                assert stat_is_dir(os.fstat(fd))
+            finally:
+                os.close(fd)
+            with pytest.raises(OSError) as ei:
+                os.close(open_handle(mfd, hg))
+            assert ei.value.errno == errno.ESTALE
+        finally:
+            os.close(mfd)
+    check_image(image)
+
+
+def stat_is_dir(st) -> bool:
+    import stat as st_mod
+    return st_mod.S_ISDIR(st.st_mode)
