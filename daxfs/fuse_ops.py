@@ -532,8 +532,19 @@ class Operations(pyfuse3.Operations):
         except Exception:
             log.exception("cannot learn the mount's device: clones will answer EXDEV")
             return
-        if dev is not None:
+        if dev is None:
+            return
+        # Not now: the kernel sets the mount's readahead from our INIT reply
+        # (libfuse echoes the kernel's own 128 KiB) after this returns.
+        nursery = getattr(self, "nursery", None)
+        if nursery is None:
             tune_readahead(dev)
+        else:
+            nursery.start_soon(self._tune_readahead_after_init, dev)
+
+    async def _tune_readahead_after_init(self, dev: int) -> None:
+        await trio.sleep(0.05)
+        tune_readahead(dev)
 
     def _control_device(self):
         if self.control.device is None:

@@ -211,3 +211,21 @@ def test_open_by_handle_after_the_kernel_forgot_the_inode(image, mnt):
 def stat_is_dir(st) -> bool:
     import stat as st_mod
     return st_mod.S_ISDIR(st.st_mode)
+
+
+def test_mount_reads_ahead_one_mib(image, mnt):
+    """The kernel reads ahead 1 MiB per request on a daxfs mount (FUSE's
+    default is 128 KiB; the daemon raises it once INIT is answered, since
+    the kernel sets it from the INIT reply)."""
+    from daxfs.fuse_ops import READAHEAD_KB
+    with mount_image(image, mnt) as m:
+        dev = os.stat(m).st_dev
+        path = f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb"
+        deadline = time.monotonic() + 5
+        while True:
+            with open(path) as f:
+                kb = int(f.read())
+            if kb == READAHEAD_KB or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert kb == READAHEAD_KB
