@@ -13,7 +13,9 @@ Commit order (docs/format.md, "Transactions"):
   2. seal every dirty block (crc32c at bytes 4..8);
   3. write the log: header with the list of block numbers, then the block
      images, one crc32c over all of it; flush the log;     <- commit point
-  4. write the images in place (checkpoint); flush them.
+  4. write the images in place (checkpoint).  Their flush waits for the
+     next commit's step 1 (one flush with that commit's data) or for close:
+     until the log is overwritten, a replay of it restores them.
 Open replays a valid log before anything else reads the image; replay is
 idempotent, and blocks named in the last log cannot have been reused for
 data since (freed blocks stay busy until the freeing commit is durable), so
@@ -78,6 +80,7 @@ class Journal:
         self.data_ranges: list[tuple[int, int]] = []
         self.loose_ranges: list[tuple[int, int]] = []
         self.loose_overflow = False
+        self.home_ranges: list[tuple[int, int]] = []    # checkpointed, not flushed yet
         self.commits = 0
         self._undo: dict[int, np.ndarray | None] | None = None
 
@@ -162,14 +165,23 @@ class Journal:
     def pending(self) -> int:
         return len(self.dirty)
 
-    def _flush_data(self, durable: bool) -> None:
+    def flush_checkpoint(self) -> None:
+        """Make the last checkpoint durable (before close: the log would
+        restore it, but a clean image needs no replay to be right)."""
+        if self.home_ranges:
+            self.pmem.flush(self.home_ranges, alone=self._alone())
+            self.home_ranges = []
+
+    def _flush_data(self, durable: bool, home=()) -> None:
+        """Flush the data ranges (and overwrites when durable), with `home`
+        ranges in the same flush."""
         if durable and self.loose_overflow:
             self.pmem.flush_all()
             self.loose_overflow = False
             self.loose_ranges = []
             self.data_ranges = []
             return
-        ranges = self.data_ranges
+        ranges = self.data_ranges + list(home)
         if durable and self.loose_ranges:
             ranges = ranges + self.loose_ranges
             self.loose_ranges = []
@@ -195,8 +207,10 @@ class Journal:
         if len(self.dirty) > self.capacity:
             raise LogFull(f"{len(self.dirty)} dirty blocks, log holds {self.capacity}")
         pm = self.pmem
-        # 1. data before the metadata that points at it
-        self._flush_data(durable)
+        # 1. data before the metadata that points at it, and the last
+        #    checkpoint before its log is overwritten
+        self._flush_data(durable, self.home_ranges)
+        self.home_ranges = []
         # 2. seal
         bnos = sorted(self.dirty)
         for b in bnos:
@@ -225,7 +239,7 @@ class Journal:
         # 4. checkpoint
         for b in bnos:
             pm.block(b)[:] = self.dirty[b]
-        pm.flush([(b, 1) for b in bnos], alone=self._alone())
+        self.home_ranges = [(b, 1) for b in bnos]
         self.seq = seq
         self.dirty = {}
         self.commits += 1
@@ -258,11 +272,13 @@ def replay(pmem, log_start: int, log_blocks: int) -> int | None:
     if bnos.size and int(bnos.max()) >= pmem.nblocks:
         del first, hdr, area    # no view of the mapping may outlive the failed open
         raise Corrupted(log_start, "log names a block beyond the end of the device")
-    if pmem.readonly:
-        return int(hdr["seq"])
     body = area[hdr_blocks * BLOCK_SIZE:].reshape(n, BLOCK_SIZE)
     for i, b in enumerate(bnos):
-        pmem.block(int(b))[:] = body[i]
+        pmem.restore_block(int(b), body[i])
+    if pmem.readonly:
+        # in memory only: the checkpoint of the last commit may not have
+        # reached the file (it is flushed with the next commit)
+        return int(hdr["seq"])
     pmem.flush([(int(b), 1) for b in bnos])
     log.info("replayed log sequence %d (%d blocks)", int(hdr["seq"]), n)
     return int(hdr["seq"])

@@ -97,7 +97,11 @@ class Pmem:
             self.nblocks = self.size // BLOCK_SIZE
             length = self.nblocks * BLOCK_SIZE
             if readonly:
-                self.mm = mmap.mmap(self.fd, length, mmap.MAP_SHARED, mmap.PROT_READ)
+                # private and writable, so that opening applies a pending
+                # log in memory (restore_block) without touching the file;
+                # every other store is refused by the read-only view below
+                self.mm = mmap.mmap(self.fd, length, mmap.MAP_PRIVATE,
+                                    mmap.PROT_READ | mmap.PROT_WRITE)
             elif private:
                 self.mm = mmap.mmap(self.fd, length, mmap.MAP_PRIVATE,
                                     mmap.PROT_READ | mmap.PROT_WRITE)
@@ -141,6 +145,16 @@ class Pmem:
         """A writable uint8 view of one block (no poison check)."""
         o = bno * BLOCK_SIZE
         return self.buf[o:o + BLOCK_SIZE]
+
+    def restore_block(self, bno: int, data) -> None:
+        """Store a block image from the log (replay).  Read-only: in this
+        process's private copy only, so that a read-only open still sees
+        the last commit."""
+        o = bno * BLOCK_SIZE
+        if self.readonly:
+            self.mm[o:o + BLOCK_SIZE] = bytes(data)
+        else:
+            self.buf[o:o + BLOCK_SIZE] = data
 
     def blocks(self, bno: int, n: int) -> np.ndarray:
         o = bno * BLOCK_SIZE

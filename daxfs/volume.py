@@ -207,6 +207,7 @@ class Volume:
     def close(self) -> None:
         if not self.pmem.readonly:
             self.commit()
+            self.journal.flush_checkpoint()
         self.drop_node_caches()
         self.trees = {}
         self.journal = None

@@ -241,6 +241,44 @@ def test_background_commit_leaves_overwrites_to_fsync(tmp_path):
     fs.close()
 
 
+def test_checkpoint_waits_for_the_next_commit_and_the_log_covers_it(tmp_path):
+    """A commit's checkpoint (the block images in place) is flushed with
+    the next commit's first flush, not at once: after a power loss right
+    after a commit the file holds the log but not the checkpoint, and both
+    a read-write and a read-only open replay it (the read-only one in
+    memory).  A clean close leaves the checkpoint flushed."""
+    path = tmp_path / "k.img"
+    make_fs(path).close()
+    fs = Filesystem.open(str(path), private=True)
+    ino = fs.mknod(1, b"f", REG, 0, 0).ino
+    fs.write(ino, 0, b"K" * BS)
+    fs.commit()
+    home = sorted(b for b, _ in fs.vol.journal.home_ranges)
+    assert home                                    # waiting for the next commit
+    on_file = [fs.vol.pmem.mm[b * BS:(b + 1) * BS] for b in home]
+    fs.vol.pmem.close()                            # power loss
+    with open(path, "rb") as f:                    # the images never reached the file
+        assert any(f.seek(b * BS) is not None and f.read(BS) != img
+                   for b, img in zip(home, on_file))
+    ro = Filesystem.open(str(path), readonly=True)
+    assert ro.read(ro.lookup(1, b"f").ino, 0, BS) == b"K" * BS
+    ro.close()
+    with open(path, "rb") as f:                    # read-only left the file alone
+        assert any(f.seek(b * BS) is not None and f.read(BS) != img
+                   for b, img in zip(home, on_file))
+    fs = Filesystem.open(str(path), private=True)  # replays and flushes
+    assert fs.read(fs.lookup(1, b"f").ino, 0, BS) == b"K" * BS
+    g = fs.mknod(1, b"g", REG, 0, 0).ino
+    fs.commit()
+    j = fs.vol.journal
+    fs.close()                                     # clean: checkpoint flushed too
+    assert j.home_ranges == []
+    fs = Filesystem.open(str(path))
+    assert fs.lookup(1, b"g").ino == g
+    assert_clean(fs)
+    fs.close()
+
+
 def test_blocks_past_eof_left_by_a_crash_never_show(tmp_path):
     """A crash in the middle of a long write can leave blocks mapped past
     EOF (their data committed, the new size not).  When the file grows
