@@ -98,6 +98,36 @@ def data(workdir, n) -> dict:
                 fs.write(ino, i * len(chunk), chunk)
 
     out["16 KiB appending write (incl. 1 create per 10)"] = _per_op(append, files * per)
+    fs.commit()
+    small = max(1, n // 20)
+
+    def overwrite_fsync():
+        for o in offs[:small]:
+            fs.write(big, o, page)
+            fs.fsync(big)
+
+    out["4 KiB overwrite + fsync (a durable commit)"] = _per_op(overwrite_fsync, small)
+    fs.close()
+    return out
+
+
+def commits(workdir, n) -> dict:
+    """What the commit adds per operation: a background commit after a
+    second's worth (5000) of creates and of unlinks."""
+    fs = _fs(workdir, "commit.img")
+    d = fs.mkdir(1, b"d", 0o755, 0, 0).ino
+    k = min(n, 5000)
+    names = [b"f%06d" % i for i in range(k)]
+    fs.commit()
+    inos = [fs.mknod(d, nm, REG, 0, 0).ino for nm in names]
+    out = {f"background commit after {k} creates, per create":
+           _per_op(lambda: fs.commit(durable=False), k)}
+    fs.defer_inactive = True
+    for nm, ino in zip(names, inos):
+        fs.unlink(d, nm)
+        fs.forget(ino)
+    out[f"background commit after {k} unlinks, per unlink"] = _per_op(
+        lambda: fs.commit(durable=False), k)
     fs.close()
     return out
 
@@ -113,7 +143,7 @@ def main(argv=None) -> int:
     results: dict[str, list[float]] = {}
     for _ in range(args.runs):
         with tempfile.TemporaryDirectory(dir=args.workdir) as wd:
-            for group in (metadata, data):
+            for group in (metadata, data, commits):
                 for k, v in group(wd, args.n).items():
                     results.setdefault(k, []).append(v)
     for k, vs in results.items():
