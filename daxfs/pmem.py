@@ -27,6 +27,7 @@ from .format import BLOCK_SIZE, MIN_IMAGE_BYTES
 log = logging.getLogger(__name__)
 
 _FLOCK = "hhqqi4x"          # struct flock on Linux x86_64/aarch64
+_MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)   # (Linux; the module has it from 3.13)
 WRITEBACK_MIN = 64 << 10    # stores this big start their writeback at once
 _SYNC_FILE_RANGE_WRITE = 2
 
@@ -99,11 +100,13 @@ class Pmem:
             if readonly:
                 # private and writable, so that opening applies a pending
                 # log in memory (restore_block) without touching the file;
-                # every other store is refused by the read-only view below
-                self.mm = mmap.mmap(self.fd, length, mmap.MAP_PRIVATE,
+                # every other store is refused by the read-only view below.
+                # MAP_NORESERVE: only the few replayed pages are ever copied,
+                # and a 64 GiB private mapping would otherwise be refused.
+                self.mm = mmap.mmap(self.fd, length, mmap.MAP_PRIVATE | _MAP_NORESERVE,
                                     mmap.PROT_READ | mmap.PROT_WRITE)
             elif private:
-                self.mm = mmap.mmap(self.fd, length, mmap.MAP_PRIVATE,
+                self.mm = mmap.mmap(self.fd, length, mmap.MAP_PRIVATE | _MAP_NORESERVE,
                                     mmap.PROT_READ | mmap.PROT_WRITE)
             else:
                 self.mm = mmap.mmap(self.fd, length, mmap.MAP_SHARED,

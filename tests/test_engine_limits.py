@@ -120,3 +120,22 @@ def test_space_freed_just_now_is_reusable(tmp_path):
     assert fs.read(b, 0, 3) == b"yyy"
     assert_clean(fs)
     fs.close()
+
+
+def test_read_only_open_of_a_64_gib_image(tmp_path):
+    """A read-only open maps the image private (to apply a pending log in
+    memory) without reserving its size: a 64 GiB image opens read-only on
+    a machine with less memory than that, and sees the last commit."""
+    from daxfs.fs import Filesystem
+    from daxfs.mkfs import mkfs
+    path = str(tmp_path / "big.img")
+    mkfs(path, 64 << 30)
+    fs = Filesystem.open(path)
+    ino = fs.mknod(1, b"x", stat.S_IFREG | 0o644, 0, 0).ino
+    fs.write(ino, 0, b"seen")
+    fs.close()
+    ro = Filesystem.open(path, readonly=True)
+    try:
+        assert ro.read(ro.lookup(1, b"x").ino, 0, 4) == b"seen"
+    finally:
+        ro.close()
