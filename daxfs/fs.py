@@ -29,7 +29,7 @@ from .errors import (BadFileDescriptor, Corrupted, CrossDevice, DaxfsError, Exis
 from .filemap import FileMap
 from .format import (BLOCK_SIZE as BS, DT_BLK, DT_CHR, DT_DIR, DT_FIFO, DT_LNK, DT_REG,
                      DT_SOCK, FEAT_REFLINK, LINK_MAX, MAX_FILE_BYTES, ROOT_INO, STATE_NEEDS_CHECK,
-                     SYMLINK_MAX)
+                     SYMLINK_MAX, TIME_MAX_SEC, TIME_MIN_SEC)
 from .inodes import Inodes
 from .orphans import Orphans
 from .volume import Volume
@@ -45,6 +45,16 @@ DEDUPE_MAX = 1 << 30          # the VFS caps one dedupe request at 1 GiB
 _DT = {stat.S_IFREG: DT_REG, stat.S_IFDIR: DT_DIR, stat.S_IFLNK: DT_LNK,
        stat.S_IFIFO: DT_FIFO, stat.S_IFCHR: DT_CHR, stat.S_IFBLK: DT_BLK,
        stat.S_IFSOCK: DT_SOCK}
+
+
+def _clamp_time(ns: int) -> int:
+    """A time the inode can hold: one outside the range becomes its
+    nearest bound in whole seconds (the kernel's timestamp_truncate)."""
+    if ns < -(1 << 63):
+        return TIME_MIN_SEC * 10**9
+    if ns >= 1 << 63:
+        return TIME_MAX_SEC * 10**9
+    return ns
 
 
 def _op(method):
@@ -294,10 +304,10 @@ class Filesystem:
         if gid is not None:
             inode.gid = gid
         if atime_ns is not None:
-            inode.atime = atime_ns
+            inode.atime = _clamp_time(atime_ns)
         if mtime_ns is not None:
-            inode.mtime = mtime_ns
-        inode.ctime = ctime_ns if ctime_ns is not None else time.time_ns()
+            inode.mtime = _clamp_time(mtime_ns)
+        inode.ctime = _clamp_time(ctime_ns) if ctime_ns is not None else time.time_ns()
         self.inodes.put(inode)
         return inode.attr()
 

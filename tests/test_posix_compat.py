@@ -139,3 +139,30 @@ def test_device_nodes_work_on_a_root_mount(image, mnt):
         with pytest.raises(PermissionError):
             open(os.path.join(m, "null"), "wb")
     check_image(image)
+
+
+@pytest.mark.timeout(300)
+def test_timestamps_beyond_the_range_are_clamped(image, mnt):
+    """Times set beyond what the inode holds (signed 64-bit ns: 1677 to
+    2262) are clamped to the range, as the kernel clamps to s_time_min /
+    s_time_max on xfs or ext4, and survive a remount unchanged (xfstests
+    generic/634).  They were kept unclamped until the commit, whose inode
+    flush then failed: the unmount lost every change."""
+    lo, hi = -9223372036, 9223372036            # whole seconds in range
+    dates = {"max": ("Dec 31 23:59:59 UTC 2147483647", hi),
+             "min": ("Jan 1 00:00:00 UTC 0", lo),
+             "y2486": ("Jul 2 20:20:24 UTC 2486", hi),
+             "y2038": ("Jan 19 03:14:07 UTC 2038", 2147483647)}
+    with mount_image(image, mnt) as m:
+        for name, (date, want) in dates.items():
+            Path(m, name).write_text(date)
+            res = run(["touch", "-d", date, Path(m, name)])
+            assert res.returncode == 0, res.stderr
+            st = os.stat(Path(m, name))
+            assert (st.st_mtime_ns, st.st_atime_ns) == (want * 10**9, want * 10**9), name
+    check_image(image)
+    with mount_image(image, mnt) as m:
+        for name, (date, want) in dates.items():
+            assert Path(m, name).read_text() == date
+            assert os.stat(Path(m, name)).st_mtime_ns == want * 10**9
+    check_image(image)
