@@ -805,9 +805,10 @@ class Filesystem:
         if s_off + count == size_in and (not dedupe or d_off + count == size_out):
             bcount = -(-size_in // BS) * BS - s_off
         else:
-            if count % BS:
+            if count % BS and not dedupe:
                 raise InvalidArgument("length must be a multiple of the block size"
                                       " unless the range ends at end of file")
+            count -= count % BS     # a dedupe is shortened (REMAP_FILE_CAN_SHORTEN)
             bcount = count
         if src.ino == dst.ino and d_off + bcount > s_off and d_off < s_off + bcount:
             raise InvalidArgument("overlapping ranges within one file")
@@ -849,7 +850,9 @@ class Filesystem:
     @_op
     def dedupe_range(self, src_ino: int, src_off: int, length: int, dests) -> list:
         """Share src's [src_off, +length) with each (dst_ino, dst_off) whose
-        bytes are equal (FIDEDUPERANGE); per destination a DedupeResult."""
+        bytes are equal (FIDEDUPERANGE); per destination a DedupeResult.
+        A length that is not a block multiple and does not end at both
+        EOFs is shortened to whole blocks; the result gives `length`."""
         self._writable()
         src = self.inodes.get(src_ino)
         if src.is_dir:
@@ -863,14 +866,15 @@ class Filesystem:
                 dst = src if dst_ino == src_ino else self.inodes.get(dst_ino)
                 count = self._remap_prep(src, src_off, dst, dst_off, length, True)
                 if count == 0:
-                    out.append(DedupeResult(0, 0))
+                    out.append(DedupeResult(0, length))
                     continue
                 if not self.filemap.same_bytes(src, src_off, dst, dst_off, count):
                     out.append(DedupeResult(FILE_DEDUPE_RANGE_DIFFERS, 0))
                     continue
                 self._need_space()
                 self._remap(src, src_off, dst, dst_off, count)
-                out.append(DedupeResult(0, count))
+                # the length asked for, even if shortened (vfs_dedupe_file_range)
+                out.append(DedupeResult(0, length))
             except (Corrupted, NoSpace):
                 raise
             except DaxfsError as e:

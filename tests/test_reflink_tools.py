@@ -357,6 +357,30 @@ def test_server_dedupe(engine):
     assert engine.read(c, BS, 1) == b"!"
 
 
+
+def test_server_dedupe_shortens_an_unaligned_length(engine):
+    """A dedupe whose length is not a block multiple and does not end at
+    both files' EOF is shortened to whole blocks (the kernel passes
+    REMAP_FILE_CAN_SHORTEN for FIDEDUPERANGE) and reports the length asked
+    for, as vfs_dedupe_file_range does; daxfs answered EINVAL (xfstests
+    generic/517).  A clone of such a length stays EINVAL."""
+    srv = ControlServer(engine, DEV, check_fd=accept_fd)
+    data = os.urandom(8 * BS)
+    a = make(engine, b"a", data[:2 * BS + 100])
+    b = make(engine, b"b", b"x" * BS + data + b"y" * BS)
+    result = lambda dst: control.decode_result(srv.getxattr(ROOT_CALLER, dst, control.RESULT_NAME))
+    srv.setxattr(ROOT_CALLER, b, control.DEDUPE_NAME, req(2, a, 0, BS, 2 * BS + 100))
+    assert result(b) == DedupeResult(0, 2 * BS + 100)
+    shared = [(e.logical, e.length) for e in engine.fiemap(b, 0, 1 << 40)
+              if e.flags & FIEMAP_EXTENT_SHARED]
+    assert shared == [(BS, 2 * BS)]
+    c = make(engine, b"c", data[:100])
+    srv.setxattr(ROOT_CALLER, b, control.DEDUPE_NAME, req(2, c, 0, 4 * BS, 100))
+    assert result(b) == DedupeResult(0, 100)               # shortened to nothing
+    assert engine.read(b, 0, 10 * BS) == b"x" * BS + data + b"y" * BS
+    assert errno_of(srv.setxattr, ROOT_CALLER, b, control.CLONE_NAME,
+                    req(1, a, 0, 0, 2 * BS + 100)) == errno.EINVAL
+
 def test_server_fiemap_pages_at_the_limit(engine):
     srv = ControlServer(engine, DEV, check_fd=accept_fd)
     n = control.FIEMAP_MAX_EXTENTS_PER_CALL + 50
