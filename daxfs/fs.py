@@ -23,9 +23,9 @@ import time
 from .attrs import DedupeResult, DirEntry, FILE_DEDUPE_RANGE_DIFFERS, StatFs
 from .dirs import Dirs, check_name
 from .errors import (BadFileDescriptor, Corrupted, CrossDevice, DaxfsError, Exists,
-                     FileTooBig, InvalidArgument, IsADirectory, NoSpace, NotADirectory,
-                     NotEmpty, NotFound, NotPermitted, NotSupported, ReadOnly, Shutdown,
-                     TooManyLinks)
+                     FileTooBig, InvalidArgument, IsADirectory, NoAttribute, NoSpace,
+                     NotADirectory, NotEmpty, NotFound, NotPermitted, NotSupported, ReadOnly,
+                     Shutdown, TooManyLinks)
 from .filemap import FileMap
 from .format import (BLOCK_SIZE as BS, DT_BLK, DT_CHR, DT_DIR, DT_FIFO, DT_LNK, DT_REG,
                      DT_SOCK, FEAT_REFLINK, LINK_MAX, MAX_FILE_BYTES, ROOT_INO, STATE_NEEDS_CHECK,
@@ -821,9 +821,11 @@ class Filesystem:
 
     @_op
     def clone_range(self, src_ino: int, src_off: int, dst_ino: int, dst_off: int,
-                    length: int) -> int:
+                    length: int, *, fsetid: bool = False, in_group=None) -> int:
         """Make dst's bytes [dst_off, +length) share src's (FICLONERANGE);
-        length 0 means to the end of src.  Returns bytes cloned."""
+        length 0 means to the end of src.  Returns bytes cloned.  dst loses
+        its privileges as on a write (`fsetid`: the caller has CAP_FSETID;
+        `in_group(gid)`: the caller is in that group)."""
         self._writable()
         src = self.inodes.get(src_ino)
         dst = src if dst_ino == src_ino else self.inodes.get(dst_ino)
@@ -833,8 +835,23 @@ class Filesystem:
         # new extent, rmap and refcount records: never from the reserve
         # that keeps unlink working on a full device
         self._need_space()
+        self._remove_privs(dst, fsetid, in_group)
         self._remap(src, src_off, dst, dst_off, count)
         return count
+
+    def _remove_privs(self, inode, fsetid: bool, in_group) -> None:
+        """The kernel's file_remove_privs, which it runs before a write
+        but cannot run for a change made in the daemon (a clone): the file
+        capability goes, and without CAP_FSETID the set-user-ID bit, and
+        the set-group-ID bit of a group-executable file or of a file whose
+        group the caller is not in (setattr_should_drop_sgid)."""
+        with contextlib.suppress(NoAttribute):
+            self.xattrs.remove(inode.ino, b"security.capability")
+        if not fsetid:
+            kill = stat.S_ISUID
+            if inode.mode & stat.S_IXGRP or in_group is None or not in_group(inode.gid):
+                kill |= stat.S_ISGID
+            inode.mode &= ~kill
 
     def _remap(self, src, s_off: int, dst, d_off: int, count: int) -> None:
         nblk = -(-count // BS)
