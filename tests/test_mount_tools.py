@@ -602,6 +602,32 @@ def test_mount_errors(image, mnt, mount_root, tmp_path):
     assert res.returncode != 0 and "not a daxfs mount" in res.stderr
 
 
+
+@pytest.mark.timeout(300)
+def test_mkfs_force_refuses_a_mounted_image(image, mnt):
+    """`daxfs mkfs --force` of an image a mount is using fails with one
+    line and leaves the image alone, as mkfs.xfs -f refuses a mounted
+    device; it used to truncate the image under the daemon before it
+    noticed the lock, which shut the mount down and lost every file."""
+    with mount_image(image, mnt) as m:
+        Path(m, "f").write_bytes(b"still here")
+        os.sync()
+        size = os.path.getsize(image)
+        res = daxfs("mkfs", "--force", image, "--size", "64M", timeout=60)
+        assert res.returncode == 1 and "in use" in res.stderr, res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+        assert os.path.getsize(image) == size
+        fd = os.open(Path(m, "f"), os.O_RDONLY)
+        try:                                 # the daemon's bytes, not the page cache's
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            assert os.pread(fd, 100, 0) == b"still here"
+        finally:
+            os.close(fd)
+        Path(m, "g").write_bytes(b"and writable")
+    check_image(image)
+    with mount_image(image, mnt) as m:
+        assert Path(m, "f").read_bytes() == b"still here"
+
 @pytest.mark.timeout(300)
 def test_enospc_on_a_small_image(tmp_path, mnt):
     image = make_image(tmp_path / "small.img", 32 * MiB)
