@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 INACTIVE_MAX = 16384           # queued unlinked inodes before forget frees some itself
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
+RENAME_WHITEOUT = 4
 DEDUPE_MAX = 1 << 30          # the VFS caps one dedupe request at 1 GiB
 
 _DT = {stat.S_IFREG: DT_REG, stat.S_IFDIR: DT_DIR, stat.S_IFLNK: DT_LNK,
@@ -556,10 +557,12 @@ class Filesystem:
     # ---- rename ----------------------------------------------------------
     @_op
     def rename(self, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes,
-               flags: int = 0) -> None:
+               flags: int = 0, uid: int = 0, gid: int = 0) -> None:
+        """RENAME_WHITEOUT leaves at the old name a whiteout, a 0/0
+        character device owned by `uid`/`gid` (the caller), as xfs does."""
         self._writable()
-        if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) or \
-                flags == (RENAME_NOREPLACE | RENAME_EXCHANGE):
+        if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE | RENAME_WHITEOUT) or \
+                flags & RENAME_EXCHANGE and flags & (RENAME_NOREPLACE | RENAME_WHITEOUT):
             raise InvalidArgument(f"bad rename flags {flags:#x}")
         check_name(new_name)
         odir = self._dir(old_parent)
@@ -633,6 +636,8 @@ class Filesystem:
         if ndir is not odir:
             self._touch(ndir)
             self.inodes.put(ndir)
+        if flags & RENAME_WHITEOUT:
+            self._new_inode(old_parent, old_name, stat.S_IFCHR, uid, gid, rdev=0)
 
     def _check_not_ancestor(self, ino: int, target_dir: int) -> None:
         p = target_dir
