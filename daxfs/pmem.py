@@ -58,6 +58,19 @@ def _lock_holder(fd: int) -> int | None:
     return pid if l_type != fcntl.F_UNLCK else None
 
 
+def image_lock_holder(path: str) -> int | None:
+    """pid of the process holding the image's lock (a mount, mkfs,
+    check...), or None; without taking it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return _lock_holder(fd)
+    finally:
+        os.close(fd)
+
+
 def lock_for_create(fd: int, path: str) -> None:
     """Take the image's write lock on `fd` before mkfs changes the file:
     ImageLocked if a mount (or any tool) has it open.  The lock goes with

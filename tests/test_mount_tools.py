@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (GiB, MiB, check_image, daxfs, force_unmount, make_image, mount_image,
+from conftest import (ROOT, GiB, MiB, check_image, daxfs, force_unmount, make_image, mount_image,
                       mount_source, run)
 
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
@@ -627,6 +628,43 @@ def test_mkfs_force_refuses_a_mounted_image(image, mnt):
     check_image(image)
     with mount_image(image, mnt) as m:
         assert Path(m, "f").read_bytes() == b"still here"
+
+
+@pytest.mark.timeout(300)
+def test_mount_right_after_umount_waits_for_the_old_daemon(image, mnt):
+    """umount(8) returns before the daemon has made its last commit and
+    let go of the image; `umount; mount` (xfstests' cycle_mount) must wait
+    for it instead of failing with "in use" (xfstests generic/093 failed
+    so after a big write).  Here the old daemon is held stopped across
+    the umount and let go a second after the new mount started."""
+    from daxfs.cmd_umount import daemon_pids, wait_gone
+    with mount_image(image, mnt) as m:
+        Path(m, "f").write_bytes(b"first")
+        old = daemon_pids(image)
+        assert len(old) == 1
+        os.kill(old[0], signal.SIGSTOP)
+        try:
+            # umount(2) itself: umount(8) stats the mountpoint, which the
+            # stopped daemon would never answer
+            import ctypes
+            libc = ctypes.CDLL(None, use_errno=True)
+            assert libc.umount2(os.fsencode(m), 0) == 0, os.strerror(ctypes.get_errno())
+            again = subprocess.Popen([sys.executable, "-m", "daxfs.cli", "mount", image, m,
+                                      "--log", f"{image}.mount2.log"],
+                                     env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            time.sleep(1)
+        finally:
+            os.kill(old[0], signal.SIGCONT)
+        out, err = again.communicate(timeout=90)
+        assert again.returncode == 0, err
+        assert wait_gone(old, 30) == []
+        new = daemon_pids(image)
+        try:
+            assert Path(m, "f").read_bytes() == b"first"
+        finally:
+            force_unmount(m, new)
+    check_image(image)
 
 @pytest.mark.timeout(300)
 def test_enospc_on_a_small_image(tmp_path, mnt):
