@@ -714,10 +714,16 @@ class Filesystem:
             return 0
         if offset + n > MAX_FILE_BYTES:
             raise FileTooBig("write beyond the maximum file size")
+        # space the queued unlinked inodes or a commit would give back
+        reclaimable = bool(self._inactive) or self.vol.alloc.has_busy()
         with self._stepping(inode):
             if offset + n > inode.size:
                 self._drop_post_eof(inode)
             done = self.filemap.write(inode, offset, data)
+        if done < n and reclaimable:
+            # short for want of it: fail whole, so that _op frees, commits
+            # and tries again (XFS retries after flushing inodegc)
+            raise NoSpace("no space left on device")
         if offset + done > inode.size:
             inode.size = offset + done
         # set-uid/set-gid bits are dropped by the kernel (a setattr it sends
