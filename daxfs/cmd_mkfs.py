@@ -38,7 +38,8 @@ def main(argv=None, prog="daxfs mkfs") -> int:
     try:
         mkfs(args.image, size, rmap=not args.no_rmap)
     except (DaxfsError, OSError) as e:
-        print(f"{prog}: {args.image}: {e}", file=sys.stderr)
+        msg = str(e) if args.image in str(e) else f"{args.image}: {e}"
+        print(f"{prog}: {msg}", file=sys.stderr)
         return 1
     features = "rmap, reflink" if not args.no_rmap else "no rmap"
     print(f"made daxfs on {args.image}: {size - size % 4096} bytes, 4096-byte blocks, {features}")

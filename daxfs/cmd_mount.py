@@ -119,6 +119,34 @@ def _default_log(image: str) -> str:
     return f"/tmp/daxfs-{os.path.basename(image)}.log"
 
 
+def _daemon_of(pid: int, image: str) -> bool:
+    """Is `pid` a `daxfs mount --foreground IMAGE ...` daemon?"""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            args = f.read().split(b"\0")
+    except OSError:
+        return False
+    return b"mount" in args and b"--foreground" in args and os.fsencode(image) in args
+
+
+def _wait_for_unmounted_daemon(image: str, timeout: float) -> None:
+    """umount(8) of a daxfs mount returns before its daemon has made its
+    last commit and let go of the image: a mount right after it (umount;
+    mount, as scripts and xfstests' cycle_mount do) waits for that daemon
+    to exit instead of failing with "in use".  Only a daxfs daemon of
+    this image whose mount is gone is waited for, at most `timeout`."""
+    from daxfs.pmem import image_lock_holder
+    want = _mount.fsname_for(image)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pid = image_lock_holder(image)
+        if pid is None or not _daemon_of(pid, image):
+            return
+        if any(src == want for _mnt, fstype, src in mounts() if fstype == "fuse." + _mount.SUBTYPE):
+            return                       # still mounted: the lock error says so
+        time.sleep(0.05)
+
+
 def _last_error(log_path: str, offset: int) -> str:
     """The child's error line: its last `daxfs mount:` line, else its last line."""
     try:
@@ -274,6 +302,7 @@ def main(argv=None) -> int:
         mountpoint = os.path.abspath(args.mountpoint)
         options, readonly = parse_options(args.options)
         _check_environment(image, mountpoint)
+        _wait_for_unmounted_daemon(image, args.timeout)
         if args.foreground:
             return _foreground(image, mountpoint, options, readonly, args.log)
         return _spawn(image, mountpoint, args.options, args.log or _default_log(image),

@@ -47,7 +47,11 @@ O_APPEND, source open for reading)
        EINVAL;
     5. the engine's `clone_range` (generic_remap_checks: alignment EINVAL,
        overlap within one file EINVAL, to-EOF rules; no rmap/reflink
-       feature -> EOPNOTSUPP; ENOSPC, EFBIG...).
+       feature -> EOPNOTSUPP; ENOSPC, EFBIG...), which drops the
+       destination's file capability and, unless the caller is uid 0
+       (CAP_FSETID), its set-id bits (set-group-ID only if the file is
+       group-executable or the caller not in its group), as the kernel
+       does before a write.
 
 A dedupe makes checks 1-3 the same way (the source for a dedupe must be
 readable too), then the engine's `dedupe_range` for this one destination,
@@ -282,7 +286,9 @@ class ControlServer:
         # again after the adapter's await: the files may have changed
         self._check_readable(caller, req.src_ino)
         self._check_types(req.src_ino, ino)
-        return self.fs.clone_range(req.src_ino, req.src_off, ino, req.dst_off, req.length)
+        # uid 0 stands for CAP_FSETID (root keeps the set-id bits)
+        return self.fs.clone_range(req.src_ino, req.src_off, ino, req.dst_off, req.length,
+                                   fsetid=caller.uid == 0, in_group=caller.in_group)
 
     def _dedupe(self, caller: Caller, ino: int, req: control.Request) -> DedupeResult:
         self.results.drop(caller.pid, ino)

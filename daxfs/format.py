@@ -22,6 +22,11 @@ XATTR_VALUE_MAX = 65536
 XATTR_INLINE_MAX = 160
 SYMLINK_MAX = 4095
 LINK_MAX = 65000
+# Inode times are signed 64-bit ns since the epoch; the range in whole
+# seconds (1677-09-21 .. 2262-04-11) is what a time is clamped to, as the
+# kernel clamps to a filesystem's s_time_min/s_time_max (FUSE sets none).
+TIME_MIN_SEC = -((1 << 63) // 10**9)
+TIME_MAX_SEC = ((1 << 63) - 1) // 10**9
 ROOT_INO = 1
 FIRST_INO = 2
 

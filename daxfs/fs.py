@@ -24,13 +24,13 @@ import time
 from .attrs import DedupeResult, DirEntry, FILE_DEDUPE_RANGE_DIFFERS, StatFs
 from .dirs import Dirs, check_name
 from .errors import (BadFileDescriptor, Corrupted, CrossDevice, DaxfsError, Exists,
-                     FileTooBig, InvalidArgument, IsADirectory, NoSpace, NotADirectory,
-                     NotEmpty, NotFound, NotPermitted, NotSupported, ReadOnly, Shutdown,
-                     TooManyLinks)
+                     FileTooBig, InvalidArgument, IsADirectory, NoAttribute, NoSpace,
+                     NotADirectory, NotEmpty, NotFound, NotPermitted, NotSupported, ReadOnly,
+                     Shutdown, TooManyLinks)
 from .filemap import FileMap
 from .format import (BLOCK_SIZE as BS, DT_BLK, DT_CHR, DT_DIR, DT_FIFO, DT_LNK, DT_REG,
                      DT_SOCK, FEAT_REFLINK, LINK_MAX, MAX_FILE_BYTES, ROOT_INO, STATE_NEEDS_CHECK,
-                     SYMLINK_MAX)
+                     SYMLINK_MAX, TIME_MAX_SEC, TIME_MIN_SEC)
 from .inodes import Inodes
 from .orphans import Orphans
 from .volume import Volume
@@ -41,11 +41,22 @@ log = logging.getLogger(__name__)
 INACTIVE_MAX = 16384           # queued unlinked inodes before forget frees some itself
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
+RENAME_WHITEOUT = 4
 DEDUPE_MAX = 1 << 30          # the VFS caps one dedupe request at 1 GiB
 
 _DT = {stat.S_IFREG: DT_REG, stat.S_IFDIR: DT_DIR, stat.S_IFLNK: DT_LNK,
        stat.S_IFIFO: DT_FIFO, stat.S_IFCHR: DT_CHR, stat.S_IFBLK: DT_BLK,
        stat.S_IFSOCK: DT_SOCK}
+
+
+def _clamp_time(ns: int) -> int:
+    """A time the inode can hold: one outside the range becomes its
+    nearest bound in whole seconds (the kernel's timestamp_truncate)."""
+    if ns < -(1 << 63):
+        return TIME_MIN_SEC * 10**9
+    if ns >= 1 << 63:
+        return TIME_MAX_SEC * 10**9
+    return ns
 
 
 def _op(method):
@@ -301,10 +312,10 @@ class Filesystem:
         if gid is not None:
             inode.gid = gid
         if atime_ns is not None:
-            inode.atime = atime_ns
+            inode.atime = _clamp_time(atime_ns)
         if mtime_ns is not None:
-            inode.mtime = mtime_ns
-        inode.ctime = ctime_ns if ctime_ns is not None else time.time_ns()
+            inode.mtime = _clamp_time(mtime_ns)
+        inode.ctime = _clamp_time(ctime_ns) if ctime_ns is not None else time.time_ns()
         self.inodes.put(inode)
         return inode.attr()
 
@@ -553,10 +564,12 @@ class Filesystem:
     # ---- rename ----------------------------------------------------------
     @_op
     def rename(self, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes,
-               flags: int = 0) -> None:
+               flags: int = 0, uid: int = 0, gid: int = 0) -> None:
+        """RENAME_WHITEOUT leaves at the old name a whiteout, a 0/0
+        character device owned by `uid`/`gid` (the caller), as xfs does."""
         self._writable()
-        if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) or \
-                flags == (RENAME_NOREPLACE | RENAME_EXCHANGE):
+        if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE | RENAME_WHITEOUT) or \
+                flags & RENAME_EXCHANGE and flags & (RENAME_NOREPLACE | RENAME_WHITEOUT):
             raise InvalidArgument(f"bad rename flags {flags:#x}")
         check_name(new_name)
         odir = self._dir(old_parent)
@@ -630,6 +643,8 @@ class Filesystem:
         if ndir is not odir:
             self._touch(ndir)
             self.inodes.put(ndir)
+        if flags & RENAME_WHITEOUT:
+            self._new_inode(old_parent, old_name, stat.S_IFCHR, uid, gid, rdev=0)
 
     def _check_not_ancestor(self, ino: int, target_dir: int) -> None:
         p = target_dir
@@ -706,10 +721,16 @@ class Filesystem:
             return 0
         if offset + n > MAX_FILE_BYTES:
             raise FileTooBig("write beyond the maximum file size")
+        # space the queued unlinked inodes or a commit would give back
+        reclaimable = bool(self._inactive) or self.vol.alloc.has_busy()
         with self._stepping(inode):
             if offset + n > inode.size:
                 self._drop_post_eof(inode)
             done = self.filemap.write(inode, offset, data)
+        if done < n and reclaimable:
+            # short for want of it: fail whole, so that _op frees, commits
+            # and tries again (XFS retries after flushing inodegc)
+            raise NoSpace("no space left on device")
         if offset + done > inode.size:
             inode.size = offset + done
         # set-uid/set-gid bits are dropped by the kernel (a setattr it sends
@@ -802,9 +823,10 @@ class Filesystem:
         if s_off + count == size_in and (not dedupe or d_off + count == size_out):
             bcount = -(-size_in // BS) * BS - s_off
         else:
-            if count % BS:
+            if count % BS and not dedupe:
                 raise InvalidArgument("length must be a multiple of the block size"
                                       " unless the range ends at end of file")
+            count -= count % BS     # a dedupe is shortened (REMAP_FILE_CAN_SHORTEN)
             bcount = count
         if src.ino == dst.ino and d_off + bcount > s_off and d_off < s_off + bcount:
             raise InvalidArgument("overlapping ranges within one file")
@@ -817,9 +839,11 @@ class Filesystem:
 
     @_op
     def clone_range(self, src_ino: int, src_off: int, dst_ino: int, dst_off: int,
-                    length: int) -> int:
+                    length: int, *, fsetid: bool = False, in_group=None) -> int:
         """Make dst's bytes [dst_off, +length) share src's (FICLONERANGE);
-        length 0 means to the end of src.  Returns bytes cloned."""
+        length 0 means to the end of src.  Returns bytes cloned.  dst loses
+        its privileges as on a write (`fsetid`: the caller has CAP_FSETID;
+        `in_group(gid)`: the caller is in that group)."""
         self._writable()
         src = self.inodes.get(src_ino)
         dst = src if dst_ino == src_ino else self.inodes.get(dst_ino)
@@ -829,8 +853,23 @@ class Filesystem:
         # new extent, rmap and refcount records: never from the reserve
         # that keeps unlink working on a full device
         self._need_space()
+        self._remove_privs(dst, fsetid, in_group)
         self._remap(src, src_off, dst, dst_off, count)
         return count
+
+    def _remove_privs(self, inode, fsetid: bool, in_group) -> None:
+        """The kernel's file_remove_privs, which it runs before a write
+        but cannot run for a change made in the daemon (a clone): the file
+        capability goes, and without CAP_FSETID the set-user-ID bit, and
+        the set-group-ID bit of a group-executable file or of a file whose
+        group the caller is not in (setattr_should_drop_sgid)."""
+        with contextlib.suppress(NoAttribute):
+            self.xattrs.remove(inode.ino, b"security.capability")
+        if not fsetid:
+            kill = stat.S_ISUID
+            if inode.mode & stat.S_IXGRP or in_group is None or not in_group(inode.gid):
+                kill |= stat.S_ISGID
+            inode.mode &= ~kill
 
     def _remap(self, src, s_off: int, dst, d_off: int, count: int) -> None:
         nblk = -(-count // BS)
@@ -846,7 +885,9 @@ class Filesystem:
     @_op
     def dedupe_range(self, src_ino: int, src_off: int, length: int, dests) -> list:
         """Share src's [src_off, +length) with each (dst_ino, dst_off) whose
-        bytes are equal (FIDEDUPERANGE); per destination a DedupeResult."""
+        bytes are equal (FIDEDUPERANGE); per destination a DedupeResult.
+        A length that is not a block multiple and does not end at both
+        EOFs is shortened to whole blocks; the result gives `length`."""
         self._writable()
         src = self.inodes.get(src_ino)
         if src.is_dir:
@@ -860,14 +901,15 @@ class Filesystem:
                 dst = src if dst_ino == src_ino else self.inodes.get(dst_ino)
                 count = self._remap_prep(src, src_off, dst, dst_off, length, True)
                 if count == 0:
-                    out.append(DedupeResult(0, 0))
+                    out.append(DedupeResult(0, length))
                     continue
                 if not self.filemap.same_bytes(src, src_off, dst, dst_off, count):
                     out.append(DedupeResult(FILE_DEDUPE_RANGE_DIFFERS, 0))
                     continue
                 self._need_space()
                 self._remap(src, src_off, dst, dst_off, count)
-                out.append(DedupeResult(0, count))
+                # the length asked for, even if shortened (vfs_dedupe_file_range)
+                out.append(DedupeResult(0, length))
             except (Corrupted, NoSpace):
                 raise
             except DaxfsError as e:

@@ -374,9 +374,10 @@ class Operations(pyfuse3.Operations):
 
     @_boundary(mutates=True)
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
-        # pyfuse3.RENAME_NOREPLACE/RENAME_EXCHANGE are the kernel's values (1, 2),
-        # which are the engine's too.
-        self.fs.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
+        # RENAME_NOREPLACE/EXCHANGE/WHITEOUT: the kernel's values (1, 2, 4)
+        # are the engine's too; a whiteout belongs to the caller.
+        self.fs.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags,
+                       ctx.uid, ctx.gid)
 
     # ------------------------------------------------------------ file data
 

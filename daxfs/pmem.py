@@ -59,6 +59,35 @@ def _lock_holder(fd: int) -> int | None:
     return pid if l_type != fcntl.F_UNLCK else None
 
 
+def image_lock_holder(path: str) -> int | None:
+    """pid of the process holding the image's lock (a mount, mkfs,
+    check...), or None; without taking it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return _lock_holder(fd)
+    finally:
+        os.close(fd)
+
+
+def lock_for_create(fd: int, path: str) -> None:
+    """Take the image's write lock on `fd` before mkfs changes the file:
+    ImageLocked if a mount (or any tool) has it open.  The lock goes with
+    the last close of the file in this process."""
+    st = os.fstat(fd)
+    if (st.st_dev, st.st_ino) in _open_here:
+        raise ImageLocked(f"{path}: the image is already open in this process")
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLK, struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0))
+    except OSError:
+        pid = _lock_holder(fd)
+        who = _describe_pid(pid) if pid else "another process"
+        raise ImageLocked(f"{path}: the image is in use by {who}"
+                          " (mounted? unmount it first)") from None
+
+
 def _describe_pid(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:

@@ -21,7 +21,7 @@ from .errors import Corrupted, InvalidArgument
 from .format import (BLOCK_SIZE, FEAT_REFLINK, FEAT_RMAP, FIRST_INO, FORMAT_VERSION,
                      MIN_IMAGE_BYTES, OWN_AG, OWN_FS, OWN_LOG, SB_DTYPE, SB_MAGIC)
 from .journal import Journal, replay
-from .pmem import Pmem
+from .pmem import Pmem, lock_for_create
 from .refcount import Refcount
 from .rmap import Rmap
 from .superblock import layout, read_superblock, secondary_bno, write_superblocks
@@ -93,6 +93,7 @@ class Volume:
         size -= size % BLOCK_SIZE
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
+            lock_for_create(fd, path)        # never truncate an image in use
             # also when overwriting a file: the image holds every file's
             # bytes, readable by anyone who may read the image
             os.fchmod(fd, 0o600)

@@ -139,3 +139,23 @@ def test_read_only_open_of_a_64_gib_image(tmp_path):
         assert ro.read(ro.lookup(1, b"x").ino, 0, 4) == b"seen"
     finally:
         ro.close()
+
+
+@pytest.mark.parametrize("defer", [True, False])
+def test_write_after_rm_gets_the_space_back_whole(tmp_path, defer):
+    """A write that runs out of space while unlinked inodes wait to be
+    freed (the daemon defers them, as XFS's inodegc) or freed blocks wait
+    for a commit frees and commits, then retries whole, as XFS retries a
+    buffered write after flushing inodegc.  It came back short instead,
+    once it had stored something (xfstests generic/102: write 800 MiB,
+    rm, write 800 MiB again on a 1 GiB filesystem)."""
+    fs = make_fs(tmp_path / "c.img", size=64 << 20)
+    fs.defer_inactive = defer
+    data = b"d" * (40 << 20)
+    for i in range(3):
+        ino = fs.mknod(1, b"f", stat.S_IFREG | 0o644, 0, 0).ino
+        assert fs.write(ino, 0, data) == len(data), i
+        fs.unlink(1, b"f")
+        fs.forget(ino)
+    assert_clean(fs)
+    fs.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (GiB, MiB, check_image, daxfs, force_unmount, make_image, mount_image,
+from conftest import (ROOT, GiB, MiB, check_image, daxfs, force_unmount, make_image, mount_image,
                       mount_source, run)
 
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
@@ -601,6 +602,69 @@ def test_mount_errors(image, mnt, mount_root, tmp_path):
     res = daxfs("umount", mnt, timeout=60)
     assert res.returncode != 0 and "not a daxfs mount" in res.stderr
 
+
+
+@pytest.mark.timeout(300)
+def test_mkfs_force_refuses_a_mounted_image(image, mnt):
+    """`daxfs mkfs --force` of an image a mount is using fails with one
+    line and leaves the image alone, as mkfs.xfs -f refuses a mounted
+    device; it used to truncate the image under the daemon before it
+    noticed the lock, which shut the mount down and lost every file."""
+    with mount_image(image, mnt) as m:
+        Path(m, "f").write_bytes(b"still here")
+        os.sync()
+        size = os.path.getsize(image)
+        res = daxfs("mkfs", "--force", image, "--size", "64M", timeout=60)
+        assert res.returncode == 1 and "in use" in res.stderr, res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+        assert os.path.getsize(image) == size
+        fd = os.open(Path(m, "f"), os.O_RDONLY)
+        try:                                 # the daemon's bytes, not the page cache's
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            assert os.pread(fd, 100, 0) == b"still here"
+        finally:
+            os.close(fd)
+        Path(m, "g").write_bytes(b"and writable")
+    check_image(image)
+    with mount_image(image, mnt) as m:
+        assert Path(m, "f").read_bytes() == b"still here"
+
+
+@pytest.mark.timeout(300)
+def test_mount_right_after_umount_waits_for_the_old_daemon(image, mnt):
+    """umount(8) returns before the daemon has made its last commit and
+    let go of the image; `umount; mount` (xfstests' cycle_mount) must wait
+    for it instead of failing with "in use" (xfstests generic/093 failed
+    so after a big write).  Here the old daemon is held stopped across
+    the umount and let go a second after the new mount started."""
+    from daxfs.cmd_umount import daemon_pids, wait_gone
+    with mount_image(image, mnt) as m:
+        Path(m, "f").write_bytes(b"first")
+        old = daemon_pids(image)
+        assert len(old) == 1
+        os.kill(old[0], signal.SIGSTOP)
+        try:
+            # umount(2) itself: umount(8) stats the mountpoint, which the
+            # stopped daemon would never answer
+            import ctypes
+            libc = ctypes.CDLL(None, use_errno=True)
+            assert libc.umount2(os.fsencode(m), 0) == 0, os.strerror(ctypes.get_errno())
+            again = subprocess.Popen([sys.executable, "-m", "daxfs.cli", "mount", image, m,
+                                      "--log", f"{image}.mount2.log"],
+                                     env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            time.sleep(1)
+        finally:
+            os.kill(old[0], signal.SIGCONT)
+        out, err = again.communicate(timeout=90)
+        assert again.returncode == 0, err
+        assert wait_gone(old, 30) == []
+        new = daemon_pids(image)
+        try:
+            assert Path(m, "f").read_bytes() == b"first"
+        finally:
+            force_unmount(m, new)
+    check_image(image)
 
 @pytest.mark.timeout(300)
 def test_enospc_on_a_small_image(tmp_path, mnt):

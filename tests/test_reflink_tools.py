@@ -357,6 +357,55 @@ def test_server_dedupe(engine):
     assert engine.read(c, BS, 1) == b"!"
 
 
+def test_server_dedupe_shortens_an_unaligned_length(engine):
+    """A dedupe whose length is not a block multiple and does not end at
+    both files' EOF is shortened to whole blocks (the kernel passes
+    REMAP_FILE_CAN_SHORTEN for FIDEDUPERANGE) and reports the length asked
+    for, as vfs_dedupe_file_range does; daxfs answered EINVAL (xfstests
+    generic/517).  A clone of such a length stays EINVAL."""
+    srv = ControlServer(engine, DEV, check_fd=accept_fd)
+    data = os.urandom(8 * BS)
+    a = make(engine, b"a", data[:2 * BS + 100])
+    b = make(engine, b"b", b"x" * BS + data + b"y" * BS)
+    result = lambda dst: control.decode_result(srv.getxattr(ROOT_CALLER, dst, control.RESULT_NAME))
+    srv.setxattr(ROOT_CALLER, b, control.DEDUPE_NAME, req(2, a, 0, BS, 2 * BS + 100))
+    assert result(b) == DedupeResult(0, 2 * BS + 100)
+    shared = [(e.logical, e.length) for e in engine.fiemap(b, 0, 1 << 40)
+              if e.flags & FIEMAP_EXTENT_SHARED]
+    assert shared == [(BS, 2 * BS)]
+    c = make(engine, b"c", data[:100])
+    srv.setxattr(ROOT_CALLER, b, control.DEDUPE_NAME, req(2, c, 0, 4 * BS, 100))
+    assert result(b) == DedupeResult(0, 100)               # shortened to nothing
+    assert engine.read(b, 0, 10 * BS) == b"x" * BS + data + b"y" * BS
+    assert errno_of(srv.setxattr, ROOT_CALLER, b, control.CLONE_NAME,
+                    req(1, a, 0, 0, 2 * BS + 100)) == errno.EINVAL
+
+
+def test_server_clone_removes_privileges(engine):
+    """A clone changes the destination's data as a write does, so it drops
+    the file capability and, for a caller without CAP_FSETID (not root),
+    the set-user-ID bit, and the set-group-ID bit of a group-executable
+    file or of a file whose group the caller is not in (the kernel's
+    file_modified -> file_remove_privs on the remap);
+    a dedupe changes no data and drops nothing (xfstests generic/513, 673)."""
+    srv = ControlServer(engine, DEV, check_fd=accept_fd)
+    data = os.urandom(2 * BS)
+    a = make(engine, b"a", data, mode=0o644)
+    cap = b"security.capability"
+    nobody = Caller(1000, 1000, os.getpid(), frozenset())
+    for caller, mode, gid, mode_after in ((ROOT_CALLER, 0o6755, 0, 0o6755),
+                                          (nobody, 0o6755, 1000, 0o755),
+                                          (nobody, 0o6745, 1000, 0o2745),
+                                          (nobody, 0o6745, 0, 0o745)):
+        b = make(engine, b"b%o%d" % (mode, gid), data, mode=mode, uid=caller.uid, gid=gid)
+        engine.setxattr(b, cap, b"\x01\x00\x00\x02" + b"\0" * 16)
+        srv.setxattr(caller, b, control.DEDUPE_NAME, req(2, a, 0, 0, 2 * BS))
+        assert engine.getxattr(b, cap) and engine.getattr(b).mode & 0o7777 == mode
+        srv.setxattr(caller, b, control.CLONE_NAME, req(1, a, 0, 0, BS))
+        assert errno_of(engine.getxattr, b, cap) == errno.ENODATA
+        assert engine.getattr(b).mode & 0o7777 == mode_after
+
+
 def test_server_fiemap_pages_at_the_limit(engine):
     srv = ControlServer(engine, DEV, check_fd=accept_fd)
     n = control.FIEMAP_MAX_EXTENTS_PER_CALL + 50
