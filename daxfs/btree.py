@@ -685,29 +685,30 @@ class BTree:
         return None
 
     def _cursor(self, k, path, limit):
-        """(path, limit) whose leaf holds the place of decoded key k (keys
-        come in ascending order, so only the upper end needs checking)."""
+        """(path, limit, found) with path's leaf holding the place of
+        decoded key k and the leaf index set to it (keys come in ascending
+        order, so only the upper end needs checking); found: k is there."""
         if path is None or (limit is not None and k >= limit):
             path = []
             self._leaf(k, path)
             limit = self._limit(path)
-        return path, limit
+        leaf = path[-1][0]
+        keys = leaf.keys if leaf.keys is not None else self._keys(leaf)
+        i = path[-1][1] = bisect_left(keys, k)
+        return path, limit, i < leaf.n and keys[i] == k
 
     def insert_sorted(self, recs) -> None:
         """insert() of each record, keys ascending and not present."""
         nkey = self.spec.nkey
         path = limit = None
         for rec in recs:
-            k = self._key(rec[:nkey])
             if self.height:
-                path, limit = self._cursor(k, path, limit)
-                leaf = path[-1][0]
-                keys = leaf.keys if leaf.keys is not None else self._keys(leaf)
-                i = bisect_left(keys, k)
+                k = self._key(rec[:nkey])
+                path, limit, found = self._cursor(k, path, limit)
+                leaf, i = path[-1]
                 if 0 < i and leaf.n < leaf.cap:
-                    if i < leaf.n and keys[i] == k:
+                    if found:
                         raise Corrupted(leaf.bno, f"{self.spec.name} btree: duplicate key {k}")
-                    path[-1][1] = i
                     self._insert_at(path, len(path) - 1, i, rec)
                     self._add_count(1)
                     continue
@@ -722,15 +723,11 @@ class BTree:
             k = self._key(rec[:nkey])
             if not self.height:
                 raise KeyError(k)
-            path, limit = self._cursor(k, path, limit)
-            leaf = path[-1][0]
-            keys = leaf.keys if leaf.keys is not None else self._keys(leaf)
-            i = bisect_left(keys, k)
-            if not (i < leaf.n and keys[i] == k):
+            path, limit, found = self._cursor(k, path, limit)
+            if not found:
                 raise KeyError(k)
-            leaf = path[-1][0] = self._w(leaf)
-            path[-1][1] = i
-            leaf.recs[i] = rec
+            leaf = path[-1][0] = self._w(path[-1][0])
+            leaf.recs[path[-1][1]] = rec
             self._fix_hi(path, len(path) - 1)
 
     def delete_sorted(self, keys_in) -> list:
@@ -738,24 +735,19 @@ class BTree:
         missing = []
         path = limit = None
         for key in keys_in:
-            k = self._key(key)
             if not self.height:
                 missing.append(key)
                 continue
-            path, limit = self._cursor(k, path, limit)
-            leaf = path[-1][0]
-            keys = leaf.keys if leaf.keys is not None else self._keys(leaf)
-            i = bisect_left(keys, k)
-            if not (i < leaf.n and keys[i] == k):
+            path, limit, found = self._cursor(self._key(key), path, limit)
+            leaf, i = path[-1]
+            if not found:
                 missing.append(key)
-                continue
-            if len(path) > 1 and leaf.n - 1 < leaf.cap // 3:
+            elif len(path) > 1 and leaf.n - 1 < leaf.cap // 3:
                 self.delete(key)            # rebalances: the general path
                 path = None
-                continue
-            path[-1][1] = i
-            self._remove_at(path, len(path) - 1, i)
-            self._add_count(-1)
+            else:
+                self._remove_at(path, len(path) - 1, i)
+                self._add_count(-1)
         return missing
 
     # ---- whole-tree walk (check, repair, statistics) -----------------------

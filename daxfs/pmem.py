@@ -72,20 +72,26 @@ def image_lock_holder(path: str) -> int | None:
         os.close(fd)
 
 
-def lock_for_create(fd: int, path: str) -> None:
-    """Take the image's write lock on `fd` before mkfs changes the file:
-    ImageLocked if a mount (or any tool) has it open.  The lock goes with
-    the last close of the file in this process."""
+def _take_lock(fd: int, path: str, kind: int) -> None:
+    """The image's lock on `fd` (F_RDLCK or F_WRLCK), or ImageLocked naming
+    who holds it."""
     st = os.fstat(fd)
     if (st.st_dev, st.st_ino) in _open_here:
         raise ImageLocked(f"{path}: the image is already open in this process")
     try:
-        fcntl.fcntl(fd, fcntl.F_SETLK, struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0))
+        fcntl.fcntl(fd, fcntl.F_SETLK, struct.pack(_FLOCK, kind, os.SEEK_SET, 0, 0, 0))
     except OSError:
         pid = _lock_holder(fd)
         who = _describe_pid(pid) if pid else "another process"
         raise ImageLocked(f"{path}: the image is in use by {who}"
                           " (mounted? unmount it first)") from None
+
+
+def lock_for_create(fd: int, path: str) -> None:
+    """Take the image's write lock on `fd` before mkfs changes the file:
+    ImageLocked if a mount (or any tool) has it open.  The lock goes with
+    the last close of the file in this process."""
+    _take_lock(fd, path, fcntl.F_WRLCK)
 
 
 def _describe_pid(pid: int) -> str:
@@ -150,17 +156,7 @@ class Pmem:
         self.bad = BadBlocks(path)
 
     def _lock(self) -> None:
-        if self._ident in _open_here:
-            raise ImageLocked(f"{self.path}: the image is already open in this process")
-        kind = fcntl.F_RDLCK if self.readonly else fcntl.F_WRLCK
-        arg = struct.pack(_FLOCK, kind, os.SEEK_SET, 0, 0, 0)
-        try:
-            fcntl.fcntl(self.fd, fcntl.F_SETLK, arg)
-        except OSError:
-            pid = _lock_holder(self.fd)
-            who = _describe_pid(pid) if pid else "another process"
-            raise ImageLocked(f"{self.path}: the image is in use by {who}"
-                              " (mounted? unmount it first)") from None
+        _take_lock(self.fd, self.path, fcntl.F_RDLCK if self.readonly else fcntl.F_WRLCK)
         _open_here.add(self._ident)
         self._locked = True
 
