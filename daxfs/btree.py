@@ -750,6 +750,17 @@ class BTree:
                 self._add_count(-1)
         return missing
 
+    def apply_sorted(self, changes) -> list:
+        """A delayed delta, as (key, record or None, in_tree) in ascending
+        key order: None deletes a key the tree holds, a record replaces
+        one it holds or is added.  Returns the keys to delete found absent."""
+        changes = list(changes)
+        missing = self.delete_sorted([k for k, rec, in_tree in changes
+                                      if rec is None and in_tree])
+        self.update_sorted([rec for _, rec, in_tree in changes if rec is not None and in_tree])
+        self.insert_sorted([rec for _, rec, in_tree in changes if rec is not None and not in_tree])
+        return missing
+
     # ---- whole-tree walk (check, repair, statistics) -----------------------
     def walk_nodes(self):
         """Yield (node, parent_low_key, parent_hi) for every node, depth first.

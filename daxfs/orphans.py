@@ -48,10 +48,8 @@ class Orphans(Delayed):
         return self.tree.blocks_touched_by(len(self._pending)) if self._pending else 0
 
     def flush(self) -> None:
-        changes = sorted(self._take_all().items())
-        gone = self.tree.delete_sorted([(ino,) for ino, (listed, in_tree) in changes
-                                        if not listed and in_tree])
+        gone = self.tree.apply_sorted(((ino,), (ino,) if listed else None, in_tree)
+                                      for ino, (listed, in_tree) in sorted(self._take_all().items())
+                                      if listed != in_tree)
         if gone:
             raise Corrupted(0, f"orphan list: inode {gone[0][0]} vanished")
-        self.tree.insert_sorted([(ino,) for ino, (listed, in_tree) in changes
-                                 if listed and not in_tree])

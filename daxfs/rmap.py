@@ -53,15 +53,11 @@ class Rmap(Delayed):
         delta = self._take_all()
         keys = sorted(delta)
         for at in range(0, len(keys), FLUSH_SETTLE_EVERY):
-            chunk = [(k, delta[k]) for k in keys[at:at + FLUSH_SETTLE_EVERY]]
-            gone = tree.delete_sorted([k for k, (rec, _) in chunk if rec is None])
+            gone = tree.apply_sorted((k, *delta[k]) for k in keys[at:at + FLUSH_SETTLE_EVERY])
             if gone:
                 k = gone[0]
                 raise Corrupted(k[0], f"rmap has no record for block {k[0]}"
                                       f" owner {k[1]} offset {k[2]}")
-            tree.update_sorted([rec for _, (rec, in_tree) in chunk if rec is not None and in_tree])
-            tree.insert_sorted([rec for _, (rec, in_tree) in chunk
-                                if rec is not None and not in_tree])
             self.settle()
 
     # ---- file data (deferred) ---------------------------------------------------
