@@ -149,7 +149,7 @@ class Volume:
 
     def begin_op(self) -> None:
         self.journal.begin_op()
-        self._sb_saved = self.sb_arr.tobytes()   # (a structured copy costs 40x more)
+        self._sb_saved = self.sb_arr.tobytes()   # (a structured copy goes field by field)
         self._alloc_saved = self.alloc.save_state()
         for p in self.participants:
             p.op_begin()
