@@ -35,6 +35,7 @@ class Allocator:
     def __init__(self, vol):
         self.vol = vol
         self.sb = vol.sb
+        self._pool_n = vol.sb_arr["pool_count"]    # (an array view reads faster than sb["..."])
         self.free_tree = vol.trees["free"]
         self.rmap = vol.rmap
         self._busy_s: list[int] = []
@@ -199,7 +200,7 @@ class Allocator:
 
     # ---- btree nodes (reserve pool) ------------------------------------------
     def _pool_count(self) -> int:
-        return int(self.sb["pool_count"])
+        return self._pool_n.item(0)
 
     def node_alloc(self, tree_id: int) -> int:
         c = self._pool_count()
@@ -232,7 +233,7 @@ class Allocator:
     def settle(self) -> None:
         """Apply queued rmap owner changes and bring the pool back to size."""
         if self._settling or (not self._owner_changes
-                              and POOL_LOW <= int(self.sb["pool_count"]) <= POOL_HIGH):
+                              and POOL_LOW <= self._pool_n.item(0) <= POOL_HIGH):
             return
         self._settling = True
         try:
@@ -269,13 +270,21 @@ class Allocator:
                 self.rmap.map_meta(b, OWN_AG)
 
     def _drain(self) -> None:
+        """Give the pool's excess back to free space, adjacent blocks as
+        one extent (a free-space tree change per run, not per block)."""
         while self._pool_count() > POOL_TARGET:
             c = self._pool_count()
-            bno = int(self.sb["pool"][c - 1])
-            self.sb["pool_count"] = c - 1
-            self.rmap.unmap_meta(bno, OWN_AG)
-            self.vol.journal.discard(bno)
-            self.free(bno, 1)
+            excess = sorted(self.sb["pool"][POOL_TARGET:c].tolist())
+            self.sb["pool_count"] = POOL_TARGET
+            for bno in excess:
+                self.rmap.unmap_meta(bno, OWN_AG)
+                self.vol.journal.discard(bno)
+            start = prev = excess[0]
+            for bno in excess[1:] + [None]:
+                if bno != prev + 1:
+                    self.free(start, prev + 1 - start)
+                    start = bno
+                prev = bno
 
     def pool_blocks(self) -> list[int]:
         return [int(b) for b in self.sb["pool"][:self._pool_count()]]

@@ -119,6 +119,14 @@ class Node:
             dt, self.cap = spec.ent_dtype, spec.node_cap
         self.recs = buf[NODE_HDR_SIZE:NODE_HDR_SIZE + self.cap * dt.itemsize].view(dt)
 
+    def repoint(self, spec: TreeSpec, buf: np.ndarray) -> None:
+        """Read the same bytes from `buf` instead (a committed shadow's
+        block in place), keeping what was decoded."""
+        dt = spec.rec_dtype if self.level == 0 else spec.ent_dtype
+        self.buf = buf
+        self.token = None
+        self.recs = buf[NODE_HDR_SIZE:NODE_HDR_SIZE + self.cap * dt.itemsize].view(dt)
+
     def set_n(self, n: int) -> None:
         self.n = n
         self.keys = self.kids = None
@@ -221,6 +229,19 @@ class BTree:
     def _forget_node(self, bno: int) -> None:
         self._cache.pop(bno, None)
         self._inner.pop(bno, None)
+
+    def committed(self, shadows: dict) -> None:
+        """After a commit wrote `shadows` (bno -> block image) in place:
+        the nodes decoded from them stay decoded and read the blocks in
+        place, instead of being decoded again on their next use."""
+        pmem, spec = self.j.pmem, self.spec
+        for cache in (self._cache, self._inner):
+            if not cache:
+                continue
+            for bno, shadow in shadows.items():
+                node = cache.get(bno)
+                if node is not None and node.token is shadow:
+                    node.repoint(spec, pmem.block(bno))
 
     def drop_cache(self) -> None:
         """Forget every decoded node (before the mapping goes away, or after
@@ -698,10 +719,14 @@ class BTree:
         return path, limit, i < leaf.n and keys[i] == k
 
     def insert_sorted(self, recs) -> None:
-        """insert() of each record, keys ascending and not present."""
+        """insert() of each record, keys ascending and not present.  The
+        records that fall in one leaf and fit in it go in together."""
         nkey = self.spec.nkey
+        recs = list(recs)
         path = limit = None
-        for rec in recs:
+        at, total = 0, len(recs)
+        while at < total:
+            rec = recs[at]
             if self.height:
                 k = self._key(rec[:nkey])
                 path, limit, found = self._cursor(k, path, limit)
@@ -709,11 +734,39 @@ class BTree:
                 if 0 < i and leaf.n < leaf.cap:
                     if found:
                         raise Corrupted(leaf.bno, f"{self.spec.name} btree: duplicate key {k}")
-                    self._insert_at(path, len(path) - 1, i, rec)
-                    self._add_count(1)
+                    keys = [k]
+                    end = min(total, at + leaf.cap - leaf.n)
+                    for j in range(at + 1, end):
+                        kj = self._key(recs[j][:nkey])
+                        if limit is not None and kj >= limit:
+                            break
+                        keys.append(kj)
+                    if len(keys) == 1:
+                        self._insert_at(path, len(path) - 1, i, rec)
+                    else:
+                        self._merge_into_leaf(path, keys, recs[at:at + len(keys)])
+                    self._add_count(len(keys))
+                    at += len(keys)
                     continue
             self.insert(rec)
             path = None
+            at += 1
+
+    def _merge_into_leaf(self, path, keys: list, recs: list) -> None:
+        """Put ascending records, all of which belong in path's leaf (none
+        below its first key) and fit there, into it at once."""
+        leaf = path[-1][0] = self._w(path[-1][0])
+        old = self._keys(leaf)
+        at = [bisect_left(old, k) for k in keys]
+        for k, i in zip(keys, at):
+            if i < len(old) and old[i] == k:
+                raise Corrupted(leaf.bno, f"{self.spec.name} btree: duplicate key {k}")
+        n = leaf.n
+        merged = np.insert(leaf.recs[:n], at, np.array(recs, dtype=leaf.recs.dtype))
+        leaf.recs[:n + len(recs)] = merged
+        leaf.set_n(n + len(recs))
+        leaf.keys = sorted(old + keys)
+        self._fix_hi(path, len(path) - 1)
 
     def update_sorted(self, recs) -> None:
         """update() of each record, keys ascending and present."""

@@ -183,7 +183,10 @@ class Volume:
             return
         self.sb["generation"] = j.seq + 1
         write_superblocks(j, self.sb_arr, self.total_blocks)
+        shadows = j.dirty
         j.commit(durable)
+        for t in self.trees.values():
+            t.committed(shadows)
         self.alloc.clear_busy()
         self._sb_dirty = False
 
