@@ -163,15 +163,15 @@ class BTree:
     # (views of the superblock's arrays: a rollback restores them in place)
     @property
     def root(self) -> int:
-        return int(self._roots[self.tid])
+        return self._roots.item(self.tid)
 
     @property
     def height(self) -> int:
-        return int(self._heights[self.tid])
+        return self._heights.item(self.tid)
 
     @property
     def count(self) -> int:
-        return int(self._nrecs[self.tid])
+        return self._nrecs.item(self.tid)
 
     def blocks_touched_by(self, nrecs: int) -> int:
         """An upper bound of the nodes that changing `nrecs` records may
@@ -180,17 +180,17 @@ class BTree:
         if not nrecs:
             return 0
         spec = self.spec
-        leaves = int(self._nrecs[self.tid]) // spec.leaf_third + 1
+        leaves = self._nrecs.item(self.tid) // spec.leaf_third + 1
         touched = nrecs if nrecs < leaves else leaves
         return (touched + touched // spec.node_third + nrecs // spec.leaf_third
-                + 2 * int(self._heights[self.tid]) + 2)
+                + 2 * self._heights.item(self.tid) + 2)
 
     def _set_root(self, bno: int, height: int) -> None:
         self._roots[self.tid] = bno
         self._heights[self.tid] = height
 
     def _add_count(self, d: int) -> None:
-        self._nrecs[self.tid] = self.count + d
+        self._nrecs[self.tid] = self._nrecs.item(self.tid) + d
 
     # ---- node access --------------------------------------------------------
     def _node(self, bno: int, level: int) -> Node:
@@ -344,9 +344,9 @@ class BTree:
     def _leaf(self, k, path: list | None = None):
         """(leaf, index of the first record >= k) for a decoded key k; with
         `path`, every node on the way and the index taken is appended."""
-        bno = int(self._roots[self.tid])
+        bno = self._roots.item(self.tid)
         dirty, inner, bad = self.j.dirty, self._inner, self._bad
-        for level in range(int(self._heights[self.tid]) - 1, 0, -1):
+        for level in range(self._heights.item(self.tid) - 1, 0, -1):
             # the cached, clean-or-current case inline; everything else
             # (decode, verify, poison, level mismatch) in _node
             node = inner.get(bno)
@@ -381,7 +381,7 @@ class BTree:
     # ---- queries ------------------------------------------------------------
     def lookup(self, key) -> tuple | None:
         """The record with exactly this key, or None."""
-        if not int(self._heights[self.tid]):
+        if not self._heights.item(self.tid):
             return None
         k = self._key(key)
         leaf, i = self._leaf(k)
@@ -535,13 +535,16 @@ class BTree:
         node = path[depth][0] = self._w(path[depth][0])
         n = node.n
         if n < node.cap:
-            keys = node.keys
+            keys, kids = node.keys, node.kids
             _shift(node, i, n, 1)
             node.recs[i] = item
             node.set_n(n + 1)
             if keys is not None:
                 keys.insert(i, self._key(item[:self.spec.nkey]))
                 node.keys = keys
+            if kids is not None:
+                kids.insert(i, item[-1])        # (an entry ends with its child)
+                node.kids = kids
             self._fix_hi(path, depth)
             return
         # split: left keeps `half`, right gets the rest, then place the item
@@ -610,28 +613,48 @@ class BTree:
         leaf.recs[i] = rec
         self._fix_hi(path, len(path) - 1)
 
-    def delete(self, key) -> tuple | None:
-        """Remove the record with this key; returns it, or None if absent."""
+    def _path_to(self, key) -> list | None:
+        """Path to the record with exactly this key, or None."""
         if not self.height:
             return None
         path = self._descend(key)
         leaf, i = path[-1]
-        if not (i < leaf.n and self._key_at(leaf, i) == tuple(key)):
+        if i < leaf.n and self._key_at(leaf, i) == tuple(key):
+            return path
+        return None
+
+    def delete(self, key) -> tuple | None:
+        """Remove the record with this key; returns it, or None if absent."""
+        path = self._path_to(key)
+        if path is None:
             return None
-        old = self._record(leaf, i)
-        self._remove_at(path, len(path) - 1, i)
+        old = self._record(*path[-1])
+        self._remove_at(path, len(path) - 1, path[-1][1])
         self._add_count(-1)
         return old
+
+    def discard(self, key) -> bool:
+        """delete() for a caller that does not need the record back: True
+        if it was there."""
+        path = self._path_to(key)
+        if path is None:
+            return False
+        self._remove_at(path, len(path) - 1, path[-1][1])
+        self._add_count(-1)
+        return True
 
     def _remove_at(self, path, depth: int, i: int) -> None:
         node = path[depth][0] = self._w(path[depth][0])
         n = node.n
-        keys = node.keys
+        keys, kids = node.keys, node.kids
         _shift(node, i + 1, n, -1)
         node.set_n(n - 1)
         if keys is not None:
             del keys[i]
             node.keys = keys
+        if kids is not None:
+            del kids[i]
+            node.kids = kids
         if depth == 0:
             # an empty root leaf stays: freeing it would make the next
             # insert allocate it again (and move its rmap owner twice)

@@ -17,6 +17,10 @@ class Delayed:
         self._pending: dict = {}
         self._undo: dict | None = None
 
+    def pending(self) -> int:
+        """Blocks of `self.tree` the next flush may dirty (an upper bound)."""
+        return self.tree.blocks_touched_by(len(self._pending)) if self._pending else 0
+
     def op_begin(self) -> None:
         self._undo = {}
 

@@ -78,11 +78,11 @@ class Dirs:
         self._remember(parent, name, (pos, ino, ftype))
         return pos
 
-    def remove(self, parent: int, pos: int) -> None:
-        old = self.tree.delete((parent, pos))
-        if old is None:
+    def remove(self, parent: int, pos: int, name: bytes) -> None:
+        """Remove the entry `name` found at `pos`."""
+        if not self.tree.discard((parent, pos)):
             raise Corrupted(0, f"directory {parent}: entry {pos:#x} vanished")
-        self._remember(parent, old[5][:old[4]], None)
+        self._remember(parent, name, None)
 
     def retarget(self, parent: int, pos: int, name: bytes, ino: int, ftype: int) -> None:
         self.tree.update((parent, pos, ino, ftype, len(name), name))

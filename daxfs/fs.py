@@ -455,7 +455,7 @@ class Filesystem:
         inode = self.inodes.get(ent[1])
         if inode.is_dir:
             raise IsADirectory(f"{name!r} is a directory")
-        self.dirs.remove(parent, ent[0])
+        self.dirs.remove(parent, ent[0], name)
         self._touch(pdir)
         self.inodes.put(pdir)
         self._drop_link(inode)
@@ -476,7 +476,7 @@ class Filesystem:
             raise NotADirectory(f"{name!r} is not a directory")
         if not self.dirs.is_empty(inode.ino):
             raise NotEmpty(f"{name!r} is not empty")
-        self.dirs.remove(parent, ent[0])
+        self.dirs.remove(parent, ent[0], name)
         pdir.nlink -= 1
         self._touch(pdir)
         self.inodes.put(pdir)
@@ -621,7 +621,7 @@ class Filesystem:
                     raise NotEmpty(f"{new_name!r} is not empty")
             elif dino.is_dir:
                 raise IsADirectory(f"{new_name!r} is a directory")
-            self.dirs.remove(new_parent, dst[0])
+            self.dirs.remove(new_parent, dst[0], new_name)
             if dino.is_dir:
                 ndir.nlink -= 1
                 dino.nlink = 0
@@ -630,7 +630,7 @@ class Filesystem:
                 self.orphans.add(dino.ino)
             else:
                 self._drop_link(dino)
-        self.dirs.remove(old_parent, src[0])
+        self.dirs.remove(old_parent, src[0], old_name)
         self.dirs.add(new_parent, new_name, sino.ino, src[2])
         if sino.is_dir and new_parent != old_parent:
             sino.parent = new_parent

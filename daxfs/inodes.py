@@ -78,10 +78,6 @@ class Inodes(Delayed):
         vol.add_participant(self)
 
     # ---- taking part in commits (volume.py) -------------------------------------
-    def pending(self) -> int:
-        """Tree blocks the next flush may dirty (an upper bound)."""
-        return self.tree.blocks_touched_by(len(self._pending)) if self._pending else 0
-
     def flush(self) -> None:
         """Write every delayed inode record into the tree."""
         recs = self._take_all()

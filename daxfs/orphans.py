@@ -44,9 +44,6 @@ class Orphans(Delayed):
         return sorted(inos)
 
     # ---- taking part in commits (volume.py) -------------------------------------
-    def pending(self) -> int:
-        return self.tree.blocks_touched_by(len(self._pending)) if self._pending else 0
-
     def flush(self) -> None:
         gone = self.tree.apply_sorted(((ino,), (ino,) if listed else None, in_tree)
                                       for ino, (listed, in_tree) in sorted(self._take_all().items())

@@ -38,10 +38,6 @@ class Rmap(Delayed):
         return self.tree is not None
 
     # ---- taking part in commits (volume.py) -------------------------------------
-    def pending(self) -> int:
-        """Tree blocks the next flush may dirty (an upper bound)."""
-        return self.tree.blocks_touched_by(len(self._pending)) if self._pending else 0
-
     def flush(self) -> None:
         """Write the deferred changes into the tree, in key order.  The
         tree's own node allocations add owner changes (the allocator

@@ -77,7 +77,7 @@ def test_name_cache_follows_rollback(tmp_path):
 
     def body():
         fs.dirs.add(1, b"ghost", 99, 1)      # cached as present, then rolled back
-        fs.dirs.remove(1, fs.dirs.lookup(1, b"keep")[0])
+        fs.dirs.remove(1, fs.dirs.lookup(1, b"keep")[0], b"keep")
 
     _fail_inside_op(fs, body)
     with pytest.raises(NotFound):

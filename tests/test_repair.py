@@ -343,7 +343,7 @@ def test_file_with_no_name_goes_to_lost_found(img, base):
         d = Dirs(vol)
         parent = next(r[0] for r in vol.trees["dir"].scan() if r[2] == ino)
         pos = d.lookup(parent, name)[0]
-        d.remove(parent, pos)
+        d.remove(parent, pos, name)
     fixes, after = repair_and_verify(img, files, intact=False, moved_ok=True)
     assert after[ino][0] == [f"/lost+found/{ino}"]
     assert any("created /lost+found" in f for f in fixes), fixes
@@ -358,7 +358,7 @@ def test_directory_with_no_name_goes_to_lost_found(img, base):
     with engine(img) as vol:
         d = Dirs(vol)
         dino = d.lookup(ROOT_INO, b"d0")[1]
-        d.remove(ROOT_INO, d.lookup(ROOT_INO, b"d0")[0])
+        d.remove(ROOT_INO, d.lookup(ROOT_INO, b"d0")[0], b"d0")
     fixes, after = repair_and_verify(img, files, intact=False, moved_ok=True)
     for ino, (p, _, _) in files.items():
         if p.startswith("/d0/"):
