@@ -103,7 +103,7 @@ def _int_struct(dt: np.dtype) -> struct.Struct | None:
 class Node:
     """A view of one node block: header fields and its record array."""
 
-    __slots__ = ("bno", "buf", "level", "n", "recs", "cap", "keys", "kids", "token")
+    __slots__ = ("bno", "buf", "level", "n", "recs", "cap", "keys", "kids", "token", "mv")
 
     def __init__(self, spec: TreeSpec, bno: int, buf: np.ndarray, token):
         self.bno = bno
@@ -111,6 +111,7 @@ class Node:
         self.token = token        # the journal's shadow this was decoded from, or None
         self.keys = None          # decoded keys (ints, or tuples), built on first search
         self.kids = None          # decoded child block numbers (internal nodes)
+        self.mv = None            # memoryview of buf, made on first _shift
         # header fields read straight from the bytes; a structured view costs more
         self.level, self.n = _LEVEL_NRECS.unpack_from(buf, 10)
         if self.level == 0:
@@ -125,6 +126,7 @@ class Node:
         dt = spec.rec_dtype if self.level == 0 else spec.ent_dtype
         self.buf = buf
         self.token = None
+        self.mv = None
         self.recs = buf[NODE_HDR_SIZE:NODE_HDR_SIZE + self.cap * dt.itemsize].view(dt)
 
     def set_n(self, n: int) -> None:
@@ -134,12 +136,15 @@ class Node:
 
 
 def _shift(node: Node, a: int, b: int, by: int) -> None:
-    """Move records [a, b) of a node by `by` places, as bytes (a slice copy
-    of a structured array is several times slower)."""
+    """Move records [a, b) of a node by `by` places, as bytes through a
+    memoryview (which moves overlapping ranges right, several times faster
+    than numpy's slice copy, itself faster than a structured one)."""
     sz = node.recs.itemsize
-    buf = node.buf
+    mv = node.mv
+    if mv is None:
+        mv = node.mv = memoryview(node.buf)
     o = NODE_HDR_SIZE
-    buf[o + (a + by) * sz:o + (b + by) * sz] = buf[o + a * sz:o + b * sz]
+    mv[o + (a + by) * sz:o + (b + by) * sz] = mv[o + a * sz:o + b * sz]
 
 
 class BTree:
@@ -794,7 +799,8 @@ class BTree:
     def update_sorted(self, recs) -> None:
         """update() of each record, keys ascending and present."""
         nkey = self.spec.nkey
-        path = limit = None
+        overlap = self.spec.overlap
+        path = limit = written = None
         for rec in recs:
             k = self._key(rec[:nkey])
             if not self.height:
@@ -802,9 +808,12 @@ class BTree:
             path, limit, found = self._cursor(k, path, limit)
             if not found:
                 raise KeyError(k)
-            leaf = path[-1][0] = self._w(path[-1][0])
-            leaf.recs[path[-1][1]] = rec
-            self._fix_hi(path, len(path) - 1)
+            leaf, i = path[-1]
+            if leaf is not written:                 # (once per leaf: _w asks the journal)
+                leaf = written = path[-1][0] = self._w(leaf)
+            leaf.recs[i] = rec
+            if overlap:
+                self._fix_hi(path, len(path) - 1)
 
     def delete_sorted(self, keys_in) -> list:
         """delete() of each key, ascending; the keys found absent."""

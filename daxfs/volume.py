@@ -203,9 +203,13 @@ class Volume:
         raise Corrupted(0, "delayed metadata changes do not settle")
 
     def needs_commit(self) -> bool:
-        pending = self.journal.pending
+        """Would the delayed changes and dirty blocks fill more than half
+        the log?  (After every operation: `Delayed.pending` inline.)"""
+        pending = len(self.journal.dirty)
         for p in self.participants:
-            pending += p.pending()
+            n = len(p._pending)
+            if n:
+                pending += p.tree.blocks_touched_by(n)
         return pending > self.journal.capacity // 2
 
     def close(self) -> None:
