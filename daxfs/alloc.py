@@ -152,6 +152,7 @@ class Allocator:
             r = tree.last_le((s,))
         if r is None or r[0] + r[1] < s + n:
             raise Corrupted(0, f"allocating blocks {s}+{n} that are not free")
+        self.vol.pmem.back(s, n)            # (BackingFull before anything changed)
         rs, rl = r
         re = rs + rl
         if rs == s:

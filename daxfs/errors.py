@@ -52,6 +52,12 @@ class NoSpace(DaxfsError):
     errno = _errno.ENOSPC
 
 
+class BackingFull(NoSpace):
+    """The filesystem holding the image has no room for blocks the image
+    needs (images are sparse: their blocks take host space when first
+    used)."""
+
+
 class InvalidArgument(DaxfsError):
     """Invalid argument (a bad range, alignment or request)."""
     errno = _errno.EINVAL

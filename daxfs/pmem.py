@@ -12,6 +12,7 @@ power loss.
 
 import ctypes
 import ctypes.util
+import errno
 import fcntl
 import logging
 import mmap
@@ -21,7 +22,7 @@ import struct
 import numpy as np
 
 from .badblocks import BadBlocks
-from .errors import ImageLocked, MediaError, NotAnImage
+from .errors import BackingFull, ImageLocked, MediaError, NotAnImage
 from .format import BLOCK_SIZE, MIN_IMAGE_BYTES
 
 log = logging.getLogger(__name__)
@@ -32,19 +33,23 @@ WRITEBACK_MIN = 64 << 10    # stores this big start their writeback at once
 _SYNC_FILE_RANGE_WRITE = 2
 
 
-def _libc_sync_file_range():
-    """sync_file_range(2) from libc (the os module has no binding), or None."""
+def _libc(name: str, argtypes):
+    """A libc function the os module has no binding for, or None."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        fn = libc.sync_file_range
+        fn = getattr(libc, name)
     except (OSError, AttributeError):
         return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.argtypes = argtypes
     fn.restype = ctypes.c_int
     return fn
 
 
-_sync_file_range = _libc_sync_file_range()
+_sync_file_range = _libc("sync_file_range",
+                         [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint])
+# fallocate(2), not posix_fallocate: glibc's posix_fallocate falls back to
+# writing a byte into every block where the host cannot allocate.
+_fallocate = _libc("fallocate64", [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64])
 _open_here: set[tuple[int, int]] = set()
 
 
@@ -154,6 +159,7 @@ class Pmem:
             self._release()
             raise
         self.bad = BadBlocks(path)
+        self._can_back = _fallocate is not None
 
     def _lock(self) -> None:
         _take_lock(self.fd, self.path, fcntl.F_RDLCK if self.readonly else fcntl.F_WRLCK)
@@ -182,6 +188,7 @@ class Pmem:
         if self.readonly:
             self.mm[o:o + BLOCK_SIZE] = bytes(data)
         else:
+            self.back(bno)
             self.buf[o:o + BLOCK_SIZE] = data
 
     def blocks(self, bno: int, n: int) -> np.ndarray:
@@ -222,6 +229,28 @@ class Pmem:
             # instead of writing a second's worth of data while every
             # request waits.
             _sync_file_range(self.fd, offset, len(data), _SYNC_FILE_RANGE_WRITE)
+
+    def back(self, bno: int, n: int = 1) -> None:
+        """Make the host filesystem hold space for blocks [bno, bno+n) of
+        the (sparse) image before anything is stored there: a store
+        through the mapping into a hole the host cannot fill kills the
+        process with SIGBUS, where this raises BackingFull.  Blocks once
+        backed stay backed (nothing punches holes)."""
+        if self.readonly or not self._can_back:
+            return
+        while _fallocate(self.fd, 0, bno * BLOCK_SIZE, n * BLOCK_SIZE) != 0:
+            err = ctypes.get_errno()
+            if err != errno.EINTR:
+                break
+        else:
+            return
+        if err in (errno.ENOSPC, errno.EDQUOT):
+            raise BackingFull(f"{self.path}: the filesystem holding the image is full"
+                              f" (blocks {bno}+{n} of the sparse image need space on it)")
+        # (a host filesystem without fallocate: stores take their chance)
+        log.warning("%s: fallocate: %s; not reserving host space for the image",
+                    self.path, os.strerror(err))
+        self._can_back = False
 
     def check_load(self, bno: int, n: int = 1) -> None:
         """Raise MediaError if any block of [bno, bno+n) is bad."""

@@ -32,6 +32,12 @@ log = logging.getLogger(__name__)
 MAX_IMAGE_BYTES = 1 << 50
 
 
+def _back_fixed(pmem: Pmem, log_start: int, log_blocks: int) -> None:
+    """Host space for the superblocks and the log (Pmem.back)."""
+    pmem.back(0, log_start + log_blocks)
+    pmem.back(secondary_bno(pmem.nblocks))
+
+
 class Volume:
     def __init__(self, pmem: Pmem, sb_arr: np.ndarray, note: str = ""):
         self.pmem = pmem
@@ -74,9 +80,12 @@ class Volume:
                 log_blocks = int(sb_arr[0]["log_blocks"])
             except Corrupted:
                 pass  # both copies bad: the log (found by layout) may mend them
+            _back_fixed(pmem, log_start, log_blocks)
             replay(pmem, log_start, log_blocks)
             sb_arr, note = read_superblock(pmem)
             vol = cls(pmem, sb_arr, note)
+            for b in vol.alloc.pool_blocks():
+                pmem.back(b)
             if note and not readonly:
                 vol.mark_dirty_sb()
             return vol
@@ -117,8 +126,10 @@ class Volume:
             sb["log_blocks"] = log_blocks
             sb["next_ino"] = FIRST_INO
             sb["created_ns"] = time.time_ns()
+            _back_fixed(pmem, log_start, log_blocks)
             pmem.blocks(log_start, 1)[:] = 0
             first = log_start + log_blocks
+            pmem.back(first, POOL_TARGET)
             pool = list(range(first, first + POOL_TARGET))
             sb["pool"][:len(pool)] = pool
             sb["pool_count"] = len(pool)

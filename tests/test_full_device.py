@@ -10,6 +10,7 @@ Deleting frees the space at once (statvfs) and everything works again.
 
 import errno
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -191,3 +192,46 @@ def test_full_device(tmp_path, mnt):
         assert shared(m / "A") and shared(m / "C") and shared(m / "D")
         assert os.getxattr(m / "A", "user.more") == b"x" * 3000
     check_image(image)
+
+
+@pytest.fixture
+def small_host(tmp_path):
+    """A 24 MiB tmpfs: a host filesystem smaller than the image on it."""
+    d = tmp_path / "host"
+    d.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(d)],
+                         capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0, f"cannot mount a tmpfs: {res.stderr}"
+    try:
+        yield d
+    finally:
+        subprocess.run(["umount", "-l", str(d)], capture_output=True, timeout=30)
+
+
+def test_full_host_filesystem(small_host, mnt):
+    """Images are sparse: a 64 MiB image on a 24 MiB host filesystem runs
+    out of host space before its own.  Every block is given host space
+    (fallocate) before anything is stored in it, so a write gets ENOSPC, as
+    on a full device, where it used to kill the daemon with SIGBUS when a
+    store through the mapping met a hole the host could not fill (and
+    `daxfs check` with it, replaying the log).  The mount keeps working,
+    nothing written before is lost, and once the host has room again, so
+    has the filesystem."""
+    img = make_image(small_host / "daxfs.img", 64 * MiB)
+    filler = small_host / "filler"
+    filler.write_bytes(b"f" * 4 * MiB)
+    with mount_image(img, mnt) as m:
+        (m / "keep").write_bytes(b"kept" * 1000)
+        done = fill(m / "big")                          # (asserts the error is ENOSPC)
+        assert done < 24 * MiB
+        st = os.statvfs(m)
+        assert st.f_bavail * st.f_frsize > 24 * MiB     # the image itself is not full
+        try:
+            (m / "small").write_bytes(b"x" * 100)       # may find room in backed blocks
+        except OSError as e:
+            assert e.errno == errno.ENOSPC, e
+        os.unlink(m / "big")                            # (frees image blocks, not host space)
+        filler.unlink()
+        (m / "after").write_bytes(b"y" * MiB)
+        assert (m / "keep").read_bytes() == b"kept" * 1000
+    check_image(img)
