@@ -8,6 +8,20 @@ are undone here as its blocks are in the journal, and `flush` at the start
 of each commit, which writes the changes into the trees."""
 
 _ABSENT = object()
+FLUSH_SETTLE_EVERY = 32     # changes written between allocator settles in a flush
+
+
+def apply_in_steps(tree, changes, settle) -> list:
+    """`tree.apply_sorted` of a sorted delta, a few changes at a time with
+    the allocator settled in between: splits take btree blocks from the
+    reserve pool, which only `settle` refills.  Returns the keys to delete
+    found absent."""
+    changes = list(changes)
+    gone = []
+    for at in range(0, len(changes), FLUSH_SETTLE_EVERY):
+        gone += tree.apply_sorted(changes[at:at + FLUSH_SETTLE_EVERY])
+        settle()
+    return gone
 
 
 class Delayed:

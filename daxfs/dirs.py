@@ -7,8 +7,10 @@ stored whole in the record; names whose hashes collide get different
 collision indexes and are told apart by comparing the names.
 
 `Dirs` keeps a name cache, (parent, name) -> (pos, ino, ftype) or None for
-a name known to be absent, like the kernel's dcache: every change of the
-dir tree goes through add/remove/retarget here, which keep it exact, and a
+a name known to be absent, like the kernel's dcache, and the (parent, hash)
+ranges known to be empty, so that creating a name just looked up in vain
+needs no second search for its collision index: every change of the dir
+tree goes through add/remove/retarget here, which keep both exact, and a
 rolled-back operation must call `forget_cache()`.
 """
 
@@ -38,13 +40,16 @@ class Dirs:
     def __init__(self, vol):
         self.tree = vol.trees["dir"]
         self._cache: dict[tuple[int, bytes], tuple | None] = {}
+        self._vacant: set[tuple[int, int]] = set()     # (parent, hash): no entries
 
     def forget_cache(self) -> None:
         self._cache.clear()
+        self._vacant.clear()
 
     def _remember(self, parent: int, name: bytes, ent) -> None:
         if len(self._cache) >= CACHE_MAX:
             self._cache.clear()
+            self._vacant.clear()
         self._cache[(parent, name)] = ent
 
     def _same_hash(self, parent: int, name: bytes):
@@ -58,22 +63,27 @@ class Dirs:
         except KeyError:
             pass
         ent = None
+        empty = True
         for rec in self._same_hash(parent, name):
+            empty = False
             if rec[5][:rec[4]] == name or rec[5] == name:
                 ent = rec[1], rec[2], rec[3]
                 break
         self._remember(parent, name, ent)
+        if empty:
+            self._vacant.add((parent, name_hash(name)))
         return ent
 
     def add(self, parent: int, name: bytes, ino: int, ftype: int) -> int:
-        used = set()
-        h = name_hash(name) << 32
-        for rec in self._same_hash(parent, name):
-            used.add(rec[1] & _LOW)
+        h = name_hash(name)
         seq = 0
-        while seq in used:
-            seq += 1
-        pos = h | seq
+        if (parent, h) in self._vacant:
+            self._vacant.discard((parent, h))
+        else:
+            used = {rec[1] & _LOW for rec in self._same_hash(parent, name)}
+            while seq in used:
+                seq += 1
+        pos = h << 32 | seq
         self.tree.insert((parent, pos, ino, ftype, len(name), name))
         self._remember(parent, name, (pos, ino, ftype))
         return pos

@@ -11,7 +11,7 @@ import stat
 import time
 
 from .attrs import Attr
-from .delayed import Delayed
+from .delayed import Delayed, apply_in_steps
 from .errors import Corrupted, NoSpace, NotFound
 from .format import BLOCK_SIZE, MAX_FILE_BYTES, OWN_MAX_INO
 
@@ -58,13 +58,15 @@ CACHE_MAX = 65536
 
 class Inodes(Delayed):
     """The inode tree, with a cache of in-core inodes (an operation usually
-    reads the same few inodes several times) and delayed writes: `put`
-    records the inode's new record in `_pending`, and the tree is updated
-    once per inode at the start of the next commit (`flush`, called by the
-    volume), like the kernel's dirty inode list; an inode written by every
-    one of a thousand writes costs one tree update.  `_pending` takes part
-    in operations (op_begin/op_rollback restore what a failed operation
-    put), so it never holds a change that was rolled back.
+    reads the same few inodes several times) and delayed writes: `create`,
+    `put` and `delete` record what the inode's record must become in
+    `_pending`, and the tree is changed once per inode at the start of the
+    next commit (`flush`, called by the volume, in key order), like the
+    kernel's dirty inode list; an inode written by every one of a thousand
+    writes costs one tree update, and one created and freed before the
+    commit (a short-lived temporary file) costs nothing in the tree.
+    `_pending` takes part in operations (op_begin/op_rollback restore what a
+    failed operation put), so it never holds a change that was rolled back.
 
     `get` returns the cached object; whoever changes it must `put` it
     before the operation ends, and a rolled-back operation must call
@@ -74,23 +76,27 @@ class Inodes(Delayed):
         self.vol = vol
         self.tree = vol.trees["inode"]
         self._cache: dict[int, Inode] = {}
-        Delayed.__init__(self)              # _pending: ino -> record not yet in the tree
+        # _pending: ino -> (record, or None for "deleted"; whether the tree
+        # holds the inode now)
+        Delayed.__init__(self)
         vol.add_participant(self)
 
     # ---- taking part in commits (volume.py) -------------------------------------
     def flush(self) -> None:
-        """Write every delayed inode record into the tree."""
-        recs = self._take_all()
-        self.tree.update_sorted([recs[ino] for ino in sorted(recs)])
+        """Write every delayed inode change into the tree."""
+        items = self._take_all()
+        gone = apply_in_steps(self.tree, (((ino,), *items[ino]) for ino in sorted(items)),
+                              self.vol.alloc.settle)
+        if gone:
+            raise Corrupted(0, f"inode {gone[0][0]} vanished from the inode tree")
 
     # ---- records ----------------------------------------------------------------
     def get(self, ino: int) -> Inode:
         inode = self._cache.get(ino)
         if inode is not None:
             return inode
-        rec = self._pending.get(ino)
-        if rec is None:
-            rec = self.tree.lookup((ino,))
+        cur = self._pending.get(ino)
+        rec = self.tree.lookup((ino,)) if cur is None else cur[0]
         if rec is None:
             raise NotFound(f"inode {ino} does not exist")
         if rec[5] > MAX_FILE_BYTES or rec[6] > MAX_FILE_BYTES // BLOCK_SIZE:
@@ -109,7 +115,8 @@ class Inodes(Delayed):
         return self._cache.get(ino)
 
     def put(self, inode: Inode) -> None:
-        self._put(inode.ino, inode.to_rec())
+        cur = self._pending.get(inode.ino)
+        self._put(inode.ino, (inode.to_rec(), True if cur is None else cur[1]))
         self._cache[inode.ino] = inode
 
     def create(self, mode: int, uid: int, gid: int, *, rdev: int = 0, parent: int = 0,
@@ -120,23 +127,25 @@ class Inodes(Delayed):
             if ino > OWN_MAX_INO:
                 raise NoSpace("inode numbers exhausted")
             sb["next_ino"] = ino + 1
+        elif ino in self._pending or self.tree.lookup((ino,)) is not None:
+            raise Corrupted(0, f"inode {ino} exists already")
         now = time.time_ns()
         inode = Inode.from_rec((ino, mode, nlink, uid, gid, 0, 0, now, now, now, now,
                                 rdev, parent, 0, 0))
-        self.tree.insert(inode.to_rec())
+        self._put(ino, (inode.to_rec(), False))
         sb["inode_count"] = int(sb["inode_count"]) + 1
         self._cache[ino] = inode
         return inode
 
     def delete(self, ino: int) -> None:
-        self._cache.pop(ino, None)
-        self._put(ino, None)
-        if self.tree.delete((ino,)) is None:
+        cur = self._pending.get(ino)
+        if cur is None:
+            if self.tree.lookup((ino,)) is None:
+                raise NotFound(f"inode {ino} does not exist")
+            cur = (True, True)
+        elif cur[0] is None:
             raise NotFound(f"inode {ino} does not exist")
+        self._cache.pop(ino, None)
+        self._put(ino, (None, True) if cur[1] else None)
         sb = self.vol.sb
         sb["inode_count"] = int(sb["inode_count"]) - 1
-
-    def all(self):
-        pending = self._pending
-        for rec in self.tree.scan():
-            yield Inode.from_rec(pending.get(rec[0], rec))

@@ -8,7 +8,7 @@ as the unlink that made the orphan, and an inode unlinked and freed before
 the commit (rm of a closed file) costs nothing in the tree.
 """
 
-from .delayed import Delayed
+from .delayed import Delayed, apply_in_steps
 from .errors import Corrupted
 
 
@@ -16,6 +16,7 @@ class Orphans(Delayed):
     def __init__(self, vol):
         Delayed.__init__(self)          # _pending: ino -> (listed, in_tree)
         self.tree = vol.trees["orphan"]
+        self.vol = vol
         vol.add_participant(self)
 
     def add(self, ino: int) -> None:
@@ -45,8 +46,10 @@ class Orphans(Delayed):
 
     # ---- taking part in commits (volume.py) -------------------------------------
     def flush(self) -> None:
-        gone = self.tree.apply_sorted(((ino,), (ino,) if listed else None, in_tree)
-                                      for ino, (listed, in_tree) in sorted(self._take_all().items())
-                                      if listed != in_tree)
+        gone = apply_in_steps(self.tree, (((ino,), (ino,) if listed else None, in_tree)
+                                          for ino, (listed, in_tree)
+                                          in sorted(self._take_all().items())
+                                          if listed != in_tree),
+                              self.vol.alloc.settle)
         if gone:
             raise Corrupted(0, f"orphan list: inode {gone[0][0]} vanished")

@@ -20,9 +20,8 @@ On a filesystem made with --no-rmap there is no tree: updates are no-ops
 and `owners()` raises NotSupported (poison.py then scans the extent maps).
 """
 
-from .delayed import Delayed
+from .delayed import Delayed, apply_in_steps
 from .errors import Corrupted, NotSupported
-FLUSH_SETTLE_EVERY = 32     # records written between allocator settles in flush
 
 
 class Rmap(Delayed):
@@ -45,16 +44,12 @@ class Rmap(Delayed):
         nothing is left."""
         if not self._pending:
             return
-        tree = self.tree
         delta = self._take_all()
-        keys = sorted(delta)
-        for at in range(0, len(keys), FLUSH_SETTLE_EVERY):
-            gone = tree.apply_sorted((k, *delta[k]) for k in keys[at:at + FLUSH_SETTLE_EVERY])
-            if gone:
-                k = gone[0]
-                raise Corrupted(k[0], f"rmap has no record for block {k[0]}"
-                                      f" owner {k[1]} offset {k[2]}")
-            self.settle()
+        gone = apply_in_steps(self.tree, ((k, *delta[k]) for k in sorted(delta)), self.settle)
+        if gone:
+            k = gone[0]
+            raise Corrupted(k[0], f"rmap has no record for block {k[0]}"
+                                  f" owner {k[1]} offset {k[2]}")
 
     # ---- file data (deferred) ---------------------------------------------------
     def map(self, bno: int, owner: int, offset: int, length: int, flags: int = 0) -> None:
