@@ -424,6 +424,18 @@ class BTree:
                 return
             start = 0
 
+    def short_range(self, lo: tuple, hi: tuple) -> list:
+        """scan(lo, hi) as a list, for full-length keys bounding a range
+        that usually holds a record or two (a name's hash): one descent,
+        no generator; a range that may go on past the leaf takes scan()."""
+        if not self._heights.item(self.tid):
+            return []
+        leaf, i = self._leaf(self._key(lo))
+        j = bisect_right(leaf.keys, self._key(hi), i)
+        if j < leaf.n:
+            return [self._record(leaf, x) for x in range(i, j)]
+        return list(self.scan(lo, hi))
+
     def _leftmost_path(self) -> list:
         path = []
         bno = self.root

@@ -54,7 +54,7 @@ class Dirs:
 
     def _same_hash(self, parent: int, name: bytes):
         h = name_hash(name) << 32
-        return self.tree.scan(lo=(parent, h), hi=(parent, h | _LOW))
+        return self.tree.short_range((parent, h), (parent, h | _LOW))
 
     def lookup(self, parent: int, name: bytes) -> tuple | None:
         """(pos, ino, ftype) of the entry, or None."""

@@ -33,7 +33,7 @@ class Xattrs:
 
     def _find(self, ino: int, name: bytes):
         h = name_hash(name) << 32
-        for rec in self.tree.scan(lo=(ino, h), hi=(ino, h | _LOW)):
+        for rec in self.tree.short_range((ino, h), (ino, h | _LOW)):
             if rec[6] == name:
                 return rec
         return None

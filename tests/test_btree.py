@@ -93,6 +93,24 @@ def test_scan_bounds_and_update(vol):
     assert t.height <= 1 and t.count == 0 and list(t.scan()) == []
 
 
+def test_short_range_matches_scan(vol):
+    """short_range (a name's hash range, one descent) answers as scan does,
+    also for ranges that end past their first leaf, start past every key,
+    or hold nothing."""
+    t = vol.trees["rmap"]
+    ours = 1 << 40
+    rnd = random.Random(7)
+    for b in sorted(rnd.sample(range(50000), 3000)):
+        t.insert((ours + b, rnd.randrange(3), 0, 1, 0))
+    vol.alloc.settle()
+    for _ in range(400):
+        lo = ours + rnd.randrange(-10, 50010)
+        hi = lo + rnd.choice((0, 1, 20, 300, 5000))
+        lo_k, hi_k = (lo, 0, 0), (hi, 9, 9)
+        assert t.short_range(lo_k, hi_k) == list(t.scan(lo=lo_k, hi=hi_k)), (lo, hi)
+    assert t.short_range((ours + 60000, 0, 0), (ours + 70000, 0, 0)) == []
+
+
 def _assert_shape(t):
     """Every node's keys ascending and at or above its parent's entry key;
     for the overlapping tree, each entry's high key is its subtree's
