@@ -436,6 +436,28 @@ class BTree:
             return [self._record(leaf, x) for x in range(i, j)]
         return list(self.scan(lo, hi))
 
+    def around(self, key: tuple, hi: tuple):
+        """(the record with the greatest key <= key, the records with
+        key < k <= hi) for full-length keys, with one descent, when one
+        leaf holds them all and the first exists; else None (ask last_le
+        and scan): what a file's extent lookup needs, in its usual case."""
+        if not self._heights.item(self.tid):
+            return None
+        k, khi = self._key(key), self._key(hi)
+        path = []
+        leaf, i = self._leaf(k, path)
+        keys = leaf.keys
+        j = i if i < leaf.n and keys[i] == k else i - 1
+        if j < 0:
+            return None
+        stop = bisect_right(keys, khi, j + 1)
+        if stop >= leaf.n:
+            limit = self._limit(path)       # the next leaf's keys start there
+            if limit is not None and limit <= khi:
+                return None
+        rec = self._record
+        return rec(leaf, j), [rec(leaf, x) for x in range(j + 1, stop)]
+
     def _leftmost_path(self) -> list:
         path = []
         bno = self.root

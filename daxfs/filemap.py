@@ -44,14 +44,21 @@ class FileMap:
         """extents(), and the file's record with the greatest key <= start
         (None if the file has none)."""
         out = []
-        prev = self.tree.last_le((ino, start))
+        near = self.tree.around((ino, start), (ino, end - 1))
+        if near is None:                    # (the extents span leaves)
+            prev = self.tree.last_le((ino, start))
+            after = self.tree.scan(lo=(ino, start), hi=(ino,))
+        else:
+            prev, after = near
         if prev and prev[0] != ino:
             prev = None
         if prev and prev[1] < start < prev[1] + prev[3]:
             f, p, n = prev[1], prev[2], prev[3]
             cut = start - f
             out.append((start, p + cut, min(n - cut, end - start)))
-        for rec in self.tree.scan(lo=(ino, start), hi=(ino,)):
+        elif near is not None and prev and prev[1] == start:
+            after.insert(0, prev)           # (around gives a key equal to start as prev)
+        for rec in after:
             f, p, n = rec[1], rec[2], rec[3]
             if f >= end:
                 break
