@@ -111,6 +111,30 @@ def test_short_range_matches_scan(vol):
     assert t.short_range((ours + 60000, 0, 0), (ours + 70000, 0, 0)) == []
 
 
+def test_around_matches_last_le_and_scan(vol):
+    """around (a file's extent lookup in one descent) gives last_le's
+    record and what scan finds after it, or None, never another answer."""
+    t = vol.trees["rmap"]
+    ours = 1 << 40
+    rnd = random.Random(8)
+    for b in sorted(rnd.sample(range(50000), 3000)):
+        t.insert((ours + b, 0, 0, 1, 0))
+    vol.alloc.settle()
+    answered = 0
+    for _ in range(600):
+        lo = ours + rnd.randrange(-10, 50010)
+        hi = lo + rnd.choice((0, 0, 1, 20, 300))
+        got = t.around((lo, 0, 0), (hi, 0, 0))
+        if got is None:
+            continue
+        answered += 1
+        prev, after = got
+        assert prev == t.last_le((lo, 0, 0)), lo
+        want = [r for r in t.scan(lo=(lo, 0, 0), hi=(hi, 0, 0)) if r[:3] > prev[:3]]
+        assert after == want, (lo, hi)
+    assert answered > 500
+
+
 def _assert_shape(t):
     """Every node's keys ascending and at or above its parent's entry key;
     for the overlapping tree, each entry's high key is its subtree's
