@@ -32,21 +32,24 @@ Concurrency
 pyfuse3 runs every handler as a trio task in ONE thread.  Engine calls are
 synchronous, so an engine call (and the Python code around it up to the
 next ``await``) never interleaves with another handler: no lock is needed
-for the engine.  The only awaits in this module are `_invalidate` (a worker
-thread that talks to the kernel, never to the engine) and the commit loop's
-sleep; `fs.commit()` itself runs in the trio thread for the same reason.
-A handler that awaits between two engine calls (the control hooks do, to
-invalidate) must not assume the engine state stayed the same across it.
+for the engine.  The awaits in this module are `_invalidate` and
+`_kernel_size` (worker threads that talk to the kernel, never to the
+engine), the waits of READ, GETATTR and LOOKUP while a clone changes their
+inode (`_after_change`) or while the kernel has not yet learnt of a
+truncation (`_read_after_shrink`), and the background loops' sleeps;
+`fs.commit()` itself runs in the trio thread for the same reason.  A
+handler that awaits between two engine calls must not assume the engine
+state stayed the same across it.
 
 Request workers: pyfuse3 normally keeps two or more worker tasks that hand
 a lock and the /dev/fuse fd back and forth for every request; since no
 handler blocks, ONE worker serving requests back to back does the same
 work with far less (measured: a LOOKUP round trip of ~30 µs instead of
-~75 µs, `main_loop_args`).  The one place a handler waits is
-`_invalidate`, and the kernel may need other requests answered before an
-invalidation can finish (pages locked by reads in flight): there, a
-temporary extra worker (`_extra_worker`) serves requests until the main
-one is back, then ends.
+~75 µs, `main_loop_args`).  A handler that waits (`_invalidate`,
+`_kernel_size`, the holds above) must not stop the serving: the kernel may
+need other requests answered first (pages locked by reads in flight, the
+OPENDIR of `_kernel_size`).  There a temporary extra worker
+(`_extra_worker`) serves requests until the main one is back, then ends.
 
 Cache choices
 -------------
@@ -93,6 +96,7 @@ from daxfs import control
 from daxfs.admin import AdminServer, is_admin_name
 from daxfs.control_server import Caller, ControlServer, own_mount_device
 from daxfs.errors import DaxfsError
+from daxfs.kernel_size import KernelSizes
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +106,8 @@ BLKSIZE = 4096          # st_blksize, f_bsize, f_frsize
 NAME_MAX = 255
 COMMIT_INTERVAL = 1.0   # seconds between background group commits
 INACTIVE_IDLE = 0.005   # seconds without requests before unlinked inodes are freed
+SHRINK_POLL = 0.0005    # seconds between looks at the kernel's size (`_read_after_shrink`)
+SHRINK_WAIT = 5.0       # at most this long, then answer anyway
 
 # The control protocol's names and the probe's value are daxfs/control.py's
 # (the LD_PRELOAD library compares the probe value byte for byte).
@@ -175,6 +181,24 @@ def tune_readahead(dev: int) -> None:
         log.info("readahead left at the default (%s: %s)", path, exc.strerror)
 
 
+class _Change:
+    """A clone or dedupe into an inode, seen by that inode's READ and
+    attribute requests while the control request runs (`_control_setxattr`).
+    `active`: the 'before' invalidation is done (set from its worker
+    thread); `performed`: the engine has changed the mapping; `done`: the
+    'after' invalidation is done too."""
+
+    def __init__(self):
+        self.active = False
+        self.performed = trio.Event()
+        self.done = trio.Event()
+
+    def finish(self) -> None:
+        self.active = True
+        self.performed.set()
+        self.done.set()
+
+
 class Operations(pyfuse3.Operations):
     """pyfuse3 request handlers over one open `Filesystem`."""
 
@@ -195,6 +219,10 @@ class Operations(pyfuse3.Operations):
         self._dirty = False
         self._last_request = 0.0
         self.nursery = None                # set by mount.serve (extra request workers)
+        self.mountpoint = None             # set by mount.serve (`_kernel_size`)
+        self._kernel_sizes = None          # KernelSizes, made on first use
+        self._shrunk: set[int] = set()     # see `_read_after_shrink`
+        self._changes: dict[int, list[_Change]] = {}   # see `_control_setxattr`
         fs.defer_inactive = True           # freed by inactive_loop (fs.forget)
         self.control = ControlServer(fs)   # daxfs/control_server.py
         self.admin = AdminServer(fs)       # daxfs/admin.py
@@ -239,20 +267,91 @@ class Operations(pyfuse3.Operations):
         if self.nursery is not None and SINGLE_WORKER:
             self.nursery.start_soon(pyfuse3._session_loop, self.nursery, 0, 0)
 
-    async def _invalidate(self, ino: int, attr_only: bool = False) -> None:
+    async def _invalidate(self, ino: int, attr_only: bool = False, then=None) -> None:
         """Drop the kernel's cached pages (and attributes) of `ino`.
 
         Runs in a worker thread, with an extra request worker meanwhile:
         the kernel may wait for this very daemon to answer a request before
-        it can finish the invalidation.
+        it can finish the invalidation.  `then()` runs in that thread as
+        soon as the kernel is done, before this handler is resumed.
         """
+        def invalidate():
+            try:
+                pyfuse3.invalidate_inode(ino, attr_only)
+            finally:
+                if then is not None:
+                    then()
+
         self._extra_worker()
         try:
-            await trio.to_thread.run_sync(pyfuse3.invalidate_inode, ino, attr_only)
+            await trio.to_thread.run_sync(invalidate)
         except OSError as exc:
             # ENOENT: the kernel does not know the inode: nothing is cached.
             if exc.errno != errno.ENOENT:
                 log.warning("invalidate_inode(%d): %s", ino, exc)
+
+    async def _after_change(self, ino: int, what: str) -> None:
+        """Wait while a clone or dedupe into `ino` holds back `what`
+        ("performed": READs; "done": attributes), see `_control_setxattr`."""
+        while True:
+            for change in self._changes.get(ino, ()):
+                event = getattr(change, what)
+                if change.active and not event.is_set():
+                    break
+            else:
+                return
+            self._extra_worker()
+            await event.wait()
+
+    async def _kernel_size(self, ino: int) -> int | None:
+        """The size the kernel has for `ino` now (daxfs/kernel_size.py), or
+        None if it cannot be learnt."""
+        if self._kernel_sizes is None:
+            device = self._control_device()
+            if self.mountpoint is None or device is None:
+                return None
+            self._kernel_sizes = KernelSizes(self.mountpoint, device)
+        generation = self.fs.getattr(ino).generation
+        self._extra_worker()
+        try:
+            return await trio.to_thread.run_sync(self._kernel_sizes.size, ino, generation)
+        except OSError as exc:
+            log.debug("kernel size of inode %d: %s", ino, exc)
+            return None
+
+    async def _read_after_shrink(self, ino: int, off: int, size: int, data):
+        """A READ of `ino` that ends short (EOF inside it) after the file
+        was made shorter (`_shrunk`: setattr or O_TRUNC).
+
+        The kernel zero-fills what a READ leaves out and copies the pages to
+        the reader up to ITS i_size.  It writes the new i_size only after our
+        reply to the truncating SETATTR, in the truncating task's own time,
+        and until then ignores the size a short READ implies (the inode is
+        FUSE_I_SIZE_UNSTABLE): a reader whose READ we answer in that window
+        gets zeros up to the old size, bytes the file never held (measured:
+        8 KiB of zeros while another process truncates 8 KiB to 0, with the
+        plain pyfuse3 passthrough too).  So the short answer waits until the
+        kernel's size is no larger than the EOF it implies.  That cannot
+        deadlock: the truncating task writes i_size before it waits for the
+        pages this READ holds locked (truncate_pagecache).  When the kernel
+        has caught up with the engine, the inode leaves `_shrunk`."""
+        deadline = trio.current_time() + SHRINK_WAIT
+        while len(data) < size:
+            known = await self._kernel_size(ino)
+            if known is None:
+                break
+            if known <= self.fs.getattr(ino).size:
+                self._shrunk.discard(ino)
+            if known <= off + len(data):
+                break
+            if trio.current_time() > deadline:
+                log.warning("read(%d): the kernel still has size %d > %d after %.0f s",
+                            ino, known, off + len(data), SHRINK_WAIT)
+                break
+            self._extra_worker()
+            await trio.sleep(SHRINK_POLL)
+            data = self.fs.read(ino, off, size)    # the file may have changed meanwhile
+        return data
 
     async def commit_loop(self, interval: float = COMMIT_INTERVAL) -> None:
         """Group commit: make every change durable once per `interval`."""
@@ -299,7 +398,11 @@ class Operations(pyfuse3.Operations):
 
     @_boundary()
     async def lookup(self, parent_inode, name, ctx):
-        return self._looked_up(self.fs.lookup(parent_inode, name))
+        attr = self.fs.lookup(parent_inode, name)
+        if attr.ino in self._changes:
+            await self._after_change(attr.ino, "done")
+            attr = self.fs.lookup(parent_inode, name)
+        return self._looked_up(attr)
 
     async def forget(self, inode_list):
         # Must never raise: it answers no request.
@@ -310,6 +413,7 @@ class Operations(pyfuse3.Operations):
                     self._lookups[ino] = left
                     continue
                 self._lookups.pop(ino, None)
+                self._shrunk.discard(ino)
                 if ino != pyfuse3.ROOT_INODE:
                     self.fs.forget(ino)
                     self._dirty = True
@@ -320,6 +424,8 @@ class Operations(pyfuse3.Operations):
 
     @_boundary()
     async def getattr(self, inode, ctx):
+        if inode in self._changes:
+            await self._after_change(inode, "done")
         return self._entry(self.fs.getattr(inode))
 
     @_boundary(mutates=True)
@@ -333,6 +439,8 @@ class Operations(pyfuse3.Operations):
             kw["gid"] = attr.st_gid
         if fields.update_size:
             kw["size"] = attr.st_size
+            if attr.st_size < self.fs.getattr(inode).size:
+                self._shrunk.add(inode)
         if fields.update_atime:
             kw["atime_ns"] = attr.st_atime_ns
         if fields.update_mtime:
@@ -396,6 +504,8 @@ class Operations(pyfuse3.Operations):
         # O_TRUNC in the open flags instead of a setattr(size=0) (pyfuse3's
         # docs say otherwise; measured on Linux 6.18 + libfuse 3.14).
         if flags & os.O_TRUNC:   # (Linux truncates even with O_RDONLY)
+            if self.fs.getattr(inode).size:
+                self._shrunk.add(inode)
             self.fs.setattr(inode, size=0)
         return self._file_info(inode)
 
@@ -407,7 +517,12 @@ class Operations(pyfuse3.Operations):
 
     @_boundary()
     async def read(self, fh, off, size):
-        return self.fs.read(fh, off, size)
+        if fh in self._changes:
+            await self._after_change(fh, "performed")
+        data = self.fs.read(fh, off, size)
+        if len(data) < size and fh in self._shrunk:
+            data = await self._read_after_shrink(fh, off, size, data)
+        return data
 
     @_boundary(mutates=True)
     async def write(self, fh, off, buf):
@@ -562,14 +677,49 @@ class Operations(pyfuse3.Operations):
         """The control protocol's requests (daxfs/control_server.py): check,
         drop the kernel's cached pages of source and destination, change
         the mapping, drop the destination's again, reply.  Invalidation
-        runs in a worker thread (`_invalidate`), never in the handler."""
+        runs in a worker thread (`_invalidate`), never in the handler.
+
+        Meanwhile the destination's READs and attributes are held back
+        (`_Change`, `_after_change`).  The kernel copies a cached page to a
+        reader up to the i_size it reads AFTER the page was filled, so a
+        page filled short before a clone grew the file (zeros past the old
+        EOF), read with the size from after it, gives zeros the file never
+        held (measured: 4 KiB of zeros while 'a' was cloned into an empty
+        file).  Hence:
+        * a READ that comes once the 'before' invalidation is done waits for
+          the new mapping and is answered from it (before the 'after'
+          invalidation, which waits for the pages such a READ locks); READs
+          during the 'before' invalidation are answered at once, it may be
+          waiting for their pages;
+        * GETATTR and LOOKUP wait until the 'after' invalidation is done:
+          the kernel drops the attributes first and the pages second, so a
+          size answered in between would meet pages from before."""
         self._control_device()
         action = self.control.prepare(Caller.from_ctx(ctx), inode, name, value)
-        for ino in action.before:
-            await self._invalidate(ino)
-        action.perform()
-        for ino in action.after:
-            await self._invalidate(ino)
+        changes = [(ino, _Change()) for ino in action.after]
+        for ino, change in changes:
+            self._changes.setdefault(ino, []).append(change)
+
+        def activate():
+            for _, change in changes:
+                change.active = True
+
+        try:
+            for i, ino in enumerate(action.before):
+                await self._invalidate(ino, then=activate if i == len(action.before) - 1 else None)
+            activate()
+            action.perform()
+            for _, change in changes:
+                change.performed.set()
+            for ino in action.after:
+                await self._invalidate(ino)
+        finally:
+            for ino, change in changes:
+                change.finish()
+                waiting = self._changes[ino]
+                waiting.remove(change)
+                if not waiting:
+                    del self._changes[ino]
 
     # ---------------------------------------------------------- permissions
 

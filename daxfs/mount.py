@@ -137,6 +137,7 @@ async def serve(fs, mountpoint: str, options: set[str], ops_factory=Operations) 
         stack.callback(release)                # runs before pyfuse3.close
         nursery = await stack.enter_async_context(trio.open_nursery())
         ops.nursery = nursery
+        ops.mountpoint = os.path.abspath(mountpoint)   # fuse_ops._kernel_size
         nursery.start_soon(ops.commit_loop)
         nursery.start_soon(ops.inactive_loop)
         nursery.start_soon(_watch_signals, nursery.cancel_scope)
