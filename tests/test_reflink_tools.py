@@ -907,41 +907,47 @@ def finish(proc: subprocess.Popen, timeout: float, mnt) -> tuple[str, str] | Non
         return None
 
 
+def _against_readers(mounted, tmp_path, path, script, *args):
+    """Run `script` (which changes `path`) against 3 readers of it (READER):
+    (the script's JSON output, the readers' outputs); fails on a hang."""
+    stop = tmp_path / "stop"
+    env = env_for()
+    popen = lambda *a: subprocess.Popen(
+        [sys.executable, "-c", *map(str, a)], stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, env=env, cwd="/")
+    readers = [popen(READER, path, stop) for _ in range(3)]
+    changer = None
+    try:
+        time.sleep(0.2)
+        changer = popen(script, *args)
+        res = finish(changer, 90, mounted)
+        stop.write_text("")
+        if res is None:
+            for r in readers:
+                finish(r, 5, mounted)
+            pytest.fail(f"{args} against 3 readers did not finish in 90 s (deadlock?)")
+        outs = []
+        for r in readers:
+            got = finish(r, 60, mounted)
+            if got is None:
+                pytest.fail("a reader hung after the changes ended")
+            assert r.returncode == 0, got[1]
+            outs.append(json.loads(got[0]))
+    finally:
+        stop.write_text("")
+        for p in readers + [changer]:
+            if p is not None and p.poll() is None:
+                finish(p, 10, mounted)
+    assert changer.returncode == 0, res[1]
+    return json.loads(res[0]), outs
+
+
 def test_clones_against_concurrent_readers(mounted, tmp_path):
     a, b, dst = mounted / "a", mounted / "b", mounted / "dst"
     write_file(a, b"a" * BS)
     write_file(b, b"b" * 2 * BS)
     write_file(dst, b"")
-    stop = tmp_path / "stop"
-    env = env_for()
-    popen = lambda *args: subprocess.Popen(
-        [sys.executable, "-c", *map(str, args)], stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, env=env, cwd="/")
-    readers = [popen(READER, dst, stop) for _ in range(3)]
-    cloner = None
-    try:
-        time.sleep(0.2)
-        cloner = popen(CLONER, a, b, dst, 2000)
-        res = finish(cloner, 90, mounted)
-        stop.write_text("")
-        if res is None:
-            for r in readers:
-                finish(r, 5, mounted)
-            pytest.fail("2000 clones against 3 readers did not finish in 90 s (deadlock?)")
-        outs = []
-        for r in readers:
-            got = finish(r, 60, mounted)
-            if got is None:
-                pytest.fail("a reader hung after the clones ended")
-            assert r.returncode == 0, got[1]
-            outs.append(json.loads(got[0]))
-    finally:
-        stop.write_text("")
-        for p in readers + [cloner]:
-            if p is not None and p.poll() is None:
-                finish(p, 10, mounted)
-    assert cloner.returncode == 0, res[1]
-    done = json.loads(res[0])
+    done, outs = _against_readers(mounted, tmp_path, dst, CLONER, a, b, dst, 2000)
     assert done["nbad"] == 0, done
     for out in outs:
         assert out["reads"] > 0 and out["nbad"] == 0, out
@@ -972,36 +978,10 @@ def test_truncates_against_concurrent_readers(mounted, tmp_path):
     (fuse_ops._read_after_shrink)."""
     dst = mounted / "dst"
     write_file(dst, b"b" * 2 * BS)
-    stop = tmp_path / "stop"
-    env = env_for()
-    popen = lambda *args: subprocess.Popen(
-        [sys.executable, "-c", *map(str, args)], stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, env=env, cwd="/")
-    readers = [popen(READER, dst, stop) for _ in range(3)]
-    writer = None
-    try:
-        time.sleep(0.2)
-        writer = popen(TRUNCATER, dst, 1000)
-        res = finish(writer, 90, mounted)
-        stop.write_text("")
-        if res is None:
-            pytest.fail("1000 truncates against 3 readers did not finish in 90 s (deadlock?)")
-        outs = []
-        for r in readers:
-            got = finish(r, 60, mounted)
-            if got is None:
-                pytest.fail("a reader hung after the truncates ended")
-            assert r.returncode == 0, got[1]
-            outs.append(json.loads(got[0]))
-    finally:
-        stop.write_text("")
-        for p in readers + [writer]:
-            if p is not None and p.poll() is None:
-                finish(p, 10, mounted)
-    assert writer.returncode == 0, res[1]
+    done, outs = _against_readers(mounted, tmp_path, dst, TRUNCATER, dst, 1000)
     for out in outs:
         assert out["reads"] > 0 and out["nbad"] == 0, out
-    print("truncater:", json.loads(res[0]), "readers:", outs)
+    print("truncater:", done, "readers:", outs)
     assert uncached_read(dst) == b"b" * 2 * BS
 
 
