@@ -696,7 +696,7 @@ def group_io(bench: Bench, want_seq: bool, want_rand: bool) -> list[dict]:
     if want_rand:
         figs += res.figures("rread", f"4 KiB random read, {bench.rand_secs} s ({how})", "IOPS",
                             group="rand")
-        figs += res.figures("rwrite", f"4 KiB random write + fsync, {bench.rand_secs} s ({how})",
+        figs += res.figures("rwrite", f"4 KiB random write, fsync at the end, {bench.rand_secs} s ({how})",
                             "IOPS", group="rand")
     return figs
 
