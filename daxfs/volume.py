@@ -215,12 +215,10 @@ class Volume:
 
     def needs_commit(self) -> bool:
         """Would the delayed changes and dirty blocks fill more than half
-        the log?  (After every operation: `Delayed.pending` inline.)"""
-        pending = len(self.journal.dirty)
+        the log?"""
+        pending = self.journal.pending
         for p in self.participants:
-            n = len(p._pending)
-            if n:
-                pending += p.tree.blocks_touched_by(n)
+            pending += p.pending()
         return pending > self.journal.capacity // 2
 
     def close(self) -> None:
