@@ -156,7 +156,7 @@ class Allocator:
         rs, rl = r
         re = rs + rl
         if rs == s:
-            tree.delete((rs,))
+            tree.discard((rs,))
             if re > s + n:
                 tree.insert((s + n, re - s - n))
         else:
@@ -182,11 +182,11 @@ class Allocator:
         if prev and prev[0] + prev[1] == s:
             s = prev[0]
             if nxt and nxt[0] == e:
-                tree.delete(nxt[:1])
+                tree.discard(nxt[:1])
                 e = nxt[0] + nxt[1]
             tree.update((s, e - s))
         elif nxt and nxt[0] == e:
-            tree.delete(nxt[:1])
+            tree.discard(nxt[:1])
             tree.insert((s, nxt[0] + nxt[1] - s))
         else:
             tree.insert((s, n))

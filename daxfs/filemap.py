@@ -113,7 +113,7 @@ class FileMap:
                 self.tree.update((ino, rf, rp, a - rf, 0))
                 self.rmap.resize(rp, ino, rf, a - rf)
             else:
-                self.tree.delete((ino, rf))
+                self.tree.discard((ino, rf))
                 self.rmap.unmap(rp, ino, rf)
             if b < rf + rn:
                 self.tree.insert((ino, b, rp + (b - rf), rf + rn - b, 0))

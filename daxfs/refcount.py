@@ -46,7 +46,7 @@ class Refcount:
         end = start + n
         old = self._overlapping(start, n) if self.tree.count else []
         for rs, rl, rc in old:
-            self.tree.delete((rs,))
+            self.tree.discard((rs,))
             if rs < start:
                 self.tree.insert((rs, start - rs, rc))
             if rs + rl > end:

@@ -69,7 +69,7 @@ class Xattrs:
         if old is not None:
             pos = old[1]
             self._free_value(ino, old)
-            self.tree.delete((ino, pos))
+            self.tree.discard((ino, pos))
         else:
             used = {r[1] & _LOW for r in self.tree.scan(lo=(ino, name_hash(name) << 32),
                                                        hi=(ino, name_hash(name) << 32 | _LOW))}
@@ -104,7 +104,7 @@ class Xattrs:
         if rec is None:
             raise NoAttribute(f"no attribute {name!r}")
         self._free_value(ino, rec)
-        self.tree.delete((ino, rec[1]))
+        self.tree.discard((ino, rec[1]))
 
     def names(self, ino: int) -> list[bytes]:
         if ino in self._bare:
@@ -117,7 +117,7 @@ class Xattrs:
             return
         for rec in list(self.tree.scan(lo=(ino, 0), hi=(ino,))):
             self._free_value(ino, rec)
-            self.tree.delete((ino, rec[1]))
+            self.tree.discard((ino, rec[1]))
 
     def value_blocks(self):
         """(ino, pos, first block, count) of every out-of-line value (check)."""
