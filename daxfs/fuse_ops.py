@@ -50,6 +50,7 @@ work with far less (measured: a LOOKUP round trip of ~30 µs instead of
 need other requests answered first (pages locked by reads in flight, the
 OPENDIR of `_kernel_size`).  There a temporary extra worker
 (`_extra_worker`) serves requests until the main one is back, then ends.
+How a worker waits for the next request is daxfs/request_wait.py's.
 
 Cache choices
 -------------
@@ -92,7 +93,7 @@ from collections import defaultdict
 import pyfuse3
 import trio
 
-from daxfs import control
+from daxfs import control, request_wait
 from daxfs.admin import AdminServer, is_admin_name
 from daxfs.control_server import Caller, ControlServer, own_mount_device
 from daxfs.errors import DaxfsError
@@ -265,7 +266,8 @@ class Operations(pyfuse3.Operations):
         waiting for requests again (pyfuse3's loop with min_tasks=0), so
         that requests are answered while this handler waits."""
         if self.nursery is not None and SINGLE_WORKER:
-            self.nursery.start_soon(pyfuse3._session_loop, self.nursery, 0, 0)
+            self.nursery.start_soon(pyfuse3._session_loop, self.nursery, 0, 0,
+                                    name=request_wait.EXTRA_WORKER)
 
     async def _invalidate(self, ino: int, attr_only: bool = False, then=None) -> None:
         """Drop the kernel's cached pages (and attributes) of `ino`.

@@ -36,7 +36,8 @@ import signal
 import pyfuse3
 import trio
 
-from daxfs.fuse_ops import Operations, main_loop_args
+from daxfs import request_wait
+from daxfs.fuse_ops import SINGLE_WORKER, Operations, main_loop_args
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,7 @@ async def _watch_signals(cancel_scope: trio.CancelScope) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
             log.info("received %s: unmounting", signal.Signals(signum).name)
+            request_wait.ending()
             pyfuse3.terminate()
             return
 
@@ -129,6 +131,8 @@ async def serve(fs, mountpoint: str, options: set[str], ops_factory=Operations) 
         pyfuse3.init(ops, mountpoint, options)
         log.info("mounted on %s (options %s)", mountpoint, ",".join(sorted(options)))
         stack.callback(pyfuse3.close, unmount=True)
+        if SINGLE_WORKER and request_wait.install():
+            stack.callback(request_wait.uninstall)
 
         def release():
             ops.forget_all()

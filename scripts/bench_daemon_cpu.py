@@ -4,9 +4,12 @@ operation seen by the caller, and the daemon's CPU time per operation (from
 /proc/PID/schedstat around the loop), for daxfs and for the pyfuse3
 passthrough peer (scripts/peers/passthrough.py), side by side on the same
 machine.  With --pool, daxfs is also measured with pyfuse3's worker pool
-(DAXFS_PYFUSE3_POOL=1) instead of its single request worker.
+(DAXFS_PYFUSE3_POOL=1) instead of its single request worker; with
+--pyfuse3-wait, with pyfuse3's own wait for each request
+(DAXFS_REQUEST_WAIT=pyfuse3) instead of daxfs/request_wait.py's.
 
     .venv/bin/python scripts/bench_daemon_cpu.py [--runs 3] [--files 2000] [--pool]
+        [--pyfuse3-wait]
 
 Loops: create (open O_CREAT|O_EXCL + close), stat after dropping the
 kernel's caches, unlink.  Medians over --runs; runs of the systems
@@ -122,6 +125,8 @@ def main(argv=None) -> int:
     p.add_argument("--files", type=int, default=2000)
     p.add_argument("--pool", action="store_true",
                    help="also measure daxfs with pyfuse3's worker pool")
+    p.add_argument("--pyfuse3-wait", action="store_true",
+                   help="also measure daxfs with pyfuse3's own wait for requests")
     p.add_argument("--workdir", default=None)
     args = p.parse_args(argv)
     if os.geteuid() != 0 or not os.path.exists("/dev/fuse"):
@@ -138,6 +143,9 @@ def main(argv=None) -> int:
             if args.pool:
                 systems["daxfs (pyfuse3 pool)"] = stack.enter_context(
                     mounted_daxfs(work, "daxfs-pool", dict(env, DAXFS_PYFUSE3_POOL="1")))
+            if args.pyfuse3_wait:
+                systems["daxfs (pyfuse3 wait)"] = stack.enter_context(
+                    mounted_daxfs(work, "daxfs-wait", dict(env, DAXFS_REQUEST_WAIT="pyfuse3")))
             systems["passthrough"] = stack.enter_context(mounted_passthrough(work))
             pids = {name: _daemon_pid(m) for name, m in systems.items()}
             for r in range(args.runs):
