@@ -6,7 +6,7 @@ import os
 import trio
 
 from conftest import mount_image
-from daxfs.request_wait import EXTRA_WORKER, _Waiter
+from daxfs.request_wait import EXTRA_WORKER, SKIP_MAX, _Waiter
 
 
 def _run(fn):
@@ -96,3 +96,18 @@ def test_a_mount_uses_it(image, mnt, tmp_path):
         (m / "f").write_bytes(b"data")
         assert (m / "f").read_bytes() == b"data"
     assert "request wait: daxfs's" in log.read_text()
+
+
+def test_queued_requests_skip_the_scheduler_a_few_at_a_time():
+    async def main(waiter, w):
+        os.write(w, b"x")
+        # in a cancelled scope, the first pass through the scheduler raises
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            for _ in range(SKIP_MAX):
+                assert await waiter.wait_readable() is True
+            assert not scope.cancelled_caught  # readable: no scheduler pass yet
+            await waiter.wait_readable()
+        assert scope.cancelled_caught          # then one, so other tasks run
+        assert waiter.waiting == 0 and not waiter.lock.locked()
+    _run(main)
