@@ -27,7 +27,9 @@ bigimage  An image of 64 GiB (8 GiB with --quick), sparse, holding N data
 rmapcost  The rmap's run-time cost: N files (10,000; 2000) created, given
           three small writes each (3 extents), unlinked and forgotten, and
           committed, through the Filesystem API on an rmap image and on a
-          --no-rmap image, alternating.  Target: rmap image >= 0.95x the
+          --no-rmap image, interleaved file by file (each file's steps on
+          one image, then on the other, each timed on its own), so that a
+          noisy machine slows both alike.  Target: rmap image >= 0.95x the
           ops/s of the --no-rmap image (a cost of at most 5%).
 compare   Dedupe's in-place compare (FileMap.same_bytes, what
           FIDEDUPERANGE runs) of two files of equal data (1 GiB; 128 MiB),
@@ -38,8 +40,8 @@ Each figure is the median of --runs runs (default 3).  Nothing is asserted
 about time.  The figures go to the terminal and, with --json, to a file in
 the format of scripts/bench_common.py (bench.py calls this script that way).
 --profile DIR samples the daxfs sections (btree-insert, btree-lookup,
-bigimage-build, rmap-owner-lookup, no-rmap-scan, rmapcost-rmap,
-rmapcost-normap) the first time they run, with py-spy attached to this
+bigimage-build, rmap-owner-lookup, no-rmap-scan, rmapcost: both
+images, interleaved) the first time they run, with py-spy attached to this
 process (cProfile without py-spy), writes DIR/engine-TAG.txt (.prof) and
 prints the hot spots; the numbers of a profiled run are not the real ones.
 """
@@ -384,32 +386,46 @@ class Engine:
             fss[rmap] = Filesystem.open(str(p))
         rates = {True: [], False: []}
 
-        def workload(fs, run: int) -> float:
-            d = fs.mkdir(1, b"w%d" % run, 0o755, 0, 0).ino
+        def workload(run: int) -> dict:
+            """One run on both images, interleaved file by file: each
+            file's steps run on one image and then on the other (which
+            one first alternates), each timed on its own, so both images
+            see the same moment of a noisy machine."""
+            spent = {True: 0, False: 0}
+            clock = time.perf_counter_ns
+            order = [(rmap, fss[rmap]) for rmap in (True, False)]
+            dirs = {rmap: fs.mkdir(1, b"w%d" % run, 0o755, 0, 0).ino for rmap, fs in order}
             names = [b"f%06d" % i for i in range(n)]
-            t0 = time.perf_counter()
-            inos = []
-            for nm in names:
-                ino = fs.create(d, nm, stat.S_IFREG | 0o644, 0, 0).ino
-                fs.write(ino, 0, data)
-                fs.write(ino, 4 * BS, data)
-                fs.write(ino, 16 * BS, small)
-                inos.append(ino)
-            for nm, ino in zip(names, inos):
-                fs.unlink(d, nm)
-                fs.forget(ino)
-            fs.commit()
-            t1 = time.perf_counter()
-            fs.rmdir(1, b"w%d" % run)
-            fs.commit()
-            return 5 * n / (t1 - t0)
+            inos = {True: [], False: []}
+            for i, nm in enumerate(names):
+                for rmap, fs in (order if i % 2 == 0 else order[::-1]):
+                    t0 = clock()
+                    ino = fs.create(dirs[rmap], nm, stat.S_IFREG | 0o644, 0, 0).ino
+                    fs.write(ino, 0, data)
+                    fs.write(ino, 4 * BS, data)
+                    fs.write(ino, 16 * BS, small)
+                    spent[rmap] += clock() - t0
+                    inos[rmap].append(ino)
+            for i, nm in enumerate(names):
+                for rmap, fs in (order if i % 2 == 0 else order[::-1]):
+                    t0 = clock()
+                    fs.unlink(dirs[rmap], nm)
+                    fs.forget(inos[rmap][i])
+                    spent[rmap] += clock() - t0
+            for rmap, fs in order:
+                t0 = clock()
+                fs.commit()
+                spent[rmap] += clock() - t0
+                fs.rmdir(1, b"w%d" % run)
+                fs.commit()
+            return {rmap: 5 * n / (ns / 1e9) for rmap, ns in spent.items()}
 
         try:
             for run in range(self.runs):
-                order = (True, False) if run % 2 == 0 else (False, True)
-                for rmap in order:
-                    with self.profiled("rmapcost-" + ("rmap" if rmap else "normap")):
-                        rates[rmap].append(workload(fss[rmap], run))
+                with self.profiled("rmapcost"):
+                    got = workload(run)
+                for rmap in (True, False):
+                    rates[rmap].append(got[rmap])
                 log(f"rmap cost run {run + 1}: rmap {rates[True][-1]:,.0f} ops/s, "
                     f"no rmap {rates[False][-1]:,.0f} ops/s")
         finally:
