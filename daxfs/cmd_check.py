@@ -6,6 +6,7 @@ error (not an image, in use, unreadable)."""
 import argparse
 import sys
 
+from . import gc_tuning
 from .errors import DaxfsError
 
 EXIT_CLEAN, EXIT_ERRORS, EXIT_OPERATIONAL = 0, 4, 8
@@ -18,6 +19,7 @@ def main(argv=None) -> int:
                    help="rebuild what can be derived (rmap, refcount, free space, link counts)")
     p.add_argument("--quiet", "-q", action="store_true", help="print problems only")
     args = p.parse_args(argv)
+    gc_tuning.tune()
     try:
         if args.repair:
             from .repair import repair_image

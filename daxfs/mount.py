@@ -29,6 +29,7 @@ daxfs/cmd_mount.py, request handling to daxfs/fuse_ops.py.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -36,7 +37,7 @@ import signal
 import pyfuse3
 import trio
 
-from daxfs import request_wait
+from daxfs import gc_tuning, request_wait
 from daxfs.fuse_ops import SINGLE_WORKER, Operations, main_loop_args
 
 log = logging.getLogger(__name__)
@@ -161,6 +162,9 @@ def run(image: str, mountpoint: str, extra_options=(), *, readonly: bool = False
         from daxfs.fs import Filesystem
         opener = Filesystem.open
     fs = opener(image, readonly=readonly)
+    if gc_tuning.tune():
+        log.info("garbage collector: thresholds %s, %d objects frozen",
+                 gc.get_threshold(), gc.get_freeze_count())
     if hasattr(fs, "atime"):
         apply_atime_options(fs, extra_options)
     options = fuse_options(image, extra_options, readonly=readonly)

@@ -36,6 +36,9 @@ compare   Dedupe's in-place compare (FileMap.same_bytes, what
           in GB/s, target >= 2 GB/s; peer: numpy.array_equal of the same
           two files' mapped ranges, extent by extent.
 
+Python's cyclic garbage collector is set up as the mount daemon sets it
+(daxfs/gc_tuning.py; DAXFS_GC=default keeps Python's defaults).
+
 Each figure is the median of --runs runs (default 3).  Nothing is asserted
 about time.  The figures go to the terminal and, with --json, to a file in
 the format of scripts/bench_common.py (bench.py calls this script that way).
@@ -550,6 +553,8 @@ def main(argv=None) -> int:
     bad = [g for g in groups if g not in GROUPS]
     if bad:
         p.error(f"unknown group(s) {','.join(bad)}; groups are {','.join(GROUPS)}")
+    from daxfs import gc_tuning
+    gc_tuning.tune()            # the collector set up as the daemon has it
     eng = Engine(args)
     figs: list[dict] = []
     try:

@@ -143,6 +143,11 @@ def main(argv=None) -> int:
     p.add_argument("--workdir", default=None)
     args = p.parse_args(argv)
     import daxfs
+    try:
+        from daxfs import gc_tuning
+        gc_tuning.tune()        # the collector set up as the daemon has it
+    except ImportError:
+        pass                    # (older commits ran with Python's defaults)
     print(f"daxfs from {os.path.dirname(daxfs.__file__)}; median of {args.runs} runs, µs/op")
     results: dict[str, list[float]] = {}
     for _ in range(args.runs):
