@@ -6,10 +6,13 @@ passthrough peer (scripts/peers/passthrough.py), side by side on the same
 machine.  With --pool, daxfs is also measured with pyfuse3's worker pool
 (DAXFS_PYFUSE3_POOL=1) instead of its single request worker; with
 --pyfuse3-wait, with pyfuse3's own wait for each request
-(DAXFS_REQUEST_WAIT=pyfuse3) instead of daxfs/request_wait.py's.
+(DAXFS_REQUEST_WAIT=pyfuse3) instead of daxfs/request_wait.py's; with
+--daxfs-loop, the passthrough is also measured served the way the daxfs
+daemon serves (passthrough.py --daxfs-loop): the binding's own cost under
+daxfs's settings.
 
     .venv/bin/python scripts/bench_daemon_cpu.py [--runs 3] [--files 2000] [--pool]
-        [--pyfuse3-wait]
+        [--pyfuse3-wait] [--daxfs-loop]
 
 Loops: create (open O_CREAT|O_EXCL + close), stat after dropping the
 kernel's caches, unlink.  Medians over --runs; runs of the systems
@@ -77,11 +80,12 @@ def mounted_daxfs(work: str, name: str, env: dict):
 
 
 @contextlib.contextmanager
-def mounted_passthrough(work: str):
-    src, mnt = os.path.join(work, "pt-src"), os.path.join(work, "pt")
+def mounted_passthrough(work: str, name: str = "pt", extra=()):
+    src, mnt = os.path.join(work, name + "-src"), os.path.join(work, name)
     os.mkdir(src)
     os.mkdir(mnt)
-    proc = subprocess.Popen([PY, os.path.join(HERE, "peers", "passthrough.py"), src, mnt])
+    proc = subprocess.Popen([PY, os.path.join(HERE, "peers", "passthrough.py"), src, mnt,
+                             *extra])
     try:
         deadline = time.monotonic() + 30
         while not os.path.ismount(mnt):
@@ -127,6 +131,9 @@ def main(argv=None) -> int:
                    help="also measure daxfs with pyfuse3's worker pool")
     p.add_argument("--pyfuse3-wait", action="store_true",
                    help="also measure daxfs with pyfuse3's own wait for requests")
+    p.add_argument("--daxfs-loop", action="store_true",
+                   help="also measure the passthrough served with daxfs's request loop "
+                        "and collector set-up (passthrough.py --daxfs-loop)")
     p.add_argument("--workdir", default=None)
     args = p.parse_args(argv)
     if os.geteuid() != 0 or not os.path.exists("/dev/fuse"):
@@ -147,6 +154,9 @@ def main(argv=None) -> int:
                 systems["daxfs (pyfuse3 wait)"] = stack.enter_context(
                     mounted_daxfs(work, "daxfs-wait", dict(env, DAXFS_REQUEST_WAIT="pyfuse3")))
             systems["passthrough"] = stack.enter_context(mounted_passthrough(work))
+            if args.daxfs_loop:
+                systems["passthrough (daxfs loop)"] = stack.enter_context(
+                    mounted_passthrough(work, "pt-loop", ["--daxfs-loop"]))
             pids = {name: _daemon_pid(m) for name, m in systems.items()}
             for r in range(args.runs):
                 for name, m in systems.items():

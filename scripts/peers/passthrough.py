@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A minimal pyfuse3 + trio passthrough filesystem: the benchmarks' peer.
 
-    passthrough.py SOURCE_DIR MOUNTPOINT [--debug]
+    passthrough.py SOURCE_DIR MOUNTPOINT [--debug] [--daxfs-loop]
 
 It mirrors SOURCE_DIR at MOUNTPOINT with the same mount options and cache
 choices as daxfs (default_permissions, allow_other when root, no
@@ -16,6 +16,14 @@ Everything else is a direct call of the matching os function.  Written for
 daxfs (not copied from pyfuse3's example), as small as it can be while
 staying correct for the benchmark workloads (create/stat/unlink, sequential
 I/O, untar).
+
+By default it serves the way a minimal pyfuse3 program does: pyfuse3's
+worker pool and wait, Python's garbage collector settings (the benchmarks'
+peer).  --daxfs-loop serves the way the daxfs daemon does instead: one
+request worker (daxfs.fuse_ops.main_loop_args), daxfs's wait for requests
+(daxfs/request_wait.py) and collector set-up (daxfs/gc_tuning.py), so that
+scripts/bench_daemon_cpu.py can show what the binding itself costs under
+daxfs's own settings.
 """
 
 import argparse
@@ -310,7 +318,7 @@ class Passthrough(pyfuse3.Operations):
         os.removexattr(self._path(inode), os.fsdecode(name), follow_symlinks=False)
 
 
-async def _serve() -> None:
+async def _serve(loop_args: dict) -> None:
     async with trio.open_nursery() as nursery:
 
         async def on_signal():
@@ -320,7 +328,7 @@ async def _serve() -> None:
                     return
 
         nursery.start_soon(on_signal)
-        await pyfuse3.main()
+        await pyfuse3.main(**loop_args)
         nursery.cancel_scope.cancel()
 
 
@@ -329,6 +337,8 @@ def main(argv=None) -> int:
     p.add_argument("source")
     p.add_argument("mountpoint")
     p.add_argument("--debug", action="store_true")
+    p.add_argument("--daxfs-loop", action="store_true",
+                   help="serve with the daxfs daemon's request loop and collector set-up")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -337,8 +347,17 @@ def main(argv=None) -> int:
     if os.geteuid() == 0:
         opts.add("allow_other")
     pyfuse3.init(Passthrough(args.source), args.mountpoint, opts)
+    loop_args = {}
+    if args.daxfs_loop:
+        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(
+            os.path.abspath(__file__)))))
+        from daxfs import gc_tuning, request_wait
+        from daxfs.fuse_ops import main_loop_args
+        gc_tuning.tune()
+        request_wait.install()
+        loop_args = main_loop_args()
     try:
-        trio.run(_serve)
+        trio.run(_serve, loop_args)
     finally:
         pyfuse3.close(unmount=True)
     return 0
