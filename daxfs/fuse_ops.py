@@ -107,6 +107,7 @@ BLKSIZE = 4096          # st_blksize, f_bsize, f_frsize
 NAME_MAX = 255
 COMMIT_INTERVAL = 1.0   # seconds between background group commits
 INACTIVE_IDLE = 0.005   # seconds without requests before unlinked inodes are freed
+INACTIVE_RECHECK_MAX = 0.1   # longest wait between looks for that gap while busy
 SHRINK_POLL = 0.0005    # seconds between looks at the kernel's size (`_read_after_shrink`)
 SHRINK_WAIT = 5.0       # at most this long, then answer anyway
 
@@ -219,6 +220,7 @@ class Operations(pyfuse3.Operations):
         self._lookups: dict[int, int] = defaultdict(int)
         self._dirty = False
         self._last_request = 0.0
+        self._inactive_queued = None       # trio.Event inactive_loop sleeps on
         self.nursery = None                # set by mount.serve (extra request workers)
         self.mountpoint = None             # set by mount.serve (`_kernel_size`)
         self._kernel_sizes = None          # KernelSizes, made on first use
@@ -370,9 +372,21 @@ class Operations(pyfuse3.Operations):
         """Free the unlinked inodes the kernel has forgotten (fs.forget
         queues them) once no request has come for `idle` seconds, one per
         scheduling turn, stopping as soon as requests come again: unlink
-        answers at once and the freeing happens in the gaps."""
+        answers at once and the freeing happens in the gaps.
+
+        It sleeps on `_inactive_queued` while nothing is queued (an idle
+        mount does not wake up), and while requests keep coming it looks
+        for a gap less and less often (up to INACTIVE_RECHECK_MAX apart):
+        each timed wake-up is a trip through trio's cancellation."""
         while True:
+            if not self.fs.pending_inactive():
+                self._inactive_queued = trio.Event()
+                await self._inactive_queued.wait()
+            delay = idle
             await trio.sleep(idle)
+            while time.monotonic() - self._last_request < idle:
+                delay = min(2 * delay, INACTIVE_RECHECK_MAX)
+                await trio.sleep(delay)
             while self.fs.pending_inactive():
                 if time.monotonic() - self._last_request < idle:
                     break
@@ -419,6 +433,10 @@ class Operations(pyfuse3.Operations):
                 if ino != pyfuse3.ROOT_INODE:
                     self.fs.forget(ino)
                     self._dirty = True
+                    queued = self._inactive_queued
+                    if queued is not None and not queued.is_set() \
+                            and self.fs.pending_inactive():
+                        queued.set()
             except DaxfsError as exc:       # e.g. shut down: the inode is freed at next open
                 log.warning("forget(%d, %d): %s", ino, n, exc)
             except Exception:

@@ -853,6 +853,33 @@ def test_option_parsing_and_mountinfo_escapes():
     assert {"default_permissions", "ro", "noexec"} <= opts
 
 
+def _wakeups(pid: int) -> int:
+    """Voluntary context switches of every thread of `pid` so far."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        for line in Path(f"/proc/{pid}/task/{tid}/status").read_text().splitlines():
+            if line.startswith("voluntary_ctxt_switches:"):
+                total += int(line.split()[1])
+    return total
+
+
+def test_an_idle_mount_sleeps(image, mnt):
+    """With nothing to do, the daemon wakes up about once a second (the
+    commit timer), not every few milliseconds: the reaper of unlinked
+    inodes sleeps until one is queued (it used to look every 5 ms, about
+    200 wake-ups a second)."""
+    from daxfs.cmd_umount import daemon_pids
+    with mount_image(image, mnt) as m:
+        (m / "f").write_bytes(b"x")
+        os.unlink(m / "f")                   # one inode queued, freed, then idle
+        time.sleep(1)
+        pid = daemon_pids(image)[0]
+        before = _wakeups(pid)
+        time.sleep(2)
+        woke = _wakeups(pid) - before
+        assert woke < 20, f"an idle daemon woke up {woke} times in 2 s"
+
+
 @pytest.mark.timeout(300)
 def test_unlinked_file_is_freed_and_committed_while_idle(image, mnt):
     """An unlinked, closed file is freed by the daemon on its own once no
