@@ -850,24 +850,66 @@ class BTree:
                 self._fix_hi(path, len(path) - 1)
 
     def delete_sorted(self, keys_in) -> list:
-        """delete() of each key, ascending; the keys found absent."""
+        """delete() of each key, ascending; the keys found absent.  The
+        keys that fall in one leaf go out together, as long as the leaf
+        stays at least a third full; the rest take the general path."""
+        keys_in = list(keys_in)
         missing = []
         path = limit = None
-        for key in keys_in:
+        at, total = 0, len(keys_in)
+        while at < total:
+            key = keys_in[at]
             if not self.height:
                 missing.append(key)
+                at += 1
                 continue
             path, limit, found = self._cursor(self._key(key), path, limit)
             leaf, i = path[-1]
             if not found:
                 missing.append(key)
-            elif len(path) > 1 and leaf.n - 1 < leaf.cap // 3:
+                at += 1
+                continue
+            room = leaf.n - leaf.cap // 3 if len(path) > 1 else leaf.n
+            if room < 1:
                 self.delete(key)            # rebalances: the general path
                 path = None
-            else:
-                self._remove_at(path, len(path) - 1, i)
-                self._add_count(-1)
+                at += 1
+                continue
+            keys = leaf.keys
+            gone, absent = [i], []
+            at += 1
+            while at < total and len(gone) < room:
+                kj = self._key(keys_in[at])
+                if limit is not None and kj >= limit:
+                    break
+                j = bisect_left(keys, kj, gone[-1] + 1, leaf.n)
+                if j < leaf.n and keys[j] == kj:
+                    gone.append(j)
+                else:
+                    absent.append(keys_in[at])
+                at += 1
+            missing += absent
+            self._cut_from_leaf(path, gone)
         return missing
+
+    def _cut_from_leaf(self, path, gone: list) -> None:
+        """Remove the records at ascending indexes `gone` of path's leaf,
+        which stays at least a third full (or is the root)."""
+        leaf = path[-1][0] = self._w(path[-1][0])
+        keys = self._keys(leaf)
+        n = leaf.n
+        if len(gone) == 1:
+            _shift(leaf, gone[0] + 1, n, -1)
+        else:
+            keep = np.ones(n, dtype=bool)
+            keep[gone] = False
+            leaf.recs[:n - len(gone)] = leaf.recs[:n][keep]
+        for i in reversed(gone):
+            del keys[i]
+        leaf.set_n(n - len(gone))
+        leaf.keys = keys
+        self._add_count(-len(gone))
+        self._fix_hi(path, len(path) - 1)
 
     def apply_sorted(self, changes) -> list:
         """A delayed delta, as (key, record or None, in_tree) in ascending

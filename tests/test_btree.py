@@ -208,9 +208,12 @@ def test_sorted_batches_match_model(vol, seed):
                 keys = rnd.sample(mine, min(len(mine), rnd.randrange(1, 400)))
             else:                                     # empties leaves: merges
                 keys = [k for k in mine if ours + lo <= k[0] < ours + lo + span]
-            absent = (ours - 1, 0, 0)
-            missing = t.delete_sorted(sorted(keys + [absent]))
-            assert missing == [absent]
+            # absent keys below everything and among the deleted ones (a
+            # second field of 5 is never used): reported, nothing else done
+            absent = sorted({(ours - 1, 0, 0)} | {(ours + lo + rnd.randrange(span), 5, 0)
+                                                  for _ in range(3)})
+            missing = t.delete_sorted(sorted(keys + absent))
+            assert missing == absent
             for k in keys:
                 del model[k]
         vol.alloc.settle()
