@@ -7,12 +7,14 @@ machine.  With --pool, daxfs is also measured with pyfuse3's worker pool
 (DAXFS_PYFUSE3_POOL=1) instead of its single request worker; with
 --pyfuse3-wait, with pyfuse3's own wait for each request
 (DAXFS_REQUEST_WAIT=pyfuse3) instead of daxfs/request_wait.py's; with
---daxfs-loop, the passthrough is also measured served the way the daxfs
-daemon serves (passthrough.py --daxfs-loop): the binding's own cost under
-daxfs's settings.
+--gc-default, with Python's own garbage collector settings
+(DAXFS_GC=default) instead of daxfs/gc_tuning.py's; with --daxfs-loop,
+the passthrough is also measured served the way the daxfs daemon serves
+(passthrough.py --daxfs-loop): the binding's own cost under daxfs's
+settings.
 
     .venv/bin/python scripts/bench_daemon_cpu.py [--runs 3] [--files 2000] [--pool]
-        [--pyfuse3-wait] [--daxfs-loop]
+        [--pyfuse3-wait] [--gc-default] [--daxfs-loop]
 
 Loops: create (open O_CREAT|O_EXCL + close), stat after dropping the
 kernel's caches, unlink.  Medians over --runs; runs of the systems
@@ -131,6 +133,8 @@ def main(argv=None) -> int:
                    help="also measure daxfs with pyfuse3's worker pool")
     p.add_argument("--pyfuse3-wait", action="store_true",
                    help="also measure daxfs with pyfuse3's own wait for requests")
+    p.add_argument("--gc-default", action="store_true",
+                   help="also measure daxfs with Python's own garbage collector settings")
     p.add_argument("--daxfs-loop", action="store_true",
                    help="also measure the passthrough served with daxfs's request loop "
                         "and collector set-up (passthrough.py --daxfs-loop)")
@@ -153,6 +157,9 @@ def main(argv=None) -> int:
             if args.pyfuse3_wait:
                 systems["daxfs (pyfuse3 wait)"] = stack.enter_context(
                     mounted_daxfs(work, "daxfs-wait", dict(env, DAXFS_REQUEST_WAIT="pyfuse3")))
+            if args.gc_default:
+                systems["daxfs (gc default)"] = stack.enter_context(
+                    mounted_daxfs(work, "daxfs-gc", dict(env, DAXFS_GC="default")))
             systems["passthrough"] = stack.enter_context(mounted_passthrough(work))
             if args.daxfs_loop:
                 systems["passthrough (daxfs loop)"] = stack.enter_context(
@@ -165,12 +172,11 @@ def main(argv=None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     print(f"{args.files} files, median of {args.runs} runs: wall µs per op / daemon CPU µs per op")
     for op in ("create", "stat", "unlink"):
-        cells = []
+        print(f"  {op}")
         for name, runs in results.items():
             w = statistics.median(x[op][0] for x in runs)
             c = statistics.median(x[op][1] for x in runs)
-            cells.append(f"{name}: {w:6.1f} / {c:6.1f}")
-        print(f"  {op:<7} " + "   ".join(cells))
+            print(f"    {name:<26} {w:7.1f} / {c:7.1f}")
     return 0
 
 
