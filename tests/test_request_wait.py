@@ -18,13 +18,18 @@ def _run(fn):
         os.close(w)
 
 
+def _waiting_task(waiter, out: list):
+    """A task that waits once and appends the answer (with `tag`, if given)."""
+    async def wait(tag=None):
+        got = await waiter.wait_readable()
+        out.append(got if tag is None else (tag, got))
+    return wait
+
+
 def test_returns_once_readable():
     async def main(waiter, w):
         got = []
-
-        async def wait():
-            got.append(await waiter.wait_readable())
-
+        wait = _waiting_task(waiter, got)
         async with trio.open_nursery() as n:
             n.start_soon(wait)
             await trio.sleep(0.05)
@@ -38,29 +43,23 @@ def test_returns_once_readable():
 
 def test_extra_worker_ends_while_another_waits():
     async def main(waiter, w):
-        results = {}
-
-        async def wait(tag):
-            results[tag] = await waiter.wait_readable()
-
+        results = []
+        wait = _waiting_task(waiter, results)
         async with trio.open_nursery() as n:
             n.start_soon(wait, "main", name="pyfuse-01")
             await trio.sleep(0.05)
             n.start_soon(wait, "extra", name=EXTRA_WORKER)
             await trio.sleep(0.05)
-            assert results == {"extra": False}    # the main one is waiting
+            assert results == [("extra", False)]  # the main one is waiting
             os.write(w, b"x")
-        assert results == {"extra": False, "main": True}
+        assert results == [("extra", False), ("main", True)]
     _run(main)
 
 
 def test_extra_worker_alone_waits_and_workers_take_turns():
     async def main(waiter, w):
         order = []
-
-        async def wait(tag):
-            order.append((tag, await waiter.wait_readable()))
-
+        wait = _waiting_task(waiter, order)
         async with trio.open_nursery() as n:
             n.start_soon(wait, "extra", name=EXTRA_WORKER)
             await trio.sleep(0.05)
@@ -75,10 +74,7 @@ def test_extra_worker_alone_waits_and_workers_take_turns():
 def test_ending_and_closing_end_the_workers():
     async def main(waiter, w):
         results = []
-
-        async def wait():
-            results.append(await waiter.wait_readable())
-
+        wait = _waiting_task(waiter, results)
         async with trio.open_nursery() as n:
             n.start_soon(wait)
             await trio.sleep(0.05)
