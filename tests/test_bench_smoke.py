@@ -81,11 +81,17 @@ def test_bench_daemon_cpu_runs(tmp_path):
     """scripts/bench_daemon_cpu.py measures every system and leaves
     nothing mounted (values not checked)."""
     res = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_daemon_cpu.py"),
-                          "--runs", "1", "--files", "50", "--pool", "--workdir", str(tmp_path)],
+                          "--runs", "1", "--files", "50", "--pool", "--pyfuse3-wait",
+                          "--gc-default", "--daxfs-loop", "--workdir", str(tmp_path)],
                          capture_output=True, text=True, timeout=200)
     assert res.returncode == 0, res.stderr
+    systems = ["daxfs", "daxfs (pyfuse3 pool)", "daxfs (pyfuse3 wait)", "daxfs (gc default)",
+               "passthrough", "passthrough (daxfs loop)"]
+    lines = [ln.strip() for ln in res.stdout.splitlines()]
     for op in ("create", "stat", "unlink"):
-        line = next(ln for ln in res.stdout.splitlines() if ln.strip().startswith(op))
-        assert "daxfs:" in line and "pyfuse3 pool" in line and "passthrough:" in line
+        at = lines.index(op)
+        rows = lines[at + 1:at + 1 + len(systems)]
+        assert [r.rsplit(None, 3)[0] for r in rows] == systems, res.stdout
+        assert all(float(r.split()[-1]) > 0 for r in rows), res.stdout
     with open("/proc/mounts") as f:
         assert str(tmp_path) not in f.read()
