@@ -15,7 +15,7 @@ round trip through the scheduler, and it is often not needed: the kernel
 sends an unlink's UNLINK right after the answer to its LOOKUP, without the
 caller returning to user space, so the next request is often queued already
 when the worker comes back.  `wait_readable` first asks the fd with a
-zero-timeout poll(2) (well under a microsecond) and, when a request is
+zero-timeout poll(2) (one system call) and, when a request is
 there, returns at once.  It does that at most SKIP_MAX times in a row and
 then goes through the scheduler, so the other tasks (the commit, the
 inactive-inode reaper, thread completions, cancellation) still run every
