@@ -328,6 +328,8 @@ class FileMap:
     def truncate_blocks(self, inode, first_block: int) -> None:
         """Unmap and release every block of the file from first_block on, in
         steps that each leave the file consistent."""
+        if not inode.blocks:        # no blocks, no extents (check verifies it)
+            return
         while True:
             removed, reached = self.unmap(inode.ino, first_block, _END, limit=16)
             self.release(removed)

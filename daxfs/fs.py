@@ -552,9 +552,8 @@ class Filesystem:
         if inode.nlink:
             self.orphans.remove(ino)
             return
-        if inode.blocks:            # (no blocks: no extents, as check verifies)
-            with self._stepping(inode):
-                self.filemap.truncate_blocks(inode, 0)
+        with self._stepping(inode):
+            self.filemap.truncate_blocks(inode, 0)
         self.xattrs.remove_all(ino)
         self.inodes.delete(ino)
         self.orphans.remove(ino)
