@@ -307,15 +307,15 @@ class Operations(pyfuse3.Operations):
             self._extra_worker()
             await event.wait()
 
-    async def _kernel_size(self, ino: int) -> int | None:
+    async def _kernel_size(self, ino: int, generation: int) -> int | None:
         """The size the kernel has for `ino` now (daxfs/kernel_size.py), or
-        None if it cannot be learnt."""
+        None if it cannot be learnt.  Starts an extra request worker, which
+        serves until this handler's worker waits for requests again."""
         if self._kernel_sizes is None:
             device = self._control_device()
             if self.mountpoint is None or device is None:
                 return None
             self._kernel_sizes = KernelSizes(self.mountpoint, device)
-        generation = self.fs.getattr(ino).generation
         self._extra_worker()
         try:
             return await trio.to_thread.run_sync(self._kernel_sizes.size, ino, generation)
@@ -340,8 +340,9 @@ class Operations(pyfuse3.Operations):
         pages this READ holds locked (truncate_pagecache).  When the kernel
         has caught up with the engine, the inode leaves `_shrunk`."""
         deadline = trio.current_time() + SHRINK_WAIT
+        generation = self.fs.getattr(ino).generation
         while len(data) < size:
-            known = await self._kernel_size(ino)
+            known = await self._kernel_size(ino, generation)
             if known is None:
                 break
             if known <= self.fs.getattr(ino).size:
@@ -352,8 +353,7 @@ class Operations(pyfuse3.Operations):
                 log.warning("read(%d): the kernel still has size %d > %d after %.0f s",
                             ino, known, off + len(data), SHRINK_WAIT)
                 break
-            self._extra_worker()
-            await trio.sleep(SHRINK_POLL)
+            await trio.sleep(SHRINK_POLL)    # (`_kernel_size`'s extra worker serves)
             data = self.fs.read(ino, off, size)    # the file may have changed meanwhile
         return data
 
