@@ -147,6 +147,17 @@ def _shift(node: Node, a: int, b: int, by: int) -> None:
     mv[o + (a + by) * sz:o + (b + by) * sz] = mv[o + a * sz:o + b * sz]
 
 
+
+def touched_bound(shape: tuple, nrecs: int) -> int:
+    """An upper bound of the nodes that changing `nrecs` records of a tree
+    of `shape` (BTree.touch_shape) may dirty: no more leaves than the tree
+    has and than records, plus splits and the internal levels."""
+    if not nrecs:
+        return 0
+    leaves, node_third, leaf_third, levels = shape
+    touched = nrecs if nrecs < leaves else leaves
+    return touched + touched // node_third + nrecs // leaf_third + levels
+
 class BTree:
     """Lookup, range query, insert, delete and update over one tree."""
 
@@ -180,15 +191,17 @@ class BTree:
 
     def blocks_touched_by(self, nrecs: int) -> int:
         """An upper bound of the nodes that changing `nrecs` records may
-        dirty: no more leaves than the tree has (nodes are at least a third
-        full) and than records, plus splits and the internal levels."""
-        if not nrecs:
-            return 0
+        dirty (see `touch_shape`)."""
+        return touched_bound(self.touch_shape(), nrecs)
+
+    def touch_shape(self) -> tuple:
+        """What `touched_bound` needs to know of the tree as it is now:
+        no more leaves than it has (nodes are at least a third full), and
+        its height for the splits and internal levels.  Constant while
+        the tree is not changed, so callers may keep it."""
         spec = self.spec
-        leaves = self._nrecs.item(self.tid) // spec.leaf_third + 1
-        touched = nrecs if nrecs < leaves else leaves
-        return (touched + touched // spec.node_third + nrecs // spec.leaf_third
-                + 2 * self._heights.item(self.tid) + 2)
+        return (self._nrecs.item(self.tid) // spec.leaf_third + 1, spec.node_third,
+                spec.leaf_third, 2 * self._heights.item(self.tid) + 2)
 
     def _set_root(self, bno: int, height: int) -> None:
         self._roots[self.tid] = bno

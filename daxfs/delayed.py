@@ -7,7 +7,9 @@ every participant around each operation, so a failed operation's changes
 are undone here as its blocks are in the journal, and `flush` at the start
 of each commit, which writes the changes into the trees."""
 
-_ABSENT = object()
+from .btree import touched_bound
+
+ABSENT = object()
 FLUSH_SETTLE_EVERY = 32     # changes written between allocator settles in a flush
 
 
@@ -30,10 +32,18 @@ class Delayed:
     def __init__(self):
         self._pending: dict = {}
         self._undo: dict | None = None
+        # the tree's touch_shape: only a flush changes the tree (a failed
+        # one is rolled back, which drops the shape too)
+        self._shape: tuple | None = None
 
     def pending(self) -> int:
-        """Blocks of `self.tree` the next flush may dirty (an upper bound)."""
-        return self.tree.blocks_touched_by(len(self._pending)) if self._pending else 0
+        """Blocks of `self.tree` the next flush may dirty (an upper bound).
+        Asked after every operation (Volume.needs_commit): cheap."""
+        if not self._pending:
+            return 0
+        if self._shape is None:
+            self._shape = self.tree.touch_shape()
+        return touched_bound(self._shape, len(self._pending))
 
     def op_begin(self) -> None:
         self._undo = {}
@@ -42,9 +52,10 @@ class Delayed:
         self._undo = None
 
     def op_rollback(self) -> None:
+        self._shape = None
         if self._undo:
             for key, old in self._undo.items():
-                if old is _ABSENT:
+                if old is ABSENT:
                     self._pending.pop(key, None)
                 else:
                     self._pending[key] = old
@@ -53,7 +64,7 @@ class Delayed:
     def _put(self, key, value) -> None:
         """Set a key's pending value (None: no longer pending)."""
         if self._undo is not None and key not in self._undo:
-            self._undo[key] = self._pending.get(key, _ABSENT)
+            self._undo[key] = self._pending.get(key, ABSENT)
         if value is None:
             self._pending.pop(key, None)
         else:
@@ -63,6 +74,7 @@ class Delayed:
         """Everything pending, for a flush (which is part of a commit: a
         commit inside an operation leaves no way back)."""
         items, self._pending = self._pending, {}
+        self._shape = None
         if self._undo is not None:
             self._undo = {}
         return items
