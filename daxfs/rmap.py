@@ -8,8 +8,8 @@ The key (bno, owner, offset) is the only unique key when many owners share
 a block, as in XFS's rmapbt; "who owns block B" is one overlap query.
 
 Changes are deferred, as XFS defers its rmap updates to intent items:
-they collect in `_pending` (key -> the record it must become, or None for
-"deleted") and go into the tree at the start of the next commit (`flush`,
+they collect in `_pending` (key -> the record it must become, or "delete
+it") and go into the tree at the start of the next commit (`flush`,
 called by the volume), sorted by key.  A record made and removed before
 the commit (a short-lived file, a btree node taken from the pool and given
 back) costs nothing in the tree.  `_pending` takes part in operations (a
@@ -20,16 +20,21 @@ On a filesystem made with --no-rmap there is no tree: updates are no-ops
 and `owners()` raises NotSupported (poison.py then scans the extent maps).
 """
 
-from .delayed import Delayed, apply_in_steps
+from .delayed import ABSENT, Delayed, apply_in_steps
 from .errors import Corrupted, NotSupported
+
+
+_GONE = "gone"      # a pending value: the key's record is in the tree and must go
 
 
 class Rmap(Delayed):
     def __init__(self, tree, settle=None):
         self.tree = tree          # a BTree, or None without the rmap feature
         self.settle = settle or (lambda: None)
-        # _pending: key -> (record or None, in_tree): what the key must
-        # become at the next flush, and whether the tree holds the key now
+        # _pending: key -> (len, flags, in_tree), the record the key must
+        # become at the next flush and whether the tree holds the key now;
+        # or _GONE, a record the tree holds that the flush deletes.  (One
+        # small tuple per change: this is the rmap's whole run-time cost.)
         Delayed.__init__(self)
 
     @property
@@ -45,22 +50,36 @@ class Rmap(Delayed):
         if not self._pending:
             return
         delta = self._take_all()
-        gone = apply_in_steps(self.tree, ((k, *delta[k]) for k in sorted(delta)), self.settle)
+        gone = apply_in_steps(self.tree, (_change(k, delta[k]) for k in sorted(delta)),
+                              self.settle)
         if gone:
             k = gone[0]
             raise Corrupted(k[0], f"rmap has no record for block {k[0]}"
                                   f" owner {k[1]} offset {k[2]}")
+
+    def _set(self, key, cur, value) -> None:
+        """`Delayed._put` for a key whose pending value `cur` was just
+        read (ABSENT: none), without looking it up again."""
+        undo = self._undo
+        if undo is not None and key not in undo:
+            undo[key] = cur
+        if value is None:
+            del self._pending[key]
+        else:
+            self._pending[key] = value
 
     # ---- file data (deferred) ---------------------------------------------------
     def map(self, bno: int, owner: int, offset: int, length: int, flags: int = 0) -> None:
         if self.tree is None:
             return
         key = (bno, owner, offset)
-        cur = self._pending.get(key)
-        if cur is not None and cur[0] is not None:
+        cur = self._pending.get(key, ABSENT)
+        if cur is ABSENT:
+            self._set(key, cur, (length, flags, False))
+        elif cur is _GONE:
+            self._set(key, cur, (length, flags, True))
+        else:
             raise Corrupted(bno, f"rmap: block {bno} owner {owner} offset {offset} mapped twice")
-        in_tree = cur is not None and cur[1]
-        self._put(key, ((bno, owner, offset, length, flags), in_tree))
 
     def unmap(self, bno: int, owner: int, offset: int) -> None:
         """Remove a record (a missing one is found, as corruption, when the
@@ -68,24 +87,22 @@ class Rmap(Delayed):
         if self.tree is None:
             return
         key = (bno, owner, offset)
-        cur = self._pending.get(key)
-        if cur is None:
-            self._put(key, (None, True))
-            return
-        old, in_tree = cur
-        if old is None:
+        cur = self._pending.get(key, ABSENT)
+        if cur is ABSENT:
+            self._set(key, cur, _GONE)
+        elif cur is _GONE:
             raise Corrupted(bno, f"rmap has no record for block {bno} owner {owner} offset {offset}")
-        self._put(key, (None, True) if in_tree else None)
+        else:
+            self._set(key, cur, _GONE if cur[2] else None)
 
     def resize(self, bno: int, owner: int, offset: int, length: int, flags: int = 0) -> None:
         if self.tree is None:
             return
         key = (bno, owner, offset)
-        cur = self._pending.get(key)
-        in_tree = True if cur is None else cur[1]
-        if cur is not None and cur[0] is None:
+        cur = self._pending.get(key, ABSENT)
+        if cur is _GONE:
             raise Corrupted(bno, f"rmap: resizing removed record {bno} owner {owner}")
-        self._put(key, ((bno, owner, offset, length, flags), in_tree))
+        self._set(key, cur, (length, flags, cur is ABSENT or cur[2]))
 
     # ---- metadata ------------------------------------------------------------------
     def map_meta(self, bno: int, owner: int, length: int = 1) -> None:
@@ -107,7 +124,14 @@ class Rmap(Delayed):
         if self.tree is None:
             raise NotSupported("this filesystem has no rmap btree")
         out = [r for r in self.tree.overlaps(lo, hi) if r[:3] not in self._pending]
-        for rec, _ in self._pending.values():
-            if rec is not None and rec[0] <= hi and rec[0] + rec[3] - 1 >= lo:
-                out.append(rec)
+        for key, v in self._pending.items():
+            if v is not _GONE and key[0] <= hi and key[0] + v[0] - 1 >= lo:
+                out.append(key + v[:2])
         return sorted(out)
+
+
+def _change(key, value) -> tuple:
+    """A pending value as `BTree.apply_sorted` takes it."""
+    if value is _GONE:
+        return key, None, True
+    return key, key + value[:2], value[2]
