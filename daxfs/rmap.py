@@ -24,17 +24,30 @@ from .delayed import ABSENT, Delayed, apply_in_steps
 from .errors import Corrupted, NotSupported
 
 
-_GONE = "gone"      # a pending value: the key's record is in the tree and must go
+# A pending value is an int: `_GONE` (the tree holds the key's record and
+# the flush deletes it), or the record the key must become and whether the
+# tree holds the key now, as flags << 41 | len << 1 | in_tree.  Ints, not
+# tuples: the common values (one block, no flags) are Python's cached small
+# ints, so a pending change costs its key and a dict slot, and nothing the
+# garbage collector must walk.
+_GONE = -1
+_LEN_MASK = (1 << 40) - 1
+
+
+def _value(length: int, flags: int, in_tree: bool) -> int:
+    return flags << 41 | length << 1 | in_tree
+
+
+def _record(key: tuple, value: int) -> tuple:
+    """The record (bno, owner, offset, len, flags) a pending value makes."""
+    return key + (value >> 1 & _LEN_MASK, value >> 41)
 
 
 class Rmap(Delayed):
     def __init__(self, tree, settle=None):
         self.tree = tree          # a BTree, or None without the rmap feature
         self.settle = settle or (lambda: None)
-        # _pending: key -> (len, flags, in_tree), the record the key must
-        # become at the next flush and whether the tree holds the key now;
-        # or _GONE, a record the tree holds that the flush deletes.  (One
-        # small tuple per change: this is the rmap's whole run-time cost.)
+        # _pending: key -> a pending value (above)
         Delayed.__init__(self)
 
     @property
@@ -75,9 +88,9 @@ class Rmap(Delayed):
         key = (bno, owner, offset)
         cur = self._pending.get(key, ABSENT)
         if cur is ABSENT:
-            self._set(key, cur, (length, flags, False))
-        elif cur is _GONE:
-            self._set(key, cur, (length, flags, True))
+            self._set(key, cur, _value(length, flags, False))
+        elif cur == _GONE:
+            self._set(key, cur, _value(length, flags, True))
         else:
             raise Corrupted(bno, f"rmap: block {bno} owner {owner} offset {offset} mapped twice")
 
@@ -90,19 +103,19 @@ class Rmap(Delayed):
         cur = self._pending.get(key, ABSENT)
         if cur is ABSENT:
             self._set(key, cur, _GONE)
-        elif cur is _GONE:
+        elif cur == _GONE:
             raise Corrupted(bno, f"rmap has no record for block {bno} owner {owner} offset {offset}")
         else:
-            self._set(key, cur, _GONE if cur[2] else None)
+            self._set(key, cur, _GONE if cur & 1 else None)
 
     def resize(self, bno: int, owner: int, offset: int, length: int, flags: int = 0) -> None:
         if self.tree is None:
             return
         key = (bno, owner, offset)
         cur = self._pending.get(key, ABSENT)
-        if cur is _GONE:
+        if cur == _GONE:
             raise Corrupted(bno, f"rmap: resizing removed record {bno} owner {owner}")
-        self._set(key, cur, (length, flags, cur is ABSENT or cur[2]))
+        self._set(key, cur, _value(length, flags, cur is ABSENT or cur & 1))
 
     # ---- metadata ------------------------------------------------------------------
     def map_meta(self, bno: int, owner: int, length: int = 1) -> None:
@@ -125,13 +138,15 @@ class Rmap(Delayed):
             raise NotSupported("this filesystem has no rmap btree")
         out = [r for r in self.tree.overlaps(lo, hi) if r[:3] not in self._pending]
         for key, v in self._pending.items():
-            if v is not _GONE and key[0] <= hi and key[0] + v[0] - 1 >= lo:
-                out.append(key + v[:2])
+            if v != _GONE and key[0] <= hi:
+                rec = _record(key, v)
+                if rec[0] + rec[3] - 1 >= lo:
+                    out.append(rec)
         return sorted(out)
 
 
 def _change(key, value) -> tuple:
     """A pending value as `BTree.apply_sorted` takes it."""
-    if value is _GONE:
+    if value == _GONE:
         return key, None, True
-    return key, key + value[:2], value[2]
+    return key, _record(key, value), bool(value & 1)

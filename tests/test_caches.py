@@ -9,7 +9,7 @@ import stat
 import pytest
 
 from daxfs.errors import Exists, NotFound, NoSpace
-from daxfs.format import BLOCK_SIZE as BS, OWN_MAX_INO
+from daxfs.format import BLOCK_SIZE as BS, OWN_MAX_INO, RMAP_ATTR
 from daxfs.fs import Filesystem
 from engine_helpers import assert_clean, make_fs
 
@@ -254,6 +254,30 @@ def test_deferred_rmap_answers_owners_before_and_after_commit(tmp_path):
     fs.unlink(1, b"b")
     fs.forget(b)                                       # its rmap records: pending deletes
     assert {r[1] for r in fs.vol.rmap.owners(pblk, pblk + 3)} == {a}
+    assert_clean(fs)
+    fs.close()
+
+
+def test_pending_rmap_records_are_the_records_the_commit_writes(tmp_path):
+    """owners() answers from the pending changes with the whole record
+    (length and flags too) that the flush then puts in the tree: a
+    multi-block extent, a one-block extent grown in place, and an xattr
+    value's blocks (RMAP_ATTR)."""
+    fs = make_fs(tmp_path / "p.img")
+    ino = fs.mknod(1, b"f", REG, 0, 0).ino
+    fs.write(ino, 0, b"a" * (5 * BS))
+    fs.write(ino, 9 * BS, b"b" * BS)
+    fs.write(ino, 10 * BS, b"c" * BS)
+    fs.setxattr(ino, b"user.big", b"v" * (3 * BS))
+    total = fs.vol.total_blocks
+    mine = lambda recs: sorted(r for r in recs if r[1] == ino)   # noqa: E731
+    before = mine(fs.vol.rmap.owners(0, total - 1))
+    assert {r[4] for r in before} == {0, RMAP_ATTR}
+    assert max(r[3] for r in before) > 1
+    fs.commit()
+    assert not fs.vol.rmap.pending()
+    assert mine(fs.vol.trees["rmap"].scan()) == before
+    assert mine(fs.vol.rmap.owners(0, total - 1)) == before
     assert_clean(fs)
     fs.close()
 
