@@ -147,7 +147,6 @@ def _shift(node: Node, a: int, b: int, by: int) -> None:
     mv[o + (a + by) * sz:o + (b + by) * sz] = mv[o + a * sz:o + b * sz]
 
 
-
 def touched_bound(shape: tuple, nrecs: int) -> int:
     """An upper bound of the nodes that changing `nrecs` records of a tree
     of `shape` (BTree.touch_shape) may dirty: no more leaves than the tree
@@ -157,6 +156,7 @@ def touched_bound(shape: tuple, nrecs: int) -> int:
     leaves, node_third, leaf_third, levels = shape
     touched = nrecs if nrecs < leaves else leaves
     return touched + touched // node_third + nrecs // leaf_third + levels
+
 
 class BTree:
     """Lookup, range query, insert, delete and update over one tree."""
