@@ -21,12 +21,13 @@ import logging
 import stat
 import time
 
+from . import acl
 from .attrs import DedupeResult, DirEntry, FILE_DEDUPE_RANGE_DIFFERS, StatFs
 from .dirs import Dirs, check_name
 from .errors import (BadFileDescriptor, Corrupted, CrossDevice, DaxfsError, Exists,
                      FileTooBig, InvalidArgument, IsADirectory, NoAttribute, NoSpace,
                      NotADirectory, NotEmpty, NotFound, NotPermitted, NotSupported, ReadOnly,
-                     Shutdown, TooManyLinks)
+                     PermissionDenied, Shutdown, TooManyLinks)
 from .filemap import FileMap
 from .format import (BLOCK_SIZE as BS, DT_BLK, DT_CHR, DT_DIR, DT_FIFO, DT_LNK, DT_REG,
                      DT_SOCK, FEAT_REFLINK, LINK_MAX, MAX_FILE_BYTES, ROOT_INO, STATE_NEEDS_CHECK,
@@ -307,6 +308,7 @@ class Filesystem:
             self._truncate(inode, size)
         if mode is not None:
             inode.mode = stat.S_IFMT(inode.mode) | (mode & 0o7777)
+            self._chmod_acl(inode)
         if uid is not None:
             inode.uid = uid
         if gid is not None:
@@ -366,10 +368,18 @@ class Filesystem:
             gid = parent.gid
             if is_dir:
                 mode |= stat.S_ISGID
+        default = None if stat.S_ISLNK(mode) else self._acl(parent_ino, acl.DEFAULT)
+        access = None
+        if default is not None:
+            mode, access = acl.inherit(default, mode)
         inode = self.inodes.create(mode, uid, gid, rdev=rdev,
                                    parent=parent_ino if is_dir else 0,
                                    nlink=2 if is_dir else 1)
         self.xattrs.note_bare(inode.ino)
+        if access is not None:
+            self.xattrs.set(inode.ino, acl.ACCESS, acl.encode(access))
+        if default is not None and is_dir:
+            self.xattrs.set(inode.ino, acl.DEFAULT, acl.encode(default))
         self.dirs.add(parent_ino, name, inode.ino, _DT.get(stat.S_IFMT(mode), 0))
         if is_dir:
             if parent.nlink >= LINK_MAX:
@@ -768,15 +778,59 @@ class Filesystem:
         return self.xattrs.get(ino, name)
 
     @_op
-    def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
+    def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0, *,
+                 fsetid: bool = True, in_group=None) -> None:
+        """A POSIX ACL (acl.NAMES) also sets the mode, and clears its
+        set-group-ID bit unless the caller is in the file's group or has
+        CAP_FSETID (`fsetid`; `in_group(gid)`), as posix_acl_update_mode."""
         self._writable()
         inode = self.inodes.get(ino)
         if not name:
             raise InvalidArgument("empty attribute name")
         self._need_space()
-        self.xattrs.set(ino, name, bytes(value), flags)
+        if name in acl.NAMES:
+            self._set_acl(inode, name, bytes(value), flags, fsetid, in_group)
+        else:
+            self.xattrs.set(ino, name, bytes(value), flags)
         self._touch(inode, m=False)
         self.inodes.put(inode)
+
+    def _set_acl(self, inode, name: bytes, value: bytes, flags: int, fsetid: bool,
+                 in_group) -> None:
+        entries = acl.parse(value)
+        if name == acl.DEFAULT:
+            if not inode.is_dir:
+                raise PermissionDenied("only a directory has a default ACL")
+            if not entries:
+                with contextlib.suppress(NoAttribute):
+                    self.xattrs.remove(inode.ino, name)
+                return
+        else:
+            if not entries:
+                raise InvalidArgument("an access ACL cannot be empty")
+            mode = inode.mode & ~0o777 | acl.mode_bits(entries)
+            if not fsetid and not (in_group is not None and in_group(inode.gid)):
+                mode &= ~stat.S_ISGID
+            inode.mode = mode
+            if acl.is_minimal(entries):
+                with contextlib.suppress(NoAttribute):
+                    self.xattrs.remove(inode.ino, name)
+                return
+        self.xattrs.set(inode.ino, name, acl.encode(entries), flags)
+
+    def _acl(self, ino: int, name: bytes):
+        """The stored ACL `name` of `ino`, parsed, or None."""
+        try:
+            return acl.parse(self.xattrs.get(ino, name))
+        except NoAttribute:
+            return None
+
+    def _chmod_acl(self, inode) -> None:
+        """A chmod rewrites a stored access ACL's owner, group (or mask)
+        and other entries."""
+        entries = self._acl(inode.ino, acl.ACCESS)
+        if entries is not None:
+            self.xattrs.set(inode.ino, acl.ACCESS, acl.encode(acl.chmod(entries, inode.mode)))
 
     @_query
     def listxattr(self, ino: int) -> list[bytes]:

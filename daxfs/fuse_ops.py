@@ -93,7 +93,7 @@ from collections import defaultdict
 import pyfuse3
 import trio
 
-from daxfs import control, request_wait
+from daxfs import acl, control, request_wait
 from daxfs.admin import AdminServer, is_admin_name
 from daxfs.control_server import Caller, ControlServer, own_mount_device
 from daxfs.errors import DaxfsError
@@ -211,7 +211,13 @@ class Operations(pyfuse3.Operations):
     # mistaken for a newer file.
     supports_dot_lookup = True
     enable_writeback_cache = False
-    enable_acl = False
+    # POSIX ACLs: the kernel enforces them (with default_permissions, which
+    # daxfs always mounts with); see the xattr handlers and daxfs/acl.py.
+    # pyfuse3 does not ask for FUSE_DONT_MASK, so the kernel has applied
+    # the umask to a new inode's mode even where a default ACL should
+    # replace it: the inherited ACL can only come out stricter, never
+    # looser, than POSIX says.
+    enable_acl = True
 
     def __init__(self, fs, *, default_permissions: bool = True):
         super().__init__()
@@ -611,11 +617,11 @@ class Operations(pyfuse3.Operations):
 
     # -------------------------------------------------------------- xattrs
 
-    # daxfs has no POSIX ACLs (enable_acl is off) and no other system.*
-    # attribute.  Storing "system.posix_acl_access" would be a lie: cp -a
-    # sets the mode through it and skips chmod when it succeeds, so setting
-    # any system.* name answers EOPNOTSUPP (as ext4 mounted noacl does) and
-    # reading one answers ENODATA.
+    # POSIX ACLs (enable_acl): the kernel checks permissions against them
+    # and sends them as system.posix_acl_access / _default; the engine
+    # stores them and keeps the mode in step (daxfs/acl.py).  No other
+    # system.* name exists: setting one answers EOPNOTSUPP, reading or
+    # removing one ENODATA.
 
     @_boundary()
     async def getxattr(self, inode, name, ctx):
@@ -625,7 +631,7 @@ class Operations(pyfuse3.Operations):
             if is_admin_name(name):
                 return self.admin.serve_get(ctx.uid, name)
             return await self._control_getxattr(inode, name, ctx)
-        if name.startswith(SYSTEM_PREFIX):
+        if name.startswith(SYSTEM_PREFIX) and name not in acl.NAMES:
             raise pyfuse3.FUSEError(errno.ENODATA)
         return self.fs.getxattr(inode, name)
 
@@ -637,6 +643,11 @@ class Operations(pyfuse3.Operations):
             if is_admin_name(name):
                 return await self._admin_setxattr(name, value, ctx)
             return await self._control_setxattr(inode, name, value, ctx)
+        if name in acl.NAMES:
+            caller = Caller.from_ctx(ctx)
+            self.fs.setxattr(inode, name, value, fsetid=caller.uid == 0,
+                             in_group=caller.in_group)
+            return
         if name.startswith(SYSTEM_PREFIX):
             raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
         self.fs.setxattr(inode, name, value)
@@ -647,8 +658,9 @@ class Operations(pyfuse3.Operations):
 
     @_boundary(mutates=True)
     async def removexattr(self, inode, name, ctx):
-        if name.startswith(CONTROL_PREFIX) or name.startswith(SYSTEM_PREFIX):
-            # Control names are requests, never stored; system.* is never stored.
+        if name.startswith(CONTROL_PREFIX) or \
+                name.startswith(SYSTEM_PREFIX) and name not in acl.NAMES:
+            # Control names are requests, never stored; nor is system.* but ACLs.
             raise pyfuse3.FUSEError(errno.ENODATA)
         self.fs.removexattr(inode, name)
 
