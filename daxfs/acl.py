@@ -117,3 +117,26 @@ def inherit(default, mode: int) -> tuple[int, list[list[int]] | None]:
     group[1] &= perms >> 3 & 7
     perms &= group[1] << 3 | 0o707
     return mode & ~0o777 | perms, (None if is_minimal(acl) else acl)
+
+
+def permits(entries, uid: int, in_group, owner: int, group: int, want: int) -> bool:
+    """Whether an access ACL grants `want` (rwx bits, 4/2/1) to `uid`
+    (`in_group(gid)`: it is in that group) on a file of `owner`/`group`,
+    as the kernel's posix_acl_permission: the owner entry for the owner, a
+    named user entry, else any matching group entry, else other; the mask
+    limits all but the owner and other entries."""
+    mask = _find(entries, MASK)
+    limit = mask[1] if mask is not None else 7
+    in_a_group = False
+    for tag, perm, eid in entries:
+        if tag == USER_OBJ and uid == owner:
+            return perm & want == want
+        if tag == USER and eid == uid:
+            return perm & limit & want == want
+        if tag == GROUP_OBJ and in_group(group) or tag == GROUP and in_group(eid):
+            in_a_group = True
+            if perm & want == want:
+                return limit & want == want
+    if in_a_group:
+        return False
+    return _find(entries, OTHER)[1] & want == want

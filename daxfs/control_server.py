@@ -38,11 +38,11 @@ O_APPEND, source open for reading)
        else EBADF (EACCES if the caller's /proc cannot be read).  A
        request without a descriptor (``src_fd`` -1) is refused with EBADF:
        an inode number alone is a capability nobody checks (see control.py);
-    3. the caller may read the source by its mode bits (owner, then group
-       incl. supplementary groups, then other; uid 0 bypasses, as with
-       CAP_DAC_OVERRIDE) -> else EACCES.  Stricter than the kernel in one
-       corner: a descriptor opened before a chmod (or received over a
-       socket) is enough for FICLONE, not for us;
+    3. the caller may read the source by its access ACL, else by its mode
+       bits (owner, then group incl. supplementary groups, then other; uid
+       0 bypasses, as with CAP_DAC_OVERRIDE) -> else EACCES.  Stricter
+       than the kernel in one corner: a descriptor opened before a chmod
+       (or received over a socket) is enough for FICLONE, not for us;
     4. either file a directory -> EISDIR; either not a regular file ->
        EINVAL;
     5. the engine's `clone_range` (generic_remap_checks: alignment EINVAL,
@@ -80,7 +80,7 @@ import stat
 from dataclasses import dataclass, field
 from typing import Callable
 
-from daxfs import control
+from daxfs import acl, control
 from daxfs.mountinfo import unescape as unescape_mountinfo
 from daxfs.attrs import DedupeResult
 from daxfs.errors import (BadFileDescriptor, CrossDevice, DaxfsError, InvalidArgument,
@@ -158,12 +158,15 @@ class Caller:
         return gid == self.gid or gid in self.groups
 
 
-def may_read(attr, caller: Caller) -> bool:
-    """The kernel's generic_permission(MAY_READ) on st_mode bits (no ACLs):
-    owner bits if the caller owns the file, else group bits if it is in the
-    file's group, else other bits; uid 0 reads everything."""
+def may_read(attr, caller: Caller, access_acl=None) -> bool:
+    """The kernel's generic_permission(MAY_READ): the file's access ACL
+    (parsed entries) if it has one, else the st_mode bits: owner bits if
+    the caller owns the file, else group bits if it is in the file's group,
+    else other bits; uid 0 reads everything."""
     if caller.uid == 0:
         return True
+    if access_acl is not None:
+        return acl.permits(access_acl, caller.uid, caller.in_group, attr.uid, attr.gid, 4)
     if caller.uid == attr.uid:
         bits = attr.mode >> 6
     elif caller.in_group(attr.gid):
@@ -271,7 +274,12 @@ class ControlServer:
             raise BadFileDescriptor(f"source inode {src_ino} is gone") from None
 
     def _check_readable(self, caller: Caller, src_ino: int) -> None:
-        if not may_read(self._source_attr(src_ino), caller):
+        attr = self._source_attr(src_ino)
+        try:
+            access = acl.parse(self.fs.getxattr(src_ino, acl.ACCESS))
+        except NoAttribute:
+            access = None
+        if not may_read(attr, caller, access):
             raise PermissionDenied(f"uid {caller.uid} may not read inode {src_ino}")
 
     def _check_types(self, src_ino: int, dst_ino: int) -> None:

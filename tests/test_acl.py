@@ -7,6 +7,8 @@ import errno
 import os
 import stat
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -165,3 +167,33 @@ def test_default_acl_is_inherited_and_cp_a_keeps_acls(mounted):
     subprocess.run(["cp", "-a", str(d / "copy-src"), str(mounted / "copy")], check=True,
                    timeout=30)
     assert _getfacl(mounted / "copy") == _getfacl(d / "copy-src")
+
+
+def test_permits_follows_the_kernels_order():
+    nobody_in = lambda gid: gid in (100,)      # noqa: E731
+    acl_ = entries((acl.USER_OBJ, 0, U), (acl.USER, 7, 1000), (G, 4, U), (acl.GROUP, 2, 100),
+                   (M, 6, U), (acl.OTHER, 1, U))
+    assert not acl.permits(acl_, 0, nobody_in, 0, 0, 4)          # the owner: owner entry only
+    assert acl.permits(acl_, 1000, nobody_in, 0, 0, 6)           # named user, within the mask
+    assert not acl.permits(acl_, 1000, nobody_in, 0, 0, 1)       # x is masked off
+    assert acl.permits(acl_, 5, nobody_in, 0, 0, 2)              # a named group grants w
+    assert not acl.permits(acl_, 5, nobody_in, 0, 0, 1)          # in a group: never other
+    assert acl.permits(acl_, 5, lambda gid: False, 0, 0, 1)      # nobody else: other
+
+
+def test_clone_by_a_user_the_acl_lets_read(mounted):
+    """The control protocol's read check of a clone's source (control_server)
+    goes by the ACL, as the kernel's would."""
+    src = mounted / "src"
+    src.write_bytes(os.urandom(64 << 10))
+    os.chmod(src, 0o600)
+    dst = mounted / "dst"
+    dst.touch()
+    os.chown(dst, 65534, 65534)
+    daxfs = [str(Path(sys.executable).parent / "daxfs"), "reflink", str(src), str(dst)]
+    denied = _as_nobody(*daxfs)
+    assert denied.returncode != 0 and dst.stat().st_size == 0
+    subprocess.run(["setfacl", "-m", "u:65534:r", str(src)], check=True, timeout=30)
+    r = _as_nobody(*daxfs)
+    assert r.returncode == 0, r.stderr
+    assert dst.read_bytes() == src.read_bytes()
