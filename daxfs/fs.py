@@ -354,7 +354,9 @@ class Filesystem:
 
     # ---- creating names ----------------------------------------------------
     def _new_inode(self, parent_ino: int, name: bytes, mode: int, uid: int, gid: int,
-                   rdev: int = 0):
+                   rdev: int = 0, umask: int = 0):
+        """`umask` is applied unless the parent's default ACL takes its
+        place (POSIX.1e; a symlink's mode is always 0777)."""
         self._writable()
         check_name(name)
         parent = self._dir(parent_ino)
@@ -372,6 +374,8 @@ class Filesystem:
         access = None
         if default is not None:
             mode, access = acl.inherit(default, mode)
+        elif not stat.S_ISLNK(mode):
+            mode &= ~(umask & 0o777)
         inode = self.inodes.create(mode, uid, gid, rdev=rdev,
                                    parent=parent_ino if is_dir else 0,
                                    nlink=2 if is_dir else 1)
@@ -390,19 +394,22 @@ class Filesystem:
         return inode
 
     @_op
-    def mknod(self, parent: int, name: bytes, mode: int, uid: int, gid: int, rdev: int = 0):
+    def mknod(self, parent: int, name: bytes, mode: int, uid: int, gid: int, rdev: int = 0,
+              umask: int = 0):
         fmt = stat.S_IFMT(mode) or stat.S_IFREG
         if fmt not in (stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK):
             raise InvalidArgument(f"mknod cannot make file type {fmt:o}")
         if fmt not in (stat.S_IFCHR, stat.S_IFBLK):
             rdev = 0
-        return self._new_inode(parent, name, fmt | (mode & 0o7777), uid, gid, rdev).attr()
+        return self._new_inode(parent, name, fmt | (mode & 0o7777), uid, gid, rdev,
+                               umask).attr()
 
     create = mknod
 
     @_op
-    def mkdir(self, parent: int, name: bytes, mode: int, uid: int, gid: int):
-        return self._new_inode(parent, name, stat.S_IFDIR | (mode & 0o7777), uid, gid).attr()
+    def mkdir(self, parent: int, name: bytes, mode: int, uid: int, gid: int, umask: int = 0):
+        return self._new_inode(parent, name, stat.S_IFDIR | (mode & 0o7777), uid, gid,
+                               umask=umask).attr()
 
     @_op
     def symlink(self, parent: int, name: bytes, target: bytes, uid: int, gid: int):

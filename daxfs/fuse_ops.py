@@ -75,9 +75,10 @@ Ownership of new inodes
 uid is the caller's (ctx.uid).  gid is the caller's (ctx.gid) unless the
 parent directory has S_ISGID, in which case it is the parent's gid, and a
 new directory inherits S_ISGID (the BSD/SysV rule Linux follows).  The mode
-the kernel sends is already masked with the caller's umask unless the
-kernel negotiated FUSE_DONT_MASK (pyfuse3 does not ask for it); we apply
-``mode & ~ctx.umask`` anyway, which is idempotent.
+the kernel sends is unmasked when daxfs/dont_mask.py could ask for
+FUSE_DONT_MASK, else already masked with the caller's umask; the engine
+applies ``ctx.umask`` (idempotent) unless the directory's default ACL
+takes its place.
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ from collections import defaultdict
 import pyfuse3
 import trio
 
-from daxfs import acl, control, request_wait
+from daxfs import acl, control, dont_mask, request_wait
 from daxfs.admin import AdminServer, is_admin_name
 from daxfs.control_server import Caller, ControlServer, own_mount_device
 from daxfs.errors import DaxfsError
@@ -212,11 +213,8 @@ class Operations(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = False
     # POSIX ACLs: the kernel enforces them (with default_permissions, which
-    # daxfs always mounts with); see the xattr handlers and daxfs/acl.py.
-    # pyfuse3 does not ask for FUSE_DONT_MASK, so the kernel has applied
-    # the umask to a new inode's mode even where a default ACL should
-    # replace it: the inherited ACL can only come out stricter, never
-    # looser, than POSIX says.
+    # daxfs always mounts with); see the xattr handlers, daxfs/acl.py and
+    # daxfs/dont_mask.py.
     enable_acl = True
 
     def __init__(self, fs, *, default_permissions: bool = True):
@@ -263,11 +261,11 @@ class Operations(pyfuse3.Operations):
         self._lookups[attr.ino] += 1
         return self._entry(attr)
 
-    def _owner(self, parent: int, mode: int, ctx) -> tuple[int, int, int]:
-        """(mode, uid, gid) for a new inode created by `ctx`: the caller's
-        ids and umask.  The set-gid directory rule is the engine's
-        (fs._new_inode)."""
-        return mode & ~(ctx.umask & 0o777), ctx.uid, ctx.gid
+    def _owner(self, ctx) -> dict:
+        """The engine's keywords for a new inode created by `ctx`: the
+        caller's ids and umask.  The set-gid directory rule and the umask
+        (or a default ACL in its place) are the engine's (fs._new_inode)."""
+        return {"uid": ctx.uid, "gid": ctx.gid, "umask": ctx.umask & 0o777}
 
     def _extra_worker(self) -> None:
         """Start a request worker that serves until another worker is
@@ -481,18 +479,16 @@ class Operations(pyfuse3.Operations):
 
     @_boundary(mutates=True)
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
-        mode, uid, gid = self._owner(parent_inode, mode, ctx)
-        return self._looked_up(self.fs.mknod(parent_inode, name, mode, uid, gid, rdev))
+        return self._looked_up(self.fs.mknod(parent_inode, name, mode, rdev=rdev,
+                                             **self._owner(ctx)))
 
     @_boundary(mutates=True)
     async def mkdir(self, parent_inode, name, mode, ctx):
-        mode, uid, gid = self._owner(parent_inode, stat.S_IFDIR | (mode & 0o7777), ctx)
-        return self._looked_up(self.fs.mkdir(parent_inode, name, mode, uid, gid))
+        return self._looked_up(self.fs.mkdir(parent_inode, name, mode, **self._owner(ctx)))
 
     @_boundary(mutates=True)
     async def symlink(self, parent_inode, name, target, ctx):
-        _, uid, gid = self._owner(parent_inode, stat.S_IFLNK | 0o777, ctx)
-        return self._looked_up(self.fs.symlink(parent_inode, name, target, uid, gid))
+        return self._looked_up(self.fs.symlink(parent_inode, name, target, ctx.uid, ctx.gid))
 
     @_boundary(mutates=True)
     async def link(self, inode, new_parent_inode, new_name, ctx):
@@ -537,8 +533,8 @@ class Operations(pyfuse3.Operations):
 
     @_boundary(mutates=True)
     async def create(self, parent_inode, name, mode, flags, ctx):
-        mode, uid, gid = self._owner(parent_inode, stat.S_IFREG | (mode & 0o7777), ctx)
-        attr = self.fs.mknod(parent_inode, name, mode, uid, gid, 0)
+        attr = self.fs.mknod(parent_inode, name, stat.S_IFREG | (mode & 0o7777),
+                             **self._owner(ctx))
         return self._file_info(attr.ino), self._looked_up(attr)
 
     @_boundary()
@@ -673,8 +669,15 @@ class Operations(pyfuse3.Operations):
             await self._invalidate(ino)
 
     def init(self):
-        """FUSE INIT: the mount exists now; learn its st_dev (the control
-        protocol's EXDEV check) from mountinfo, never through the mount."""
+        """FUSE INIT: ask the kernel to leave the umask to daxfs (for
+        default ACLs, daxfs/dont_mask.py); the mount exists now: learn its
+        st_dev (the control protocol's EXDEV check) from mountinfo, never
+        through the mount."""
+        try:
+            if dont_mask.request(request_wait.fuse_fd()):
+                log.info("umask: left to daxfs (FUSE_DONT_MASK)")
+        except Exception:
+            log.exception("asking for FUSE_DONT_MASK failed; the kernel applies the umask")
         try:
             dev = self._control_device()
         except Exception:

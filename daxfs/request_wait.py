@@ -103,7 +103,7 @@ _waiter: _Waiter | None = None     # the installed replacement's state
 _original = None                   # pyfuse3's own function
 
 
-def _fuse_fd() -> int | None:
+def fuse_fd() -> int | None:
     """The one fd of this process open on /dev/fuse, or None."""
     found = []
     for name in os.listdir("/proc/self/fd"):
@@ -123,7 +123,7 @@ def install() -> bool:
     current = getattr(pyfuse3, "_wait_fuse_readable", None)
     if not callable(current) or not hasattr(pyfuse3, "_session_loop"):
         return False
-    fd = _fuse_fd()
+    fd = fuse_fd()
     if fd is None:
         log.info("request wait: not exactly one /dev/fuse fd; keeping pyfuse3's")
         return False

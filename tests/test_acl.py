@@ -118,6 +118,19 @@ def test_engine_keeps_mode_and_acls_in_step(tmp_path):
     fs.close()
 
 
+def test_engine_applies_the_umask_unless_a_default_acl_replaces_it(tmp_path):
+    fs = make_fs(tmp_path / "u.img")
+    assert stat.S_IMODE(fs.mknod(1, b"f", stat.S_IFREG | 0o666, 0, 0, umask=0o027).mode) == 0o640
+    assert stat.S_IMODE(fs.mkdir(1, b"d", 0o777, 0, 0, umask=0o077).mode) == 0o700
+    assert stat.S_IMODE(fs.symlink(1, b"l", b"f", 0, 0).mode) == 0o777
+    d = fs.mkdir(1, b"acl", 0o755, 0, 0).ino
+    fs.setxattr(d, acl.DEFAULT, acl.encode(NAMED))
+    g = fs.mknod(d, b"g", stat.S_IFREG | 0o666, 0, 0, umask=0o777)
+    assert stat.S_IMODE(g.mode) == 0o660                   # the ACL, not the umask
+    assert_clean(fs)
+    fs.close()
+
+
 # ---- a real mount ---------------------------------------------------------------
 
 def _getfacl(path):
@@ -197,3 +210,21 @@ def test_clone_by_a_user_the_acl_lets_read(mounted):
     r = _as_nobody(*daxfs)
     assert r.returncode == 0, r.stderr
     assert dst.read_bytes() == src.read_bytes()
+
+
+def test_umask_is_applied_unless_a_default_acl_replaces_it(mounted):
+    """The kernel leaves the umask to daxfs (daxfs/dont_mask.py): daxfs
+    applies it to files, directories and fifos, and not under a default
+    ACL, which takes its place (xfstests generic/099's umask 722 case)."""
+    script = (f"cd {mounted} && umask 027 && touch f && mkdir d && mkfifo p && "
+              "mkdir acl && setfacl -d -m u::r-x,g::r--,o::--- acl && "
+              "umask 722 && touch acl/g && mkdir acl/e")
+    subprocess.run(["sh", "-c", script], check=True, timeout=30)
+    modes = {n: stat.S_IMODE(os.stat(mounted / n).st_mode)
+             for n in ("f", "d", "p", "acl/g", "acl/e")}
+    assert modes == {"f": 0o640, "d": 0o750, "p": 0o640, "acl/g": 0o440, "acl/e": 0o540}
+
+
+def test_the_daemon_got_the_umask_from_the_kernel(mounted, image):
+    log = Path(f"{image}.mount.log")
+    assert "umask: left to daxfs (FUSE_DONT_MASK)" in log.read_text()
