@@ -261,7 +261,7 @@ class Operations(pyfuse3.Operations):
         self._lookups[attr.ino] += 1
         return self._entry(attr)
 
-    def _owner(self, ctx) -> dict:
+    def _creator(self, ctx) -> dict:
         """The engine's keywords for a new inode created by `ctx`: the
         caller's ids and umask.  The set-gid directory rule and the umask
         (or a default ACL in its place) are the engine's (fs._new_inode)."""
@@ -480,11 +480,11 @@ class Operations(pyfuse3.Operations):
     @_boundary(mutates=True)
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
         return self._looked_up(self.fs.mknod(parent_inode, name, mode, rdev=rdev,
-                                             **self._owner(ctx)))
+                                             **self._creator(ctx)))
 
     @_boundary(mutates=True)
     async def mkdir(self, parent_inode, name, mode, ctx):
-        return self._looked_up(self.fs.mkdir(parent_inode, name, mode, **self._owner(ctx)))
+        return self._looked_up(self.fs.mkdir(parent_inode, name, mode, **self._creator(ctx)))
 
     @_boundary(mutates=True)
     async def symlink(self, parent_inode, name, target, ctx):
@@ -534,7 +534,7 @@ class Operations(pyfuse3.Operations):
     @_boundary(mutates=True)
     async def create(self, parent_inode, name, mode, flags, ctx):
         attr = self.fs.mknod(parent_inode, name, stat.S_IFREG | (mode & 0o7777),
-                             **self._owner(ctx))
+                             **self._creator(ctx))
         return self._file_info(attr.ino), self._looked_up(attr)
 
     @_boundary()
