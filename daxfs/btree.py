@@ -189,11 +189,6 @@ class BTree:
     def count(self) -> int:
         return self._nrecs.item(self.tid)
 
-    def blocks_touched_by(self, nrecs: int) -> int:
-        """An upper bound of the nodes that changing `nrecs` records may
-        dirty (see `touch_shape`)."""
-        return touched_bound(self.touch_shape(), nrecs)
-
     def touch_shape(self) -> tuple:
         """What `touched_bound` needs to know of the tree as it is now:
         no more leaves than it has (nodes are at least a third full), and
