@@ -61,10 +61,13 @@ class Delayed:
                     self._pending[key] = old
         self._undo = None
 
-    def _put(self, key, value) -> None:
-        """Set a key's pending value (None: no longer pending)."""
-        if self._undo is not None and key not in self._undo:
-            self._undo[key] = self._pending.get(key, ABSENT)
+    def _put(self, key, value, cur=None) -> None:
+        """Set a key's pending value (None: no longer pending).  `cur`: the
+        pending value the caller has just read with .get(key, ABSENT)
+        (None: not read, look it up for the undo)."""
+        undo = self._undo
+        if undo is not None and key not in undo:
+            undo[key] = self._pending.get(key, ABSENT) if cur is None else cur
         if value is None:
             self._pending.pop(key, None)
         else:

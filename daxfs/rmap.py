@@ -70,17 +70,6 @@ class Rmap(Delayed):
             raise Corrupted(k[0], f"rmap has no record for block {k[0]}"
                                   f" owner {k[1]} offset {k[2]}")
 
-    def _set(self, key, cur, value) -> None:
-        """`Delayed._put` for a key whose pending value `cur` was just
-        read (ABSENT: none), without looking it up again."""
-        undo = self._undo
-        if undo is not None and key not in undo:
-            undo[key] = cur
-        if value is None:
-            del self._pending[key]
-        else:
-            self._pending[key] = value
-
     # ---- file data (deferred) ---------------------------------------------------
     def map(self, bno: int, owner: int, offset: int, length: int, flags: int = 0) -> None:
         if self.tree is None:
@@ -88,9 +77,9 @@ class Rmap(Delayed):
         key = (bno, owner, offset)
         cur = self._pending.get(key, ABSENT)
         if cur is ABSENT:
-            self._set(key, cur, _value(length, flags, False))
+            self._put(key, _value(length, flags, False), cur)
         elif cur == _GONE:
-            self._set(key, cur, _value(length, flags, True))
+            self._put(key, _value(length, flags, True), cur)
         else:
             raise Corrupted(bno, f"rmap: block {bno} owner {owner} offset {offset} mapped twice")
 
@@ -102,11 +91,11 @@ class Rmap(Delayed):
         key = (bno, owner, offset)
         cur = self._pending.get(key, ABSENT)
         if cur is ABSENT:
-            self._set(key, cur, _GONE)
+            self._put(key, _GONE, cur)
         elif cur == _GONE:
             raise Corrupted(bno, f"rmap has no record for block {bno} owner {owner} offset {offset}")
         else:
-            self._set(key, cur, _GONE if cur & 1 else None)
+            self._put(key, _GONE if cur & 1 else None, cur)
 
     def resize(self, bno: int, owner: int, offset: int, length: int, flags: int = 0) -> None:
         if self.tree is None:
@@ -115,7 +104,7 @@ class Rmap(Delayed):
         cur = self._pending.get(key, ABSENT)
         if cur == _GONE:
             raise Corrupted(bno, f"rmap: resizing removed record {bno} owner {owner}")
-        self._set(key, cur, _value(length, flags, cur is ABSENT or cur & 1))
+        self._put(key, _value(length, flags, cur is ABSENT or cur & 1), cur)
 
     # ---- metadata ------------------------------------------------------------------
     def map_meta(self, bno: int, owner: int, length: int = 1) -> None:
