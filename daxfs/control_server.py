@@ -275,11 +275,7 @@ class ControlServer:
 
     def _check_readable(self, caller: Caller, src_ino: int) -> None:
         attr = self._source_attr(src_ino)
-        try:
-            access = acl.parse(self.fs.getxattr(src_ino, acl.ACCESS))
-        except NoAttribute:
-            access = None
-        if not may_read(attr, caller, access):
+        if not may_read(attr, caller, self.fs.get_acl(src_ino, acl.ACCESS)):
             raise PermissionDenied(f"uid {caller.uid} may not read inode {src_ino}")
 
     def _check_types(self, src_ino: int, dst_ino: int) -> None:

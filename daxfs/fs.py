@@ -832,6 +832,13 @@ class Filesystem:
         except NoAttribute:
             return None
 
+    @_query
+    def get_acl(self, ino: int, name: bytes):
+        """The ACL `name` (acl.ACCESS or acl.DEFAULT) of `ino` as entries,
+        or None."""
+        self.inodes.get(ino)
+        return self._acl(ino, name)
+
     def _chmod_acl(self, inode) -> None:
         """A chmod rewrites a stored access ACL's owner, group (or mask)
         and other entries."""
