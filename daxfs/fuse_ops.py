@@ -120,6 +120,11 @@ PROBE_VALUE = control.PROBE_VALUE
 SYSTEM_PREFIX = b"system."
 
 
+def _foreign_system_name(name: bytes) -> bool:
+    """A system.* attribute daxfs does not have (it has only the ACLs)."""
+    return name.startswith(SYSTEM_PREFIX) and name not in acl.NAMES
+
+
 def _boundary(*, mutates: bool = False):
     """Wrap a handler: the one place where exceptions become errno values.
 
@@ -627,7 +632,7 @@ class Operations(pyfuse3.Operations):
             if is_admin_name(name):
                 return self.admin.serve_get(ctx.uid, name)
             return await self._control_getxattr(inode, name, ctx)
-        if name.startswith(SYSTEM_PREFIX) and name not in acl.NAMES:
+        if _foreign_system_name(name):
             raise pyfuse3.FUSEError(errno.ENODATA)
         return self.fs.getxattr(inode, name)
 
@@ -644,7 +649,7 @@ class Operations(pyfuse3.Operations):
             self.fs.setxattr(inode, name, value, fsetid=caller.uid == 0,
                              in_group=caller.in_group)
             return
-        if name.startswith(SYSTEM_PREFIX):
+        if _foreign_system_name(name):
             raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
         self.fs.setxattr(inode, name, value)
 
@@ -654,8 +659,7 @@ class Operations(pyfuse3.Operations):
 
     @_boundary(mutates=True)
     async def removexattr(self, inode, name, ctx):
-        if name.startswith(CONTROL_PREFIX) or \
-                name.startswith(SYSTEM_PREFIX) and name not in acl.NAMES:
+        if name.startswith(CONTROL_PREFIX) or _foreign_system_name(name):
             # Control names are requests, never stored; nor is system.* but ACLs.
             raise pyfuse3.FUSEError(errno.ENODATA)
         self.fs.removexattr(inode, name)
