@@ -19,8 +19,8 @@ fuse_ops.py), `client_*` helpers for the commands.
 import json
 import os
 
-from .errors import InvalidArgument, NotPermitted
-from .format import BLOCK_SIZE as BS, TREE_NAMES
+from daxfs.engine.errors import InvalidArgument, NotPermitted
+from daxfs.engine.format import BLOCK_SIZE as BS, TREE_NAMES
 
 PREFIX = b"user.daxfs.admin."
 POISON = PREFIX + b"poison"
@@ -79,7 +79,7 @@ class AdminServer:
             raise NotPermitted("only root may inject media errors")
         if name != POISON:
             raise InvalidArgument(f"unknown admin request {name!r}")
-        from . import poison
+        from daxfs.engine import poison
         try:
             parts = value.decode().split()
         except UnicodeDecodeError:
@@ -99,7 +99,7 @@ class AdminServer:
         return rep.data_inodes
 
     def serve_get(self, uid: int, name: bytes) -> bytes:
-        from . import devmap, poison
+        from daxfs.engine import devmap, poison
         if uid != 0:
             # reports and the map name every file (paths included), also
             # those in directories the caller may not search
@@ -149,7 +149,7 @@ def client_list(root: str) -> list[dict]:
 
 
 def client_map(root: str):
-    from . import devmap
+    from daxfs.engine import devmap
     start = 0
     out = []
     total = 0

@@ -28,12 +28,12 @@ import sys
 
 import numpy as np
 
-from .btree import Node
-from .errors import Corrupted, DaxfsError, MediaError
-from .format import (BLOCK_SIZE, DT_DIR, MAX_FILE_BYTES, OWN_AG, OWN_FS, OWN_LOG, RMAP_ATTR,
-                     ROOT_INO, TREE_NAMES, own_tree)
-from .journal import sealed_ok
-from .superblock import secondary_bno, verify_copy
+from daxfs.engine.btree import Node
+from daxfs.engine.errors import Corrupted, DaxfsError, MediaError
+from daxfs.engine.format import (BLOCK_SIZE, DT_DIR, MAX_FILE_BYTES, OWN_AG, OWN_FS, OWN_LOG,
+                                 RMAP_ATTR, ROOT_INO, TREE_NAMES, own_tree)
+from daxfs.engine.journal import sealed_ok
+from daxfs.engine.superblock import secondary_bno, verify_copy
 
 log = logging.getLogger(__name__)
 
@@ -390,7 +390,7 @@ class Checker:
             self.problem(f"rmap: {len(extra) - 5} more stray records")
 
     def _owner(self, owner: int) -> str:
-        from .format import owner_name
+        from daxfs.engine.format import owner_name
         if owner < (1 << 62):
             return self._where(owner)
         return owner_name(owner)
@@ -398,7 +398,7 @@ class Checker:
 
 def check_image(path: str, *, progress: bool = False) -> list[str]:
     """Open the image, run every check, return the problems found."""
-    from .volume import Volume
+    from daxfs.engine.volume import Volume
     vol = Volume.open(path)
     try:
         return Checker(vol, progress=progress).run()

@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from . import gc_tuning
-from .errors import DaxfsError
+from daxfs.engine.errors import DaxfsError
 
 EXIT_CLEAN, EXIT_ERRORS, EXIT_OPERATIONAL = 0, 4, 8
 

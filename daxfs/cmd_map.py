@@ -6,8 +6,9 @@ import argparse
 import os
 import sys
 
-from . import admin, devmap
-from .errors import DaxfsError
+from . import admin
+from daxfs.engine import devmap
+from daxfs.engine.errors import DaxfsError
 
 
 def main(argv=None) -> int:
@@ -20,7 +21,7 @@ def main(argv=None) -> int:
         if os.path.isdir(args.target):
             recs, total = admin.client_map(admin.mount_root(args.target))
         else:
-            from .fs import Filesystem
+            from daxfs.engine.fs import Filesystem
             fs = Filesystem.open(args.target, readonly=True)
             try:
                 recs, total = devmap.records(fs), fs.vol.total_blocks

@@ -4,9 +4,9 @@ import argparse
 import os
 import sys
 
-from .errors import DaxfsError
-from .mkfs import mkfs, parse_size
-from .pmem import Pmem
+from daxfs.engine.errors import DaxfsError
+from daxfs.engine.mkfs import mkfs, parse_size
+from daxfs.engine.pmem import Pmem
 
 
 def main(argv=None, prog="daxfs mkfs") -> int:

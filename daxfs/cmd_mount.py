@@ -135,7 +135,7 @@ def _wait_for_unmounted_daemon(image: str, timeout: float) -> None:
     mount, as scripts and xfstests' cycle_mount do) waits for that daemon
     to exit instead of failing with "in use".  Only a daxfs daemon of
     this image whose mount is gone is waited for, at most `timeout`."""
-    from daxfs.pmem import image_lock_holder
+    from daxfs.engine.pmem import image_lock_holder
     want = _mount.fsname_for(image)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -202,7 +202,7 @@ def _spawn(image: str, mountpoint: str, options: str | None, log_path: str,
 
 def _foreground(image: str, mountpoint: str, options: list[str], readonly: bool,
                 log_path: str | None) -> int:
-    from daxfs.errors import DaxfsError
+    from daxfs.engine.errors import DaxfsError
 
     handler = logging.FileHandler(log_path) if log_path else logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(

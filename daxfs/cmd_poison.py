@@ -16,8 +16,8 @@ import os
 import sys
 
 from . import admin
-from .errors import DaxfsError
-from .format import BLOCK_SIZE as BS
+from daxfs.engine.errors import DaxfsError
+from daxfs.engine.format import BLOCK_SIZE as BS
 
 PROG = "daxfs poison"
 
@@ -49,9 +49,9 @@ def inject(args) -> int:
         print(f"{PROG} inject: give --offset and --length, or --metadata KIND", file=sys.stderr)
         return 2
     if kind == "image":
-        from . import poison
-        from .badblocks import BadBlocks
-        from .fs import Filesystem
+        from daxfs.engine import poison
+        from daxfs.engine.badblocks import BadBlocks
+        from daxfs.engine.fs import Filesystem
         fs = Filesystem.open(args.target, readonly=True)
         try:
             if args.metadata:
@@ -102,8 +102,8 @@ def inject(args) -> int:
 def listing(args) -> int:
     kind = _kind(args.target)
     if kind == "image":
-        from . import poison
-        from .fs import Filesystem
+        from daxfs.engine import poison
+        from daxfs.engine.fs import Filesystem
         fs = Filesystem.open(args.target, readonly=True)
         try:
             reports = [admin.report_dict(r) for r in poison.listing(fs)]

@@ -164,16 +164,11 @@ import struct
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from daxfs.attrs import (
-    FIEMAP_EXTENT_LAST,
-    FIEMAP_EXTENT_SHARED,
-    FILE_DEDUPE_RANGE_DIFFERS,
-    FILE_DEDUPE_RANGE_SAME,
-    DedupeResult,
-    FiemapExtent,
-)
+from daxfs.engine.attrs import (FIEMAP_EXTENT_LAST, FIEMAP_EXTENT_SHARED,
+                                FILE_DEDUPE_RANGE_DIFFERS, FILE_DEDUPE_RANGE_SAME, DedupeResult,
+                                FiemapExtent)
 from daxfs.mountinfo import unescape as unescape_mountinfo
-from daxfs.errors import BadFileDescriptor, InvalidArgument, NoAttribute, PermissionDenied
+from daxfs.engine.errors import BadFileDescriptor, InvalidArgument, NoAttribute, PermissionDenied
 
 __all__ = [
     "PREFIX", "PROBE_NAME", "PROBE_VALUE", "CLONE_NAME", "DEDUPE_NAME",

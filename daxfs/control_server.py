@@ -80,11 +80,12 @@ import stat
 from dataclasses import dataclass, field
 from typing import Callable
 
-from daxfs import acl, control
+from daxfs.engine import acl
+from . import control
 from daxfs.mountinfo import unescape as unescape_mountinfo
-from daxfs.attrs import DedupeResult
-from daxfs.errors import (BadFileDescriptor, CrossDevice, DaxfsError, InvalidArgument,
-                          IsADirectory, NoAttribute, NotFound, PermissionDenied)
+from daxfs.engine.attrs import DedupeResult
+from daxfs.engine.errors import (BadFileDescriptor, CrossDevice, DaxfsError, InvalidArgument,
+                                 IsADirectory, NoAttribute, NotFound, PermissionDenied)
 
 __all__ = ["Caller", "Action", "ControlServer", "own_mount_device", "read_groups",
            "may_read"]

@@ -1,7 +1,7 @@
 """Asking the kernel to leave the umask to daxfs (FUSE_DONT_MASK).
 
 A directory with a default POSIX ACL gives its new files that ACL in place
-of the umask (daxfs/acl.py `inherit`).  The kernel applies the umask to a
+of the umask (daxfs/engine/acl.py `inherit`).  The kernel applies the umask to a
 FUSE create's mode itself unless the daemon answered FUSE_INIT with
 FUSE_DONT_MASK, and pyfuse3 3.5 never asks for it: its INIT callback sets
 only its three capabilities before calling `Operations.init()`, and it

@@ -1,5 +1,5 @@
 """The pyfuse3 adapter: turns kernel FUSE requests into calls of the
-filesystem API (`daxfs.fs.Filesystem`) and the answers back into replies.
+filesystem API (`daxfs.engine.fs.Filesystem`) and the answers back into replies.
 
 What this module owns
 ---------------------
@@ -94,10 +94,11 @@ from collections import defaultdict
 import pyfuse3
 import trio
 
-from daxfs import acl, control, dont_mask, request_wait
+from daxfs.engine import acl
+from . import control, dont_mask, request_wait
 from daxfs.admin import AdminServer, is_admin_name
 from daxfs.control_server import Caller, ControlServer, own_mount_device
-from daxfs.errors import DaxfsError
+from daxfs.engine.errors import DaxfsError
 from daxfs.kernel_size import KernelSizes
 
 log = logging.getLogger(__name__)
@@ -218,7 +219,7 @@ class Operations(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = False
     # POSIX ACLs: the kernel enforces them (with default_permissions, which
-    # daxfs always mounts with); see the xattr handlers, daxfs/acl.py and
+    # daxfs always mounts with); see the xattr handlers, daxfs/engine/acl.py and
     # daxfs/dont_mask.py.
     enable_acl = True
 
@@ -620,7 +621,7 @@ class Operations(pyfuse3.Operations):
 
     # POSIX ACLs (enable_acl): the kernel checks permissions against them
     # and sends them as system.posix_acl_access / _default; the engine
-    # stores them and keeps the mode in step (daxfs/acl.py).  No other
+    # stores them and keeps the mode in step (daxfs/engine/acl.py).  No other
     # system.* name exists: setting one answers EOPNOTSUPP, reading or
     # removing one ENODATA.
 

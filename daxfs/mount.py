@@ -159,7 +159,7 @@ def run(image: str, mountpoint: str, extra_options=(), *, readonly: bool = False
     anything is mounted, and RuntimeError if FUSE refuses the mount.
     """
     if opener is None:
-        from daxfs.fs import Filesystem
+        from daxfs.engine.fs import Filesystem
         opener = Filesystem.open
     fs = opener(image, readonly=readonly)
     if gc_tuning.tune():

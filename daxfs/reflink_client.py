@@ -20,8 +20,8 @@ import stat
 import struct
 
 from daxfs import control
-from daxfs.attrs import FIEMAP_EXTENT_LAST, DedupeResult, FiemapExtent
-from daxfs.errors import InvalidArgument
+from daxfs.engine.attrs import FIEMAP_EXTENT_LAST, DedupeResult, FiemapExtent
+from daxfs.engine.errors import InvalidArgument
 
 __all__ = ["clone", "dedupe", "fiemap", "is_daxfs",
            "FICLONE", "FICLONERANGE", "FIDEDUPERANGE", "FS_IOC_FIEMAP"]

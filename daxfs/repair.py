@@ -66,17 +66,18 @@ import time
 
 import numpy as np
 
-from .alloc import POOL_HIGH, POOL_TARGET
-from .btree import MAX_HEIGHT, Node
+from daxfs.engine.alloc import POOL_HIGH, POOL_TARGET
+from daxfs.engine.btree import MAX_HEIGHT, Node
 from .check import Checker
-from .dirs import name_hash
-from .errors import Corrupted, MediaError, NoSpace
-from .format import (BLOCK_SIZE as BS, DT_BLK, DT_CHR, DT_DIR, DT_FIFO, DT_LNK, DT_REG,
-                     DT_SOCK, MAX_FILE_BYTES, NODE_HDR_DTYPE, NODE_HDR_SIZE, OWN_AG, OWN_FS,
-                     OWN_LOG, OWN_MAX_INO, RMAP_ATTR, ROOT_INO, SB_POOL_MAX, STATE_NEEDS_CHECK,
-                     SYMLINK_MAX, XATTR_INLINE_MAX, XATTR_VALUE_MAX, own_tree)
-from .journal import seal
-from .superblock import secondary_bno
+from daxfs.engine.dirs import name_hash
+from daxfs.engine.errors import Corrupted, MediaError, NoSpace
+from daxfs.engine.format import (BLOCK_SIZE as BS, DT_BLK, DT_CHR, DT_DIR, DT_FIFO, DT_LNK,
+                                 DT_REG, DT_SOCK, MAX_FILE_BYTES, NODE_HDR_DTYPE, NODE_HDR_SIZE,
+                                 OWN_AG, OWN_FS, OWN_LOG, OWN_MAX_INO, RMAP_ATTR, ROOT_INO,
+                                 SB_POOL_MAX, STATE_NEEDS_CHECK, SYMLINK_MAX, XATTR_INLINE_MAX,
+                                 XATTR_VALUE_MAX, own_tree)
+from daxfs.engine.journal import seal
+from daxfs.engine.superblock import secondary_bno
 
 log = logging.getLogger(__name__)
 
@@ -1063,7 +1064,7 @@ def repair_image(path: str) -> tuple[list[str], list[str]]:
     """Check the image; if it has problems, repair it and check again.
     Returns (problems left, one line per fix).  Raises DaxfsError when the
     image cannot be opened at all."""
-    from .volume import Volume
+    from daxfs.engine.volume import Volume
     vol = Volume.open(path)
     try:
         problems = Checker(vol).run()

@@ -1,7 +1,7 @@
 """Shared by scripts/bench.py and scripts/bench_engine.py: the figure record,
 medians, the terminal table, the JSON file, the PNG chart and hot-spot
 summaries of profiles.  Standard library only (the PNG is written with
-zlib/struct and a 5x7 pixel font drawn below, like daxfs/devmap.py does).
+zlib/struct and a 5x7 pixel font drawn below, like daxfs/engine/devmap.py does).
 
 A figure compares one daxfs value with one peer value, or with an absolute
 target:

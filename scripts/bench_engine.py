@@ -153,7 +153,7 @@ class Engine:
 
     # ------------------------------------------------------------ btree
     def btree(self) -> list[dict]:
-        from daxfs.volume import Volume
+        from daxfs.engine.volume import Volume
         n = 100_000 if self.quick else 1_000_000
         nlook = min(n, 50_000 if self.quick else 200_000)
         rnd = random.Random(1)
@@ -239,8 +239,8 @@ class Engine:
         """An image with n one-block data extents in files of 1000 extents
         (file block 2i -> a contiguous physical run, so nothing merges).
         Returns [(ino, first physical block, count)] per file."""
-        from daxfs.fs import Filesystem
-        from daxfs.mkfs import mkfs
+        from daxfs.engine.fs import Filesystem
+        from daxfs.engine.mkfs import mkfs
         mkfs(str(path), size, rmap=rmap)
         fs = Filesystem.open(str(path))
         vol = fs.vol
@@ -280,8 +280,8 @@ class Engine:
         return files
 
     def bigimage(self) -> list[dict]:
-        from daxfs import poison
-        from daxfs.fs import Filesystem
+        from daxfs.engine import poison
+        from daxfs.engine.fs import Filesystem
         n = 100_000 if self.quick else 1_000_000
         size = 8 * GiB if self.quick else 64 * GiB
         c, sz = count_text(n), size_text(size)
@@ -375,8 +375,8 @@ class Engine:
 
     # ------------------------------------------------------------ rmap cost
     def rmapcost(self) -> list[dict]:
-        from daxfs.fs import Filesystem
-        from daxfs.mkfs import mkfs
+        from daxfs.engine.fs import Filesystem
+        from daxfs.engine.mkfs import mkfs
         n = 2000 if self.quick else 10_000
         data = os.urandom(BS)
         small = os.urandom(100)
@@ -444,8 +444,8 @@ class Engine:
     # ------------------------------------------------------------ compare
     def compare(self) -> list[dict]:
         import numpy as np
-        from daxfs.fs import Filesystem
-        from daxfs.mkfs import mkfs
+        from daxfs.engine.fs import Filesystem
+        from daxfs.engine.mkfs import mkfs
         size = 128 * MiB if self.quick else 1 * GiB
         img = self.dir / "compare.img"
         mkfs(str(img), 2 * size + 512 * MiB, rmap=True)

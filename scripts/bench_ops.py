@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Engine cost of single operations, no FUSE: µs per operation, median of
---runs, through the filesystem API (`daxfs.fs.Filesystem`) on a fresh
+--runs, through the filesystem API (`daxfs.engine.fs.Filesystem`) on a fresh
 image in --workdir.
 
     .venv/bin/python scripts/bench_ops.py [--runs 3] [--n 10000]
@@ -27,8 +27,8 @@ BS = 4096
 
 
 def _fs(workdir, name, size=2 << 30):
-    from daxfs.fs import Filesystem
-    from daxfs.mkfs import mkfs
+    from daxfs.engine.fs import Filesystem
+    from daxfs.engine.mkfs import mkfs
     path = os.path.join(workdir, name)
     mkfs(path, size)
     return Filesystem.open(path)

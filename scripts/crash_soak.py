@@ -289,7 +289,7 @@ class PosixOps:
 def _engine(method):
     @functools.wraps(method)
     def run(self, *args):
-        from daxfs.errors import DaxfsError
+        from daxfs.engine.errors import DaxfsError
         try:
             return method(self, *args)
         except DaxfsError as e:
@@ -298,7 +298,7 @@ def _engine(method):
 
 
 class EngineOps:
-    """The same operations on the filesystem API (daxfs.fs.Filesystem),
+    """The same operations on the filesystem API (daxfs.engine.fs.Filesystem),
     for power-loss runs and for verifying without a mount.  Unlinked inodes
     are forgotten at once (nothing holds them open)."""
 
@@ -388,7 +388,7 @@ class EngineOps:
 
     @_engine
     def getxattr(self, path, name):
-        from daxfs.errors import DaxfsError
+        from daxfs.engine.errors import DaxfsError
         try:
             return self.fs.getxattr(self._ino(path), name.encode())
         except DaxfsError as e:
@@ -883,7 +883,7 @@ def engine_child_main(args) -> int:
     """A power-loss run: the engine on a MAP_PRIVATE mapping, the workers
     interleaved, a commit now and then (the daemon's timer); killed by the
     controller."""
-    from daxfs.fs import Filesystem
+    from daxfs.engine.fs import Filesystem
     rnd = random.Random(f"{args.seed}/{args.iteration}/engine")
     print("opening", flush=True)
     fs = Filesystem.open(args.image, private=True)
@@ -1094,7 +1094,7 @@ class Soak:
         print(text, flush=True)
 
     def fresh_image(self) -> None:
-        from daxfs.mkfs import mkfs
+        from daxfs.engine.mkfs import mkfs
         mkfs(self.image, self.args.size, rmap=True)
         self.logs.clear()
 
@@ -1254,7 +1254,7 @@ class Soak:
 
     # -- one power-loss iteration
     def power_iteration(self, it: int, rnd: random.Random) -> str:
-        from daxfs.fs import Filesystem
+        from daxfs.engine.fs import Filesystem
         args = self.args
         try:
             fs = Filesystem.open(self.image)
@@ -1393,7 +1393,7 @@ class Soak:
 
 
 def parse_size(text: str) -> int:
-    from daxfs.mkfs import parse_size as ps
+    from daxfs.engine.mkfs import parse_size as ps
     return ps(text)
 
 

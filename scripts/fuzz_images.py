@@ -69,13 +69,13 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from daxfs import cmd_check  # noqa: E402
-from daxfs.errors import DaxfsError, MediaError, Shutdown  # noqa: E402
-from daxfs.format import (BLOCK_SIZE as BS, LOG_HDR_DTYPE, LOG_HDR_SIZE, LOG_MAGIC,  # noqa: E402
-                          ROOT_INO, SB_MAGIC)
-from daxfs.journal import sealed_ok  # noqa: E402
-from daxfs.fs import Filesystem  # noqa: E402
-from daxfs.mkfs import mkfs  # noqa: E402
-from daxfs.volume import Volume  # noqa: E402
+from daxfs.engine.errors import DaxfsError, MediaError, Shutdown  # noqa: E402
+from daxfs.engine.format import (BLOCK_SIZE as BS, LOG_HDR_DTYPE, LOG_HDR_SIZE, LOG_MAGIC,
+                                 ROOT_INO, SB_MAGIC)  # noqa: E402
+from daxfs.engine.journal import sealed_ok  # noqa: E402
+from daxfs.engine.fs import Filesystem  # noqa: E402
+from daxfs.engine.mkfs import mkfs  # noqa: E402
+from daxfs.engine.volume import Volume  # noqa: E402
 
 IMAGE_SIZE = 24 << 20
 CASE_TIMEOUT = 120          # seconds for the in-process part of one case
@@ -287,8 +287,8 @@ def apply_damage(path: str, inv: dict, rng: random.Random, kind: str, dmg: Damag
                     dmg.blocks.add(b)
                 dmg.desc.append(f"sbrandom {b}[{lo}:{hi}]")
         elif kind == "resealed":
-            from daxfs.journal import seal
-            from daxfs.trees import SPECS
+            from daxfs.engine.journal import seal
+            from daxfs.engine.trees import SPECS
             b = rng.choice(sorted(inv["nodes"]))
             data = bytearray(rd(b))
             tree, level, _ = inv["nodes"][b]

@@ -1,7 +1,7 @@
 """Shared test fixtures: fresh images, real kernel mounts, and the rules every
 mount in the tests follows.
 
-* `image`: a fresh 256 MiB image (daxfs.mkfs.mkfs, with the rmap btree).
+* `image`: a fresh 256 MiB image (daxfs.engine.mkfs.mkfs, with the rmap btree).
 * `mnt`: an empty directory that any user can reach (the permission tests
   run commands as uid 65534, and pytest's own tmp dirs are 0700).
 * `mounted`: `image` mounted at `mnt` with the real `daxfs mount` command;
@@ -53,7 +53,7 @@ def daxfs(*args, timeout=CMD_TIMEOUT):
 
 
 def make_image(path, size=IMAGE_SIZE) -> Path:
-    from daxfs.mkfs import mkfs
+    from daxfs.engine.mkfs import mkfs
     mkfs(str(path), size, rmap=True)
     return Path(path)
 

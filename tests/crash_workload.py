@@ -16,8 +16,8 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from daxfs.errors import DaxfsError, NoSpace  # noqa: E402
-from daxfs.fs import Filesystem  # noqa: E402
+from daxfs.engine.errors import DaxfsError, NoSpace  # noqa: E402
+from daxfs.engine.fs import Filesystem  # noqa: E402
 
 
 def _remove_tree(fs, parent: int, name: bytes) -> None:

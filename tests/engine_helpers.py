@@ -1,8 +1,8 @@
 """Helpers shared by the engine tests (no mount): make an image, run check."""
 
 from daxfs.check import Checker
-from daxfs.fs import Filesystem
-from daxfs.mkfs import mkfs
+from daxfs.engine.fs import Filesystem
+from daxfs.engine.mkfs import mkfs
 
 
 def make_fs(path, size=32 << 20, rmap=True):

@@ -1,4 +1,4 @@
-"""POSIX ACLs: the xattr form and the mode rules (daxfs/acl.py), the
+"""POSIX ACLs: the xattr form and the mode rules (daxfs/engine/acl.py), the
 engine keeping mode and ACLs in step, and a real mount driven by setfacl,
 getfacl, chmod, cp -a and an unprivileged user (setpriv) whose access the
 kernel decides from the ACL."""
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from daxfs import acl
-from daxfs.errors import InvalidArgument, PermissionDenied
+from daxfs.engine import acl
+from daxfs.engine.errors import InvalidArgument, PermissionDenied
 from engine_helpers import assert_clean, make_fs
 
 U, G, M = acl.UNDEFINED_ID, acl.GROUP_OBJ, acl.MASK

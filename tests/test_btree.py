@@ -6,10 +6,10 @@ import random
 
 import pytest
 
-from daxfs.format import RMAP_DTYPE, TREE_RMAP, TREE_FREE, FREE_DTYPE
-from daxfs.btree import BTree, TreeSpec
-from daxfs.errors import Corrupted
-from daxfs.volume import Volume
+from daxfs.engine.format import RMAP_DTYPE, TREE_RMAP, TREE_FREE, FREE_DTYPE
+from daxfs.engine.btree import BTree, TreeSpec
+from daxfs.engine.errors import Corrupted
+from daxfs.engine.volume import Volume
 
 
 @pytest.fixture

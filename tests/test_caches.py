@@ -8,9 +8,9 @@ import stat
 
 import pytest
 
-from daxfs.errors import Exists, NotFound, NoSpace
-from daxfs.format import BLOCK_SIZE as BS, OWN_MAX_INO, RMAP_ATTR
-from daxfs.fs import Filesystem
+from daxfs.engine.errors import Exists, NotFound, NoSpace
+from daxfs.engine.format import BLOCK_SIZE as BS, OWN_MAX_INO, RMAP_ATTR
+from daxfs.engine.fs import Filesystem
 from engine_helpers import assert_clean, make_fs
 
 REG = stat.S_IFREG | 0o644
@@ -26,7 +26,7 @@ def _fail_inside_op(fs, body):
         body()
         raise Boom()
 
-    from daxfs.fs import _op
+    from daxfs.engine.fs import _op
     with pytest.raises(Boom):
         _op(op)(fs)
 
@@ -103,7 +103,7 @@ def test_names_with_one_hash(tmp_path):
     and get different collision indexes, however lookups, creates,
     removals and a rollback interleave with the remembered empty ranges
     (dirs.py: a create after a lookup in vain does not search again)."""
-    from daxfs.dirs import name_hash
+    from daxfs.engine.dirs import name_hash
     a, b = b"c1371838", b"c2000402"
     assert name_hash(a) == name_hash(b)
     fs = make_fs(tmp_path / "h.img")

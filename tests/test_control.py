@@ -30,9 +30,8 @@ from pathlib import Path
 import pytest
 
 from daxfs import control, reflink_client
-from daxfs.attrs import (FIEMAP_EXTENT_LAST, FIEMAP_EXTENT_SHARED, DedupeResult,
-                         FiemapExtent)
-from daxfs.errors import BadFileDescriptor, InvalidArgument, NoAttribute
+from daxfs.engine.attrs import FIEMAP_EXTENT_LAST, FIEMAP_EXTENT_SHARED, DedupeResult, FiemapExtent
+from daxfs.engine.errors import BadFileDescriptor, InvalidArgument, NoAttribute
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -911,8 +910,8 @@ FAKE_DAEMON = r'''"""A fake daxfs daemon for the control-protocol contract tests
 import errno, json, os, stat, sys, time
 import pyfuse3, trio
 from daxfs import control
-from daxfs.attrs import DedupeResult, FiemapExtent, FIEMAP_EXTENT_LAST, FIEMAP_EXTENT_SHARED
-from daxfs.errors import DaxfsError
+from daxfs.engine.attrs import DedupeResult, FiemapExtent, FIEMAP_EXTENT_LAST, FIEMAP_EXTENT_SHARED
+from daxfs.engine.errors import DaxfsError
 
 MNT, LOG = sys.argv[1], sys.argv[2]
 BLOCK = 4096

@@ -21,8 +21,8 @@ import time
 import pytest
 
 from daxfs.check import check_image
-from daxfs.fs import Filesystem
-from daxfs.mkfs import mkfs
+from daxfs.engine.fs import Filesystem
+from daxfs.engine.mkfs import mkfs
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ITERATIONS = int(os.environ.get("DAXFS_CRASH_ITERATIONS", 10))

@@ -6,9 +6,9 @@ import stat
 
 import pytest
 
-from daxfs.errors import (AttributeTooBig, FileTooBig, NameTooLong, NoSpace, NotEmpty,
-                          InvalidArgument, IsADirectory, NotADirectory, Exists)
-from daxfs.format import BLOCK_SIZE as BS
+from daxfs.engine.errors import (AttributeTooBig, FileTooBig, NameTooLong, NoSpace, NotEmpty,
+                                 InvalidArgument, IsADirectory, NotADirectory, Exists)
+from daxfs.engine.format import BLOCK_SIZE as BS
 from engine_helpers import assert_clean, make_fs
 
 
@@ -126,8 +126,8 @@ def test_read_only_open_of_a_64_gib_image(tmp_path):
     """A read-only open maps the image private (to apply a pending log in
     memory) without reserving its size: a 64 GiB image opens read-only on
     a machine with less memory than that, and sees the last commit."""
-    from daxfs.fs import Filesystem
-    from daxfs.mkfs import mkfs
+    from daxfs.engine.fs import Filesystem
+    from daxfs.engine.mkfs import mkfs
     path = str(tmp_path / "big.img")
     mkfs(path, 64 << 30)
     fs = Filesystem.open(path)

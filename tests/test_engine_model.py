@@ -12,9 +12,9 @@ import hypothesis.strategies as st
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from daxfs.errors import DaxfsError
-from daxfs.fs import Filesystem
-from daxfs.mkfs import mkfs
+from daxfs.engine.errors import DaxfsError
+from daxfs.engine.fs import Filesystem
+from daxfs.engine.mkfs import mkfs
 from engine_helpers import assert_clean
 
 BS = 4096

@@ -18,7 +18,7 @@ import pytest
 
 from conftest import MiB, check_image, make_image, mount_image
 from daxfs import reflink_client as rc
-from daxfs.attrs import FIEMAP_EXTENT_SHARED
+from daxfs.engine.attrs import FIEMAP_EXTENT_SHARED
 
 BS = 4096
 pytestmark = pytest.mark.timeout(300)

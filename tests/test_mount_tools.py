@@ -887,7 +887,7 @@ def test_unlinked_file_is_freed_and_committed_while_idle(image, mnt):
     queue), and the background commit makes that durable: after a SIGKILL
     the image has no orphan left and the file's inode is gone."""
     from daxfs.cmd_umount import daemon_pids, wait_gone
-    from daxfs.volume import Volume
+    from daxfs.engine.volume import Volume
     with mount_image(image, mnt, check_log=False) as m:
         p = Path(m, "big")
         p.write_bytes(os.urandom(16 * MiB))

@@ -5,10 +5,10 @@ import stat
 
 import pytest
 
-from daxfs import poison
-from daxfs.errors import MediaError, Shutdown
-from daxfs.format import BLOCK_SIZE as BS
-from daxfs.fs import Filesystem
+from daxfs.engine import poison
+from daxfs.engine.errors import MediaError, Shutdown
+from daxfs.engine.format import BLOCK_SIZE as BS
+from daxfs.engine.fs import Filesystem
 from engine_helpers import assert_clean, make_fs
 
 
@@ -101,7 +101,7 @@ def test_poison_in_unmounted_image_is_handled_at_next_open(tmp_path):
     bad = _pblk(fs, a, 2)
     path = fs.vol.pmem.path
     fs.close()
-    from daxfs.badblocks import BadBlocks
+    from daxfs.engine.badblocks import BadBlocks
     BadBlocks(path).add(bad, 1)
     fs = Filesystem.open(path)
     assert [r.data_inodes for r in fs.poison_reports] == [[a]]

@@ -35,9 +35,9 @@ import pytest
 
 from conftest import MiB, ROOT, check_image, daxfs, make_image, mount_image, run
 from daxfs import control, reflink_client
-from daxfs.attrs import FIEMAP_EXTENT_LAST, FIEMAP_EXTENT_SHARED, DedupeResult
+from daxfs.engine.attrs import FIEMAP_EXTENT_LAST, FIEMAP_EXTENT_SHARED, DedupeResult
 from daxfs.control_server import Caller, ControlServer, may_read, own_mount_device
-from daxfs.errors import DaxfsError
+from daxfs.engine.errors import DaxfsError
 
 BS = 4096
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
@@ -170,7 +170,7 @@ def raw_request(dst, op, src_dev, src_ino, src_off=0, dst_off=0, length=0, src_f
 
 @pytest.fixture
 def engine(tmp_path):
-    from daxfs.fs import Filesystem
+    from daxfs.engine.fs import Filesystem
     img = make_image(tmp_path / "engine.img")
     fs = Filesystem.open(str(img))
     try:
@@ -431,8 +431,8 @@ def test_server_fiemap_pages_at_the_limit(engine):
 
 
 def test_server_no_rmap_is_eopnotsupp(tmp_path):
-    from daxfs.fs import Filesystem
-    from daxfs.mkfs import mkfs
+    from daxfs.engine.fs import Filesystem
+    from daxfs.engine.mkfs import mkfs
     img = tmp_path / "norm.img"
     mkfs(str(img), 64 * MiB, rmap=False)
     fs = Filesystem.open(str(img))

@@ -22,13 +22,13 @@ import numpy as np
 import pytest
 
 from daxfs import cmd_check
-from daxfs.errors import NotFound
-from daxfs.dirs import Dirs
-from daxfs.format import BLOCK_SIZE, DT_REG, OWN_MAX_INO, ROOT_INO
-from daxfs.fs import Filesystem
-from daxfs.mkfs import mkfs
+from daxfs.engine.errors import NotFound
+from daxfs.engine.dirs import Dirs
+from daxfs.engine.format import BLOCK_SIZE, DT_REG, OWN_MAX_INO, ROOT_INO
+from daxfs.engine.fs import Filesystem
+from daxfs.engine.mkfs import mkfs
 from daxfs.repair import repair_image
-from daxfs.volume import Volume
+from daxfs.engine.volume import Volume
 
 TREES = ["inode", "dir", "bmap", "free", "rmap", "refcount", "xattr", "orphan"]
 
@@ -592,7 +592,7 @@ def test_impossible_file_size(img, base):
         rec[5] = (1 << 64) - 5
         vol.trees["inode"].update(tuple(rec))
     fs = Filesystem.open(str(img), readonly=True)
-    from daxfs.errors import Shutdown
+    from daxfs.engine.errors import Shutdown
     with pytest.raises(Shutdown):
         fs.getattr(ino)
     fs.close()
@@ -608,7 +608,7 @@ def test_impossible_file_size(img, base):
 def test_poisoned_node(img, base):
     """A node on a bad (poisoned) range is unreadable: rebuilt elsewhere; the
     bad block is free afterwards and the next open clears it."""
-    from daxfs.badblocks import BadBlocks
+    from daxfs.engine.badblocks import BadBlocks
     nodes, root = node_blocks(img, "bmap")
     leaf = [b for b, level in nodes if level == 0][1]
     BadBlocks(str(img)).add(leaf, 1)
