@@ -22,12 +22,12 @@ def main(argv=None) -> int:
     gc_tuning.tune()
     try:
         if args.repair:
-            from .repair import repair_image
+            from daxfs.fsck.repair import repair_image
             problems, fixed = repair_image(args.image)
             for line in fixed:
                 print(f"repaired: {line}")
         else:
-            from .check import check_image
+            from daxfs.fsck.check import check_image
             problems = check_image(args.image, progress=not args.quiet)
     except DaxfsError as e:
         print(f"daxfs check: {e}", file=sys.stderr)

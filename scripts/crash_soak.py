@@ -1099,7 +1099,7 @@ class Soak:
         self.logs.clear()
 
     def check(self, it: int) -> None:
-        from daxfs.check import check_image
+        from daxfs.fsck.check import check_image
         try:
             problems = check_image(self.image)
         except Exception as e:

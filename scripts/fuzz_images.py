@@ -554,7 +554,7 @@ def open_step(res: CaseResult, path: str, expect: dict, lax: bool = False) -> No
 
 def repair_step(res: CaseResult, path: str, expect: dict, check_rc: int,
                 lax: bool = False) -> None:
-    from daxfs.repair import repair_image
+    from daxfs.fsck.repair import repair_image
     try:
         rc, out, err = run_check_inprocess(path, "--repair")
     except Exception:

@@ -1,6 +1,6 @@
 """Helpers shared by the engine tests (no mount): make an image, run check."""
 
-from daxfs.check import Checker
+from daxfs.fsck.check import Checker
 from daxfs.engine.fs import Filesystem
 from daxfs.engine.mkfs import mkfs
 

@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from daxfs.check import check_image
+from daxfs.fsck.check import check_image
 from daxfs.engine.fs import Filesystem
 from daxfs.engine.mkfs import mkfs
 

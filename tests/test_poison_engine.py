@@ -83,7 +83,7 @@ def test_metadata_poison_shuts_down(fs):
         fs.mknod(1, b"g", stat.S_IFREG | 0o644, 0, 0)
     path = fs.vol.pmem.path
     fs.close()
-    from daxfs.check import check_image
+    from daxfs.fsck.check import check_image
     problems = check_image(path)
     assert any("poisoned" in p and "inode" in p for p in problems), problems
 

@@ -1,4 +1,4 @@
-"""`daxfs check --repair` (daxfs/repair.py), no mount needed.
+"""`daxfs check --repair` (daxfs/fsck/repair.py), no mount needed.
 
 Every test damages a copy of one populated image (files of many sizes in
 several directories, a reflinked pair that was then partly overwritten,
@@ -27,7 +27,7 @@ from daxfs.engine.dirs import Dirs
 from daxfs.engine.format import BLOCK_SIZE, DT_REG, OWN_MAX_INO, ROOT_INO
 from daxfs.engine.fs import Filesystem
 from daxfs.engine.mkfs import mkfs
-from daxfs.repair import repair_image
+from daxfs.fsck.repair import repair_image
 from daxfs.engine.volume import Volume
 
 TREES = ["inode", "dir", "bmap", "free", "rmap", "refcount", "xattr", "orphan"]
