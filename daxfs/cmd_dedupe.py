@@ -1,7 +1,7 @@
 """`daxfs dedupe SRC DST... [--src-offset N] [--dst-offset N] [--length N]`:
 compare a range of SRC with the same-sized range of each DST and share the
 extents where the bytes are identical (FIDEDUPERANGE semantics), through
-the control protocol (daxfs/reflink_client.py) — or the kernel's ioctl on
+the control protocol (daxfs/control/client.py) — or the kernel's ioctl on
 other file systems.  Owns only the command line.
 
 The range is deduplicated in pieces of at most 1 GiB (the kernel's limit per
@@ -16,9 +16,9 @@ from __future__ import annotations
 import os
 import sys
 
-from daxfs import control
+from daxfs.control import protocol as control
 from daxfs.cmd_reflink import _Parser, parse_size
-from daxfs.reflink_client import dedupe
+from daxfs.control.client import dedupe
 
 
 def parser():

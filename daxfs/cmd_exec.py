@@ -1,6 +1,6 @@
 """`daxfs exec -- COMMAND ARGS...`: run an unmodified program (cp --reflink,
 duperemove, filefrag, xfs_io...) with the control-protocol library
-(daxfs/preload/libdaxfs_preload.so) preloaded, so that its FICLONE,
+(daxfs/control/preload/libdaxfs_preload.so) preloaded, so that its FICLONE,
 FICLONERANGE, FIDEDUPERANGE, FS_IOC_FIEMAP and copy_file_range calls on
 daxfs files reach the daemon.  Owns: finding or building the library and
 setting up the environment (LD_PRELOAD, DAXFS_FAKE_XFS=1 unless set).
@@ -23,7 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-PRELOAD_DIR = Path(__file__).resolve().parent / "preload"
+PRELOAD_DIR = Path(__file__).resolve().parent / "control" / "preload"
 LIBRARY = PRELOAD_DIR / "libdaxfs_preload.so"
 BUILD_TIMEOUT = 120
 

@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from . import admin
+from daxfs.control import admin
 from daxfs.engine import devmap
 from daxfs.engine.errors import DaxfsError
 

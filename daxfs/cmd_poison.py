@@ -15,7 +15,7 @@ import json
 import os
 import sys
 
-from . import admin
+from daxfs.control import admin
 from daxfs.engine.errors import DaxfsError
 from daxfs.engine.format import BLOCK_SIZE as BS
 
@@ -76,7 +76,7 @@ def inject(args) -> int:
         if args.metadata:
             print(f"{PROG}: --metadata needs an image or a mountpoint", file=sys.stderr)
             return 2
-        from .reflink_client import fiemap
+        from daxfs.control.client import fiemap
         fd = os.open(args.target, os.O_RDONLY)
         try:
             exts = fiemap(fd, args.offset, args.length)

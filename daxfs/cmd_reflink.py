@@ -1,6 +1,6 @@
 """`daxfs reflink SRC DST [--src-offset N] [--dst-offset N] [--length N]`:
 clone (share) a range of SRC into DST, creating DST if it does not exist,
-through the control protocol (daxfs/reflink_client.py) — or the kernel's
+through the control protocol (daxfs/control/client.py) — or the kernel's
 FICLONERANGE on other file systems.  Owns only the command line: argument
 parsing, opening the files, one-line error messages.
 
@@ -15,7 +15,7 @@ import argparse
 import os
 import sys
 
-from daxfs.reflink_client import clone
+from daxfs.control.client import clone
 
 _SUFFIXES = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 

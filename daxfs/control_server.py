@@ -1,4 +1,4 @@
-"""The daemon side of the control protocol (daxfs/control.py): what a
+"""The daemon side of the control protocol (daxfs/control/protocol.py): what a
 ``user.daxfs.*`` getxattr or setxattr on a file of this mount does.
 
 FUSE-free and unit-testable: it takes the open `Filesystem`, the caller
@@ -81,7 +81,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from daxfs.engine import acl
-from . import control
+from daxfs.control import protocol as control
 from daxfs.mountinfo import unescape as unescape_mountinfo
 from daxfs.engine.attrs import DedupeResult
 from daxfs.engine.errors import (BadFileDescriptor, CrossDevice, DaxfsError, InvalidArgument,

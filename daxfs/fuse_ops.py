@@ -20,7 +20,7 @@ What this module owns
   `pyfuse3.invalidate_inode` inside a handler deadlocks the kernel);
 * the dispatch of the private control names ``user.daxfs.*`` to the
   `_control_getxattr` / `_control_setxattr` hooks (filled in by
-  daxfs/control.py), and the mount probe ``user.daxfs.probe`` (answered
+  daxfs/control/protocol.py), and the mount probe ``user.daxfs.probe`` (answered
   here at once, with control.PROBE_VALUE).
 
 What it leaves to others: all filesystem logic (permissions beyond the
@@ -95,8 +95,9 @@ import pyfuse3
 import trio
 
 from daxfs.engine import acl
-from . import control, dont_mask, request_wait
-from daxfs.admin import AdminServer, is_admin_name
+from daxfs.control import protocol as control
+from . import dont_mask, request_wait
+from daxfs.control.admin import AdminServer, is_admin_name
 from daxfs.control_server import Caller, ControlServer, own_mount_device
 from daxfs.engine.errors import DaxfsError
 from daxfs.kernel_size import KernelSizes
@@ -113,7 +114,7 @@ INACTIVE_RECHECK_MAX = 0.1   # longest wait between looks for that gap while bus
 SHRINK_POLL = 0.0005    # seconds between looks at the kernel's size (`_read_after_shrink`)
 SHRINK_WAIT = 5.0       # at most this long, then answer anyway
 
-# The control protocol's names and the probe's value are daxfs/control.py's
+# The control protocol's names and the probe's value are daxfs/control/protocol.py's
 # (the LD_PRELOAD library compares the probe value byte for byte).
 CONTROL_PREFIX = control.PREFIX
 PROBE_NAME = control.PROBE_NAME
@@ -238,7 +239,7 @@ class Operations(pyfuse3.Operations):
         self._changes: dict[int, list[_Change]] = {}   # see `_control_setxattr`
         fs.defer_inactive = True           # freed by inactive_loop (fs.forget)
         self.control = ControlServer(fs)   # daxfs/control_server.py
-        self.admin = AdminServer(fs)       # daxfs/admin.py
+        self.admin = AdminServer(fs)       # daxfs/control/admin.py
 
     # ---------------------------------------------------------------- helpers
 
@@ -666,7 +667,7 @@ class Operations(pyfuse3.Operations):
         self.fs.removexattr(inode, name)
 
     async def _admin_setxattr(self, name, value, ctx) -> None:
-        """Root's requests to the daemon (daxfs/admin.py): inject poison and
+        """Root's requests to the daemon (daxfs/control/admin.py): inject poison and
         run the failure handler, then drop the cached pages of every file
         that owns bad bytes so their next load (read or mmap fault) asks us
         and fails."""

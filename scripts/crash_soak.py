@@ -23,7 +23,7 @@ One iteration (a "crash point"):
 
 The workload (class Worker) mixes writes, fsync, rename over an existing
 file, mkdir/rmdir, truncate, unlink, hard links, xattrs, clones and dedupes
-(through daxfs.reflink_client on a mount, the engine API otherwise), CoW
+(through daxfs.control.client on a mount, the engine API otherwise), CoW
 writes into cloned files, and scratch files whose contents the worker
 checks against an in-memory model while it runs (a clone followed by a
 write into either file must leave the other untouched).
@@ -242,7 +242,7 @@ class PosixOps:
 
     @_posix
     def clone(self, src, dst, soff, doff, n):
-        from daxfs.reflink_client import clone
+        from daxfs.control.client import clone
         sfd = os.open(self.p(src), os.O_RDONLY)
         try:
             dfd = os.open(self.p(dst), os.O_RDWR)
@@ -255,7 +255,7 @@ class PosixOps:
 
     @_posix
     def dedupe(self, src, soff, n, dst, doff):
-        from daxfs.reflink_client import dedupe
+        from daxfs.control.client import dedupe
         sfd = os.open(self.p(src), os.O_RDONLY)
         try:
             dfd = os.open(self.p(dst), os.O_RDWR)

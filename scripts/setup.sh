@@ -23,7 +23,7 @@ fi
 .venv/bin/pip install -q --upgrade pip >/dev/null
 .venv/bin/pip install -q -e ".[test]"
 
-if [ -f daxfs/preload/Makefile ]; then
-  make -s -C daxfs/preload
+if [ -f daxfs/control/preload/Makefile ]; then
+  make -s -C daxfs/control/preload
 fi
 echo "setup done: .venv ready"

@@ -110,7 +110,7 @@ def appender(w: Worker, i: int):
 
 
 def cloner(w: Worker):
-    from daxfs import reflink_client as rc
+    from daxfs.control import client as rc
     mine = w.p("own", f"c{w.wid}")
 
     def clone_step():
@@ -144,7 +144,7 @@ def cloner(w: Worker):
 
 
 def deduper(w: Worker):
-    from daxfs import reflink_client as rc
+    from daxfs.control import client as rc
 
     def dedupe_step():
         i = w.rnd.randrange(NFILES)

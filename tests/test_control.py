@@ -1,6 +1,6 @@
-"""Tests of the daxfs control protocol: the codec (daxfs/control.py), its
-Python client (daxfs/reflink_client.py), the LD_PRELOAD library
-(daxfs/preload/) and the `daxfs exec/reflink/dedupe` commands.
+"""Tests of the daxfs control protocol: the codec (daxfs/control/protocol.py), its
+Python client (daxfs/control/client.py), the LD_PRELOAD library
+(daxfs/control/preload/) and the `daxfs exec/reflink/dedupe` commands.
 
 Three layers, each usable where the one above is not:
 * pure unit tests of encode/decode and the daemon-side helpers;
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from daxfs import control, reflink_client
+from daxfs.control import protocol as control, client as reflink_client
 from daxfs.engine.attrs import FIEMAP_EXTENT_LAST, FIEMAP_EXTENT_SHARED, DedupeResult, FiemapExtent
 from daxfs.engine.errors import BadFileDescriptor, InvalidArgument, NoAttribute
 
@@ -580,11 +580,11 @@ def test_client_falls_back_to_kernel(files, tmp_path):
 @pytest.fixture(scope="session")
 def preload_lib(tmp_path_factory):
     """The library, compiled from the tree's source into a private path (so
-    the test never races another build of daxfs/preload/)."""
+    the test never races another build of daxfs/control/preload/)."""
     if shutil.which("make") is None or shutil.which("gcc") is None:
         pytest.skip("make/gcc not installed (scripts/setup.sh installs them)")
     out = tmp_path_factory.mktemp("preload") / "libdaxfs_preload.so"
-    proc = subprocess.run(["make", "-s", "-C", str(ROOT / "daxfs" / "preload"), f"OUT={out}"],
+    proc = subprocess.run(["make", "-s", "-C", str(ROOT / "daxfs" / "control" / "preload"), f"OUT={out}"],
                           capture_output=True, text=True, timeout=TIMEOUT)
     assert proc.returncode == 0, proc.stderr
     assert "warning" not in proc.stderr, proc.stderr
@@ -909,7 +909,7 @@ def test_library_speaks_the_protocol(preload_lib, tmp_path):
 FAKE_DAEMON = r'''"""A fake daxfs daemon for the control-protocol contract tests."""
 import errno, json, os, stat, sys, time
 import pyfuse3, trio
-from daxfs import control
+from daxfs.control import protocol as control
 from daxfs.engine.attrs import DedupeResult, FiemapExtent, FIEMAP_EXTENT_LAST, FIEMAP_EXTENT_SHARED
 from daxfs.engine.errors import DaxfsError
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import MiB, check_image, make_image, mount_image
-from daxfs import reflink_client as rc
+from daxfs.control import client as rc
 from daxfs.engine.attrs import FIEMAP_EXTENT_SHARED
 
 BS = 4096

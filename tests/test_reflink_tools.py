@@ -8,7 +8,7 @@ Two layers:
   way out unmount, a clean daemon log and a clean `daxfs check`) driven by
   the real programs under `daxfs exec` (the LD_PRELOAD library): cp
   --reflink, duperemove, filefrag, xfs_io; the Python client
-  (daxfs/reflink_client.py); raw setxattr requests a hostile or buggy
+  (daxfs/control/client.py); raw setxattr requests a hostile or buggy
   client could send; a non-root caller (setpriv to uid 65534); 2000 clones
   against concurrent readers; a write through mmap into a shared extent.
 
@@ -34,7 +34,7 @@ from pathlib import Path
 import pytest
 
 from conftest import MiB, ROOT, check_image, daxfs, make_image, mount_image, run
-from daxfs import control, reflink_client
+from daxfs.control import protocol as control, client as reflink_client
 from daxfs.engine.attrs import FIEMAP_EXTENT_LAST, FIEMAP_EXTENT_SHARED, DedupeResult
 from daxfs.control_server import Caller, ControlServer, may_read, own_mount_device
 from daxfs.engine.errors import DaxfsError
@@ -713,7 +713,7 @@ def test_clone_errors(mounted, mount_root, tmp_path):
 
 NOBODY_CLONE = r"""
 import errno, os, sys
-from daxfs import control, reflink_client
+from daxfs.control import protocol as control, client as reflink_client
 secret, decoy, dst, dev, ino = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 out = {}
 try:
@@ -761,7 +761,7 @@ def test_unreadable_source_for_nobody(mounted):
     proc = subprocess.Popen(
         NOBODY + [sys.executable, "-c", textwrap.dedent("""
             import os, sys
-            from daxfs import reflink_client
+            from daxfs.control import client as reflink_client
             s, d = os.open(sys.argv[1], os.O_RDONLY), os.open(sys.argv[2], os.O_RDWR)
             print("open", flush=True)
             sys.stdin.readline()
@@ -817,7 +817,7 @@ def test_no_rmap_filesystem_refuses(tmp_path, mnt):
 
 CLONER = r"""
 import json, os, sys, time
-from daxfs import reflink_client
+from daxfs.control import client as reflink_client
 a, b, dst, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 A, B = b"a" * 4096, b"b" * 8192
 fa, fb = os.open(a, os.O_RDONLY), os.open(b, os.O_RDONLY)

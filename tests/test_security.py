@@ -27,9 +27,9 @@ import sys
 import pytest
 
 from conftest import ROOT, run
-from daxfs import control
-from daxfs import reflink_client as rc
-from daxfs.admin import LIST, MAP, POISON, REPORT
+from daxfs.control import protocol as control
+from daxfs.control import client as rc
+from daxfs.control.admin import LIST, MAP, POISON, REPORT
 
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
 BS = 4096
@@ -39,8 +39,8 @@ pytestmark = pytest.mark.timeout(300)
 # JSON object {attack: errno name or "OK" or a value}.
 NOBODY_SNIPPET = r"""
 import errno, json, os, sys
-from daxfs import control, reflink_client as rc
-from daxfs.admin import LIST, MAP, POISON, REPORT
+from daxfs.control import protocol as control, client as rc
+from daxfs.control.admin import LIST, MAP, POISON, REPORT
 m, secret_ino, hidden_ino, inherited = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 out = {}
 def t(what, fn):

@@ -12,8 +12,8 @@ Requests are therefore carried on extended attributes *of the destination
 file*, set or read on the open file (``fsetxattr``/``fgetxattr``), so the
 kernel checks the caller's access to the destination and the request cannot
 race with a rename.  Two clients speak it: the LD_PRELOAD library
-``daxfs/preload/daxfs_preload.c`` (for unmodified tools) and
-``daxfs/reflink_client.py`` (for Python and the ``daxfs reflink/dedupe``
+``daxfs/control/preload/daxfs_preload.c`` (for unmodified tools) and
+``daxfs/control/client.py`` (for Python and the ``daxfs reflink/dedupe``
 commands).
 
 Name space

@@ -5,7 +5,7 @@
  * copy_file_range, as a clone) from unmodified tools to the daxfs daemon,
  * which the kernel never asks for them.  The protocol itself (names, the
  * 64-byte request, the 16-byte dedupe result, the FIEMAP reply) is
- * documented in daxfs/control.py; this file must stay in step with it.
+ * documented in daxfs/control/protocol.py; this file must stay in step with it.
  *
  * Everything that is not a file on a daxfs mount falls through to the real
  * libc function (dlsym(RTLD_NEXT)) untouched.  "Is this fd on a daxfs
@@ -22,7 +22,7 @@
  * for FUSE mounts that answer the probe.
  *
  * Client-side checks are the VFS's, in the VFS's order, because the daemon
- * sees no file handle: see "Client-side checks" in daxfs/control.py.
+ * sees no file handle: see "Client-side checks" in daxfs/control/protocol.py.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -49,7 +49,7 @@
 
 #define EXPORT __attribute__((visibility("default")))
 
-/* --- the protocol (daxfs/control.py) ----------------------------------- */
+/* --- the protocol (daxfs/control/protocol.py) ----------------------------------- */
 #define PROBE_NAME   "user.daxfs.probe"
 #define PROBE_VALUE  "daxfs-control-1"
 #define CLONE_NAME   "user.daxfs.clone"

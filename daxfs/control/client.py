@@ -1,4 +1,4 @@
-"""Python client of the daxfs control protocol (see daxfs/control.py): clone,
+"""Python client of the daxfs control protocol (see daxfs/control/protocol.py): clone,
 dedupe and FIEMAP on open file descriptors, as the kernel's FICLONERANGE,
 FIDEDUPERANGE and FS_IOC_FIEMAP would do them.
 
@@ -19,7 +19,7 @@ import os
 import stat
 import struct
 
-from daxfs import control
+from . import protocol as control
 from daxfs.engine.attrs import FIEMAP_EXTENT_LAST, DedupeResult, FiemapExtent
 from daxfs.engine.errors import InvalidArgument
 
