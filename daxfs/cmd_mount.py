@@ -15,7 +15,7 @@ What this module owns
 * the mount(8) helper: `--install-helper` writes /sbin/mount.fuse.daxfs so
   that ``mount -t fuse.daxfs IMAGE MNT`` and fstab lines work.
 
-The mount itself (options, lifecycle, signals) is daxfs/mount.py's.
+The mount itself (options, lifecycle, signals) is daxfs/fuse/mount.py's.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import subprocess
 import sys
 import time
 
-from daxfs import mount as _mount
+from daxfs.fuse import mount as _mount
 from daxfs.mountinfo import unescape as unescape_mountinfo
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ FUSE_KEYS: set[str] = set()
 # Options libfuse 3 refuses (fuse_session_new fails) although mount(8) and
 # fstab lines pass them: the atime rules are the daemon's (FUSE inodes are
 # S_NOATIME in the kernel), so they are taken here and given to the engine
-# (daxfs.mount.ENGINE_OPTIONS), never to libfuse.
+# (daxfs.fuse.mount.ENGINE_OPTIONS), never to libfuse.
 ENGINE_FLAGS = _mount.ENGINE_OPTIONS
 # Options meant for mount(8)/fstab, not for the filesystem: dropped.
 IGNORED = {"rw", "defaults", "auto", "noauto", "user", "users", "nouser",

@@ -22,7 +22,7 @@ import sys
 import time
 
 from daxfs.cmd_mount import daxfs_mount_at
-from daxfs.mount import FSNAME_PREFIX
+from daxfs.fuse.mount import FSNAME_PREFIX
 
 PROG = "daxfs umount"
 CMD_TIMEOUT = 30.0

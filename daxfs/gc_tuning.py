@@ -17,7 +17,7 @@ collecting far less often costs little memory:
   and raises the young threshold to YOUNG_THRESHOLD, so most short-lived
   objects die by reference count before any collection sees them.
 
-Processes that call it: the mount daemon (daxfs/mount.py), `daxfs check`,
+Processes that call it: the mount daemon (daxfs/fuse/mount.py), `daxfs check`,
 and the engine benchmarks (which measure the engine as the daemon runs
 it).  The library itself never changes the collector: a program that
 imports daxfs keeps its own settings.  DAXFS_GC=default leaves Python's

@@ -6,7 +6,7 @@ passthrough peer (scripts/peers/passthrough.py), side by side on the same
 machine.  With --pool, daxfs is also measured with pyfuse3's worker pool
 (DAXFS_PYFUSE3_POOL=1) instead of its single request worker; with
 --pyfuse3-wait, with pyfuse3's own wait for each request
-(DAXFS_REQUEST_WAIT=pyfuse3) instead of daxfs/request_wait.py's; with
+(DAXFS_REQUEST_WAIT=pyfuse3) instead of daxfs/fuse/request_wait.py's; with
 --gc-default, with Python's own garbage collector settings
 (DAXFS_GC=default) instead of daxfs/gc_tuning.py's; with --daxfs-loop,
 the passthrough is also measured served the way the daxfs daemon serves

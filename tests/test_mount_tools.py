@@ -841,7 +841,8 @@ def test_concurrent_clients(mounted):
 
 def test_option_parsing_and_mountinfo_escapes():
     """No mount: -o handling and the mountinfo decoding the tools rely on."""
-    from daxfs import cmd_mount, mount
+    from daxfs import cmd_mount
+    from daxfs.fuse import mount
     assert cmd_mount.parse_options("rw,defaults,nofail,_netdev,x-systemd.automount,noexec") \
         == (["noexec"], False)
     assert cmd_mount.parse_options("ro,nosuid,allow_root") == (["nosuid", "allow_root"], True)

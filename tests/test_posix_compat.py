@@ -220,7 +220,7 @@ def test_mount_reads_ahead_one_mib(image, mnt):
     """The kernel reads ahead 1 MiB per request on a daxfs mount (FUSE's
     default is 128 KiB; the daemon raises it once INIT is answered, since
     the kernel sets it from the INIT reply)."""
-    from daxfs.fuse_ops import READAHEAD_KB
+    from daxfs.fuse.operations import READAHEAD_KB
     with mount_image(image, mnt) as m:
         dev = os.stat(m).st_dev
         path = f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb"

@@ -2,7 +2,7 @@
 
 Two layers:
 
-* the daemon side of the control protocol (daxfs/control_server.py) on an
+* the daemon side of the control protocol (daxfs/fuse/control_server.py) on an
   open Filesystem, no FUSE: every check, errno and the FIEMAP paging;
 * real kernel mounts (`mounted` from conftest.py: `daxfs mount`, and on the
   way out unmount, a clean daemon log and a clean `daxfs check`) driven by
@@ -36,7 +36,7 @@ import pytest
 from conftest import MiB, ROOT, check_image, daxfs, make_image, mount_image, run
 from daxfs.control import protocol as control, client as reflink_client
 from daxfs.engine.attrs import FIEMAP_EXTENT_LAST, FIEMAP_EXTENT_SHARED, DedupeResult
-from daxfs.control_server import Caller, ControlServer, may_read, own_mount_device
+from daxfs.fuse.control_server import Caller, ControlServer, may_read, own_mount_device
 from daxfs.engine.errors import DaxfsError
 
 BS = 4096
@@ -989,10 +989,10 @@ def test_truncates_against_concurrent_readers(mounted, tmp_path):
 
 
 def test_kernel_size_is_the_kernels(mounted):
-    """daxfs/kernel_size.py reads the kernel's i_size without a request
+    """daxfs/fuse/kernel_size.py reads the kernel's i_size without a request
     that could reach the daemon's engine: it follows truncations, and a
     handle with the wrong generation is refused."""
-    from daxfs.kernel_size import KernelSizes
+    from daxfs.fuse.kernel_size import KernelSizes
     path = mounted / "f"
     write_file(path, b"x" * 10000)
     st = os.stat(path)

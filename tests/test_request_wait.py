@@ -1,4 +1,4 @@
-"""The wait for the next FUSE request (daxfs/request_wait.py): the rules
+"""The wait for the next FUSE request (daxfs/fuse/request_wait.py): the rules
 pyfuse3's loop relies on, on a pipe, and that a real mount uses it."""
 
 import os
@@ -6,7 +6,7 @@ import os
 import trio
 
 from conftest import mount_image
-from daxfs.request_wait import EXTRA_WORKER, SKIP_MAX, _Waiter
+from daxfs.fuse.request_wait import EXTRA_WORKER, SKIP_MAX, _Waiter
 
 
 def _run(fn):

@@ -20,8 +20,8 @@ I/O, untar).
 By default it serves the way a minimal pyfuse3 program does: pyfuse3's
 worker pool and wait, Python's garbage collector settings (the benchmarks'
 peer).  --daxfs-loop serves the way the daxfs daemon does instead: one
-request worker (daxfs.fuse_ops.main_loop_args), daxfs's wait for requests
-(daxfs/request_wait.py) and collector set-up (daxfs/gc_tuning.py), so that
+request worker (daxfs.fuse.operations.main_loop_args), daxfs's wait for requests
+(daxfs/fuse/request_wait.py) and collector set-up (daxfs/gc_tuning.py), so that
 scripts/bench_daemon_cpu.py can show what the binding itself costs under
 daxfs's own settings.
 """
@@ -40,7 +40,7 @@ import trio
 
 log = logging.getLogger("passthrough")
 
-ENTRY_TIMEOUT = 5.0     # same as daxfs.fuse_ops
+ENTRY_TIMEOUT = 5.0     # same as daxfs.fuse.operations
 ATTR_TIMEOUT = 5.0
 
 
@@ -351,8 +351,9 @@ def main(argv=None) -> int:
     if args.daxfs_loop:
         sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(
             os.path.abspath(__file__)))))
-        from daxfs import gc_tuning, request_wait
-        from daxfs.fuse_ops import main_loop_args
+        from daxfs import gc_tuning
+        from daxfs.fuse import request_wait
+        from daxfs.fuse.operations import main_loop_args
         gc_tuning.tune()
         request_wait.install()
         loop_args = main_loop_args()

@@ -25,7 +25,7 @@ What this module owns
 
 What it leaves to others: all filesystem logic (permissions beyond the
 setgid-directory rule, times, space, durability) is the engine's; mounting,
-signals and unmounting are daxfs/mount.py's.
+signals and unmounting are daxfs/fuse/mount.py's.
 
 Concurrency
 -----------
@@ -50,7 +50,7 @@ work with far less (measured: a LOOKUP round trip of ~30 µs instead of
 need other requests answered first (pages locked by reads in flight, the
 OPENDIR of `_kernel_size`).  There a temporary extra worker
 (`_extra_worker`) serves requests until the main one is back, then ends.
-How a worker waits for the next request is daxfs/request_wait.py's.
+How a worker waits for the next request is daxfs/fuse/request_wait.py's.
 
 Cache choices
 -------------
@@ -75,7 +75,7 @@ Ownership of new inodes
 uid is the caller's (ctx.uid).  gid is the caller's (ctx.gid) unless the
 parent directory has S_ISGID, in which case it is the parent's gid, and a
 new directory inherits S_ISGID (the BSD/SysV rule Linux follows).  The mode
-the kernel sends is unmasked when daxfs/dont_mask.py could ask for
+the kernel sends is unmasked when daxfs/fuse/dont_mask.py could ask for
 FUSE_DONT_MASK, else already masked with the caller's umask; the engine
 applies ``ctx.umask`` (idempotent) unless the directory's default ACL
 takes its place.
@@ -98,9 +98,9 @@ from daxfs.engine import acl
 from daxfs.control import protocol as control
 from . import dont_mask, request_wait
 from daxfs.control.admin import AdminServer, is_admin_name
-from daxfs.control_server import Caller, ControlServer, own_mount_device
+from .control_server import Caller, ControlServer, own_mount_device
 from daxfs.engine.errors import DaxfsError
-from daxfs.kernel_size import KernelSizes
+from .kernel_size import KernelSizes
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +221,7 @@ class Operations(pyfuse3.Operations):
     enable_writeback_cache = False
     # POSIX ACLs: the kernel enforces them (with default_permissions, which
     # daxfs always mounts with); see the xattr handlers, daxfs/engine/acl.py and
-    # daxfs/dont_mask.py.
+    # daxfs/fuse/dont_mask.py.
     enable_acl = True
 
     def __init__(self, fs, *, default_permissions: bool = True):
@@ -238,7 +238,7 @@ class Operations(pyfuse3.Operations):
         self._shrunk: set[int] = set()     # see `_read_after_shrink`
         self._changes: dict[int, list[_Change]] = {}   # see `_control_setxattr`
         fs.defer_inactive = True           # freed by inactive_loop (fs.forget)
-        self.control = ControlServer(fs)   # daxfs/control_server.py
+        self.control = ControlServer(fs)   # daxfs/fuse/control_server.py
         self.admin = AdminServer(fs)       # daxfs/control/admin.py
 
     # ---------------------------------------------------------------- helpers
@@ -319,7 +319,7 @@ class Operations(pyfuse3.Operations):
             await event.wait()
 
     async def _kernel_size(self, ino: int, generation: int) -> int | None:
-        """The size the kernel has for `ino` now (daxfs/kernel_size.py), or
+        """The size the kernel has for `ino` now (daxfs/fuse/kernel_size.py), or
         None if it cannot be learnt.  Starts an extra request worker, which
         serves until this handler's worker waits for requests again."""
         if self._kernel_sizes is None:
@@ -676,7 +676,7 @@ class Operations(pyfuse3.Operations):
 
     def init(self):
         """FUSE INIT: ask the kernel to leave the umask to daxfs (for
-        default ACLs, daxfs/dont_mask.py); the mount exists now: learn its
+        default ACLs, daxfs/fuse/dont_mask.py); the mount exists now: learn its
         st_dev (the control protocol's EXDEV check) from mountinfo, never
         through the mount."""
         try:
@@ -711,11 +711,11 @@ class Operations(pyfuse3.Operations):
         return self.control.device
 
     async def _control_getxattr(self, inode, name, ctx) -> bytes:
-        """The control protocol's reads (daxfs/control_server.py)."""
+        """The control protocol's reads (daxfs/fuse/control_server.py)."""
         return self.control.getxattr(Caller.from_ctx(ctx), inode, name)
 
     async def _control_setxattr(self, inode, name, value, ctx) -> None:
-        """The control protocol's requests (daxfs/control_server.py): check,
+        """The control protocol's requests (daxfs/fuse/control_server.py): check,
         drop the kernel's cached pages of source and destination, change
         the mapping, drop the destination's again, reply.  Invalidation
         runs in a worker thread (`_invalidate`), never in the handler.

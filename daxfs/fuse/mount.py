@@ -23,7 +23,7 @@ Teardown order (LIFO of the stack), whether the mount ended by
    skips this when the kernel has already dropped the connection).
 
 It leaves the command line, daemonising and readiness to
-daxfs/cmd_mount.py, request handling to daxfs/fuse_ops.py.
+daxfs/cmd_mount.py, request handling to daxfs/fuse/operations.py.
 """
 
 from __future__ import annotations
@@ -37,8 +37,9 @@ import signal
 import pyfuse3
 import trio
 
-from daxfs import gc_tuning, request_wait
-from daxfs.fuse_ops import SINGLE_WORKER, Operations, main_loop_args
+from daxfs import gc_tuning
+from . import request_wait
+from .operations import SINGLE_WORKER, Operations, main_loop_args
 
 log = logging.getLogger(__name__)
 

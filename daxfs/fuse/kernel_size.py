@@ -1,6 +1,6 @@
 """The size the kernel currently believes a file of this mount has.
 
-The FUSE daemon needs it in one place (daxfs/fuse_ops.py, `read` after a
+The FUSE daemon needs it in one place (daxfs/fuse/operations.py, `read` after a
 truncation): a READ answered short tells the kernel "EOF here", and the
 kernel zero-fills the rest of the pages and copies them to the reader up
 to ITS idea of the size.  While a truncation is on its way through the

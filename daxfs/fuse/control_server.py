@@ -6,7 +6,7 @@ FUSE-free and unit-testable: it takes the open `Filesystem`, the caller
 from /proc/<pid>/status when they matter), the inode the xattr was set or
 read on, the name and the value; it performs the request or raises the
 engine error (`DaxfsError`) whose ``.errno`` is what XFS gives.  The FUSE
-adapter (daxfs/fuse_ops.py, `_control_getxattr` / `_control_setxattr`)
+adapter (daxfs/fuse/operations.py, `_control_getxattr` / `_control_setxattr`)
 only turns the answer into a reply and does the cache invalidation.
 
 Requests
@@ -95,7 +95,7 @@ def own_mount_device(image: str, mountinfo: str = "/proc/self/mountinfo") -> int
     """The st_dev of this daemon's mount of `image`, from mountinfo alone
     (a stat through the mount from inside the daemon could deadlock).
 
-    The mount is found by its source, which daxfs/mount.py makes
+    The mount is found by its source, which daxfs/fuse/mount.py makes
     ``daxfs:<absolute image path>`` (plain ``daxfs`` if that path is not
     ASCII); the image is locked by its daemon, so at most one mount has
     that source.  None if no mount, or more than one candidate device,
