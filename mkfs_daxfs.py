@@ -7,7 +7,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from daxfs.cmd_mkfs import main  # noqa: E402
+from daxfs.cli.mkfs import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main(prog="mkfs_daxfs.py"))

@@ -47,7 +47,7 @@ Groups (--only takes a comma-separated list; default all):
            1 GiB) and a plain `cp --reflink=never`, each followed by an
            fsync of the copy, page cache dropped before each; daxfs vs XFS.
            On daxfs cp runs with the LD_PRELOAD environment `daxfs exec`
-           sets up (daxfs.cmd_exec.environment), without the wrapper's own
+           sets up (daxfs.cli.exec.environment), without the wrapper's own
            Python start-up, which is reported on its own row.  Target: the
            large reflink takes <= 1.5x the time of the small one.
   dedupe   `daxfs exec -- duperemove -dr` (the same environment) over two
@@ -873,7 +873,7 @@ def group_untar(bench: Bench) -> list[dict]:
 
 
 def preload_env() -> dict:
-    from daxfs.cmd_exec import ensure_library, environment
+    from daxfs.cli.exec import ensure_library, environment
     return environment(ensure_library(), py_env())
 
 

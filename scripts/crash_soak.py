@@ -1032,12 +1032,12 @@ class Failure(Exception):
 
 
 def mounted_at(mnt: str) -> bool:
-    from daxfs.cmd_mount import mounts
+    from daxfs.cli.mount import mounts
     path = os.path.realpath(mnt)
     return any(m == path for m, _, _ in mounts())
 
 
-from daxfs.cmd_umount import fuse_connection  # noqa: E402
+from daxfs.cli.umount import fuse_connection  # noqa: E402
 
 
 def run(cmd, timeout=60):
@@ -1184,7 +1184,7 @@ class Soak:
 
     # -- one mount iteration
     def mount_iteration(self, it: int, rnd: random.Random) -> str:
-        from daxfs.cmd_umount import daemon_pids, wait_gone
+        from daxfs.cli.umount import daemon_pids, wait_gone
         args = self.args
         log_offset = os.path.getsize(self.daemon_log) if os.path.exists(self.daemon_log) else 0
         res = run([sys.executable, "-m", "daxfs.cli", "mount", self.image, self.mnt,
@@ -1308,7 +1308,7 @@ class Soak:
 
     def final_verify(self, it: int) -> None:
         """Mount once more, verify the last crashes, unmount cleanly, check."""
-        from daxfs.cmd_umount import daemon_pids, wait_gone
+        from daxfs.cli.umount import daemon_pids, wait_gone
         res = run([sys.executable, "-m", "daxfs.cli", "mount", self.image, self.mnt,
                    "--log", self.daemon_log], timeout=90)
         if res.returncode != 0:

@@ -68,7 +68,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from daxfs import cmd_check  # noqa: E402
+from daxfs.cli import check as cmd_check  # noqa: E402
 from daxfs.engine.errors import DaxfsError, MediaError, Shutdown  # noqa: E402
 from daxfs.engine.format import (BLOCK_SIZE as BS, LOG_HDR_DTYPE, LOG_HDR_SIZE, LOG_MAGIC,
                                  ROOT_INO, SB_MAGIC)  # noqa: E402
@@ -639,7 +639,7 @@ def _mounted(mnt: str) -> bool:
 
 def unmount(mnt: str, pids: list[int]) -> list[str]:
     """fusermount3 -u, then umount -l, then abort and kill: never leave a mount."""
-    from daxfs.cmd_umount import fuse_connection, wait_gone
+    from daxfs.cli.umount import fuse_connection, wait_gone
     problems = []
     conn = fuse_connection(mnt)
     if _mounted(mnt):
@@ -666,7 +666,7 @@ def unmount(mnt: str, pids: list[int]) -> list[str]:
 
 
 def mount_step(res: CaseResult, image: str, expect: dict, work: str, lax: bool = False) -> None:
-    from daxfs.cmd_umount import daemon_pids
+    from daxfs.cli.umount import daemon_pids
     mnt = tempfile.mkdtemp(prefix="mnt-", dir=work)
     os.chmod(mnt, 0o755)
     log = os.path.join(work, "mount.log")

@@ -10,7 +10,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from daxfs.cmd_poison import main  # noqa: E402
+from daxfs.cli.poison import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main(["inject"] + sys.argv[1:]))

@@ -68,7 +68,7 @@ def check_image(image) -> None:
 
 def mount_source(mnt) -> str | None:
     """The mount source at `mnt`, or None if nothing is mounted there."""
-    from daxfs.cmd_mount import mounts
+    from daxfs.cli.mount import mounts
     path = os.path.realpath(mnt)
     found = None
     for mountpoint, _fstype, source in mounts():
@@ -77,7 +77,7 @@ def mount_source(mnt) -> str | None:
     return found
 
 
-from daxfs.cmd_umount import fuse_connection  # noqa: E402
+from daxfs.cli.umount import fuse_connection  # noqa: E402
 
 
 def abort_connection(mnt) -> None:
@@ -93,7 +93,7 @@ def force_unmount(mnt, pids=()) -> None:
     fusermount3 -u, then umount -l; a daemon that does not exit in time has
     its FUSE connection aborted and is killed (the test fails elsewhere).
     """
-    from daxfs.cmd_umount import wait_gone
+    from daxfs.cli.umount import wait_gone
     conn = fuse_connection(mnt)
     if mount_source(mnt) is not None:
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -126,7 +126,7 @@ def assert_clean_log(log: Path) -> None:
 def mount_image(image, mnt, options: str | None = None, log: Path | None = None,
                 check_log: bool = True):
     """Mount with `daxfs mount`; always unmounted on the way out."""
-    from daxfs.cmd_umount import daemon_pids
+    from daxfs.cli.umount import daemon_pids
     log = Path(log or f"{image}.mount.log")
     args = ["mount", image, mnt, "--log", log]
     if options:
@@ -185,7 +185,7 @@ def _no_fuse_left_behind(tmp_path_factory):
     other sessions running at the same time are none of our business."""
     base = str(tmp_path_factory.getbasetemp())
     yield
-    from daxfs.cmd_mount import mounts
+    from daxfs.cli.mount import mounts
     left = [(mnt, src) for mnt, fstype, src in mounts()
             if fstype == "fuse.daxfs"
             and (src.startswith("daxfs:" + base + "/")

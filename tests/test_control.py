@@ -1348,7 +1348,7 @@ def test_cli_errors_are_one_line(tmp_path):
 
 
 def test_exec_environment(tmp_path):
-    from daxfs import cmd_exec
+    from daxfs.cli import exec as cmd_exec
     lib = cmd_exec.ensure_library()
     assert lib.exists()
     env = cmd_exec.environment(lib, {"LD_PRELOAD": "/x.so", "PATH": "/bin"})
@@ -1361,7 +1361,7 @@ def test_exec_environment(tmp_path):
 
 
 def test_exec_build_failure_is_one_line(tmp_path, monkeypatch):
-    from daxfs import cmd_exec
+    from daxfs.cli import exec as cmd_exec
     broken = tmp_path / "preload"
     broken.mkdir()
     (broken / "Makefile").write_text("all:\n\t@echo 'x.c:1: error: broken on purpose' >&2; exit 1\n")

@@ -544,7 +544,7 @@ def test_readonly_mount(image, mnt):
 
 @pytest.mark.timeout(300)
 def test_sigterm_unmounts_cleanly(image, mnt):
-    from daxfs.cmd_umount import daemon_pids, wait_gone
+    from daxfs.cli.umount import daemon_pids, wait_gone
     with mount_image(image, mnt) as m:
         Path(m, "f").write_bytes(b"before the signal")
         pids = daemon_pids(image)
@@ -637,7 +637,7 @@ def test_mount_right_after_umount_waits_for_the_old_daemon(image, mnt):
     for it instead of failing with "in use" (xfstests generic/093 failed
     so after a big write).  Here the old daemon is held stopped across
     the umount and let go a second after the new mount started."""
-    from daxfs.cmd_umount import daemon_pids, wait_gone
+    from daxfs.cli.umount import daemon_pids, wait_gone
     with mount_image(image, mnt) as m:
         Path(m, "f").write_bytes(b"first")
         old = daemon_pids(image)
@@ -715,7 +715,7 @@ def test_mount_helper(image, mnt, tmp_path):
         res = run(["mount", "-t", "fuse.daxfs", "-o", "noatime,nofail", image, mnt],
                   timeout=90)
         assert res.returncode == 0, res.stderr
-        from daxfs.cmd_umount import daemon_pids
+        from daxfs.cli.umount import daemon_pids
         pids = daemon_pids(image)
         try:
             assert mount_source(mnt) == f"daxfs:{image}"
@@ -742,7 +742,7 @@ def test_fstab_line(image, mnt, tmp_path):
     assert res.returncode == 0, res.stderr
     fstab = tmp_path / "fstab"
     fstab.write_text(f"{image} {mnt} fuse.daxfs defaults,nofail,noexec,x-test=1 0 0\n")
-    from daxfs.cmd_umount import daemon_pids
+    from daxfs.cli.umount import daemon_pids
     pids = []
     try:
         res = run(["mount", "--fstab", fstab, str(mnt)], timeout=90)
@@ -763,7 +763,7 @@ def test_fstab_line(image, mnt, tmp_path):
 def test_umount_busy_detaches_lazily(image, mnt):
     """`daxfs umount` of a busy mount detaches it and says so; the daemon
     finishes (and the image checks clean) once the last user leaves."""
-    from daxfs.cmd_umount import daemon_pids, wait_gone
+    from daxfs.cli.umount import daemon_pids, wait_gone
     with mount_image(image, mnt) as m:
         Path(m, "kept").write_bytes(b"still here")
         pids = daemon_pids(image)
@@ -786,7 +786,7 @@ def test_umount_busy_detaches_lazily(image, mnt):
 @pytest.mark.timeout(120)
 def test_mount_without_dev_fuse(image, mnt, monkeypatch, capsys):
     """No /dev/fuse: one line, exit 1 (checked before any daemon starts)."""
-    from daxfs import cmd_mount
+    from daxfs.cli import mount as cmd_mount
     real_exists = os.path.exists
     monkeypatch.setattr(cmd_mount.os.path, "exists",
                         lambda p: False if str(p) == "/dev/fuse" else real_exists(p))
@@ -841,7 +841,7 @@ def test_concurrent_clients(mounted):
 
 def test_option_parsing_and_mountinfo_escapes():
     """No mount: -o handling and the mountinfo decoding the tools rely on."""
-    from daxfs import cmd_mount
+    from daxfs.cli import mount as cmd_mount
     from daxfs.fuse import mount
     assert cmd_mount.parse_options("rw,defaults,nofail,_netdev,x-systemd.automount,noexec") \
         == (["noexec"], False)
@@ -869,7 +869,7 @@ def test_an_idle_mount_sleeps(image, mnt):
     commit timer), not every few milliseconds: the reaper of unlinked
     inodes sleeps until one is queued (it used to look every 5 ms, about
     200 wake-ups a second)."""
-    from daxfs.cmd_umount import daemon_pids
+    from daxfs.cli.umount import daemon_pids
     with mount_image(image, mnt) as m:
         (m / "f").write_bytes(b"x")
         os.unlink(m / "f")                   # one inode queued, freed, then idle
@@ -887,7 +887,7 @@ def test_unlinked_file_is_freed_and_committed_while_idle(image, mnt):
     request has come for a moment (no statfs, no unmount to drain the
     queue), and the background commit makes that durable: after a SIGKILL
     the image has no orphan left and the file's inode is gone."""
-    from daxfs.cmd_umount import daemon_pids, wait_gone
+    from daxfs.cli.umount import daemon_pids, wait_gone
     from daxfs.engine.volume import Volume
     with mount_image(image, mnt, check_log=False) as m:
         p = Path(m, "big")

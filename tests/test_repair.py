@@ -21,7 +21,7 @@ import stat
 import numpy as np
 import pytest
 
-from daxfs import cmd_check
+from daxfs.cli import check as cmd_check
 from daxfs.engine.errors import NotFound
 from daxfs.engine.dirs import Dirs
 from daxfs.engine.format import BLOCK_SIZE, DT_REG, OWN_MAX_INO, ROOT_INO

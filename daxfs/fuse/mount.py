@@ -23,7 +23,7 @@ Teardown order (LIFO of the stack), whether the mount ended by
    skips this when the kernel has already dropped the connection).
 
 It leaves the command line, daemonising and readiness to
-daxfs/cmd_mount.py, request handling to daxfs/fuse/operations.py.
+daxfs/cli/mount.py, request handling to daxfs/fuse/operations.py.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 
-from daxfs.cmd_mount import daxfs_mount_at
+from .mount import daxfs_mount_at
 from daxfs.fuse.mount import FSNAME_PREFIX
 
 PROG = "daxfs umount"

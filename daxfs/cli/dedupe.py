@@ -17,7 +17,7 @@ import os
 import sys
 
 from daxfs.control import protocol as control
-from daxfs.cmd_reflink import _Parser, parse_size
+from .reflink import _Parser, parse_size
 from daxfs.control.client import dedupe
 
 

@@ -163,7 +163,7 @@ def _last_error(log_path: str, offset: int) -> str:
 
 
 def _package_root() -> str:
-    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _spawn(image: str, mountpoint: str, options: str | None, log_path: str,

@@ -23,7 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-PRELOAD_DIR = Path(__file__).resolve().parent / "control" / "preload"
+PRELOAD_DIR = Path(__file__).resolve().parent.parent / "control" / "preload"
 LIBRARY = PRELOAD_DIR / "libdaxfs_preload.so"
 BUILD_TIMEOUT = 120
 

@@ -6,7 +6,7 @@ error (not an image, in use, unreadable)."""
 import argparse
 import sys
 
-from . import gc_tuning
+from daxfs import gc_tuning
 from daxfs.engine.errors import DaxfsError
 
 EXIT_CLEAN, EXIT_ERRORS, EXIT_OPERATIONAL = 0, 4, 8

@@ -1,5 +1,5 @@
 """The `daxfs` command: dispatches `daxfs SUBCOMMAND ...` to the module
-`daxfs.cmd_SUBCOMMAND`, whose `main(argv)` does the work.
+`daxfs.cli.SUBCOMMAND`, whose `main(argv)` does the work.
 
 Each subcommand lives in its own module; this one only knows their names.
 """
@@ -35,7 +35,7 @@ def main(argv=None) -> int:
     if name not in COMMANDS:
         print(f"daxfs: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(f"daxfs.cmd_{name}")
+    module = importlib.import_module(f"daxfs.cli.{name}")
     return module.main(rest)
 
 
