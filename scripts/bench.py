@@ -100,7 +100,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
 import bench_common as bc  # noqa: E402
-from daxfs.mountinfo import unescape as unescape_mountinfo  # noqa: E402
+from daxfs import host  # noqa: E402
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 CACHE = Path("/tmp/daxfs-bench-cache")
@@ -141,20 +141,12 @@ def count_text(n: int) -> str:
 # ------------------------------------------------------------------ mounts
 
 def mount_entry(mnt) -> tuple[str, str] | None:
-    """(fstype, 'major:minor') of what is mounted at `mnt` (the top one)."""
-    path = os.path.realpath(mnt)
-    found = None
-    with open("/proc/self/mountinfo") as fh:
-        for line in fh:
-            left, _, right = line.partition(" - ")
-            f = left.split()
-            if len(f) >= 5 and unescape_mountinfo(f[4]) == path:
-                found = (right.split()[0], f[2])
-    return found
+    """(fstype, FUSE connection) of what is mounted at `mnt` (the top one)."""
+    m = host.mount_at(mnt)
+    return None if m is None else (m.fstype, str(os.minor(m.dev)))
 
 
-def is_mounted(mnt) -> bool:
-    return mount_entry(mnt) is not None
+is_mounted = host.is_mounted
 
 
 class Registry:
@@ -198,15 +190,14 @@ class Registry:
         with self.lock:
             items = list(self.fuse.items())
         for mnt, (conn, proc) in items:
-            with contextlib.suppress(OSError):
-                Path(f"/sys/fs/fuse/connections/{conn}/abort").write_text("1")
+            host.abort_connection(conn)
             with contextlib.suppress(OSError):
                 proc.kill()
 
     def cleanup(self) -> None:
         for mnt in list(self.fuse):
             with contextlib.suppress(Exception):
-                fuse_unmount(mnt, self.fuse[mnt][1], self.fuse[mnt][0], timeout=30)
+                fuse_unmount(mnt, self.fuse[mnt][1], timeout=30)
         for mnt in list(self.kernel):
             with contextlib.suppress(Exception):
                 kernel_unmount(mnt)
@@ -242,26 +233,15 @@ def log_tail(mnt, n: int = 4) -> str:
     return f"\n    last lines of {log}:\n      " + "\n      ".join(lines)
 
 
-def fuse_unmount(mnt, proc, conn, timeout: float = 120) -> None:
+def fuse_unmount(mnt, proc, timeout: float = 120) -> None:
     """fusermount3 -u, else umount -l; wait for the daemon; abort and kill
     it if it will not go."""
     mnt = str(mnt)
     try:
-        if is_mounted(mnt):
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                run(["fusermount3", "-u", mnt], timeout=30)
-        if is_mounted(mnt):
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                run(["umount", "-l", mnt], timeout=30)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            say(f"  daemon {proc.pid} of {mnt} did not exit in {timeout:.0f} s: aborting it")
-            with contextlib.suppress(OSError):
-                Path(f"/sys/fs/fuse/connections/{conn}/abort").write_text("1")
-            proc.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=10)
+        if host.force_unmount(mnt, [proc.pid], timeout):
+            say(f"  daemon {proc.pid} of {mnt} did not exit in {timeout:.0f} s: aborted it")
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
     finally:
         with REG.lock:
             REG.fuse.pop(mnt, None)
@@ -283,7 +263,7 @@ def _wait_fuse(mnt: Path, fstype: str, proc: subprocess.Popen, log: Path) -> str
     while time.monotonic() < deadline:
         ent = mount_entry(mnt)
         if ent and ent[0] == fstype:
-            return ent[1].split(":")[1]
+            return ent[1]
         if proc.poll() is not None:
             tail = log.read_text(errors="replace").strip().splitlines()[-3:] if log.exists() else []
             raise RuntimeError(f"{fstype} daemon exited ({proc.returncode}): " + " | ".join(tail))
@@ -385,7 +365,7 @@ class Bench:
                 REG.logs[str(mnt)] = log
             yield mnt
         finally:
-            fuse_unmount(mnt, proc, conn)
+            fuse_unmount(mnt, proc)
             with contextlib.suppress(OSError):
                 text = log.read_text(errors="replace")
                 bad = [ln for ln in text.splitlines() if "Traceback" in ln or " ERROR " in ln]
@@ -416,7 +396,7 @@ class Bench:
                 REG.logs[str(mnt)] = log
             yield mnt
         finally:
-            fuse_unmount(mnt, proc, conn)
+            fuse_unmount(mnt, proc)
             shutil.rmtree(src, ignore_errors=True)
 
     @contextlib.contextmanager

@@ -35,6 +35,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 PY = sys.executable
 TIMEOUT = 120
+sys.path.insert(0, ROOT)
+
+from daxfs import host  # noqa: E402
 
 
 def _daemon_pid(mnt: str) -> int:
@@ -78,7 +81,7 @@ def mounted_daxfs(work: str, name: str, env: dict):
         yield mnt
     finally:
         subprocess.run(daxfs + ["umount", mnt], timeout=TIMEOUT)
-        subprocess.run(["umount", "-l", mnt], capture_output=True, timeout=TIMEOUT)
+        host.force_unmount(mnt)
 
 
 @contextlib.contextmanager
@@ -96,12 +99,8 @@ def mounted_passthrough(work: str, name: str = "pt", extra=()):
             time.sleep(0.05)
         yield mnt
     finally:
-        subprocess.run(["fusermount3", "-u", mnt], capture_output=True, timeout=TIMEOUT)
-        subprocess.run(["umount", "-l", mnt], capture_output=True, timeout=TIMEOUT)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=TIMEOUT)
-        if proc.poll() is None:
-            proc.kill()
+        host.force_unmount(mnt, [proc.pid], TIMEOUT)
+        proc.wait()
 
 
 def one_run(mnt: str, pid: int, tag: str, n: int) -> dict:
@@ -143,7 +142,6 @@ def main(argv=None) -> int:
     if os.geteuid() != 0 or not os.path.exists("/dev/fuse"):
         print("needs root and /dev/fuse", file=sys.stderr)
         return 1
-    sys.path.insert(0, ROOT)
     work = tempfile.mkdtemp(prefix="daxfs-cpu-", dir=args.workdir)
     env = dict(os.environ, PYTHONPATH=ROOT)
     systems = {}

@@ -1031,13 +1031,7 @@ class Failure(Exception):
     pass
 
 
-def mounted_at(mnt: str) -> bool:
-    from daxfs.cli.mount import mounts
-    path = os.path.realpath(mnt)
-    return any(m == path for m, _, _ in mounts())
-
-
-from daxfs.cli.umount import fuse_connection  # noqa: E402
+from daxfs import host  # noqa: E402
 
 
 def run(cmd, timeout=60):
@@ -1050,20 +1044,8 @@ def run(cmd, timeout=60):
 
 def take_down(mnt: str) -> None:
     """Unmount whatever is at mnt (its daemon dead or alive)."""
-    for cmd in (["fusermount3", "-u", mnt], ["umount", "-l", mnt]):
-        if not mounted_at(mnt):
-            return
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            run(cmd, timeout=30)
-    if mounted_at(mnt):
-        conn = fuse_connection(mnt)
-        if conn:
-            with contextlib.suppress(OSError):
-                with open(f"/sys/fs/fuse/connections/{conn}/abort", "w") as f:
-                    f.write("1")
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            run(["umount", "-l", mnt], timeout=30)
-    if mounted_at(mnt):
+    host.force_unmount(mnt)
+    if host.is_mounted(mnt):
         raise RuntimeError(f"cannot unmount {mnt}")
 
 
@@ -1184,7 +1166,7 @@ class Soak:
 
     # -- one mount iteration
     def mount_iteration(self, it: int, rnd: random.Random) -> str:
-        from daxfs.cli.umount import daemon_pids, wait_gone
+        from daxfs.host import daemon_pids, wait_gone
         args = self.args
         log_offset = os.path.getsize(self.daemon_log) if os.path.exists(self.daemon_log) else 0
         res = run([sys.executable, "-m", "daxfs.cli", "mount", self.image, self.mnt,
@@ -1308,7 +1290,7 @@ class Soak:
 
     def final_verify(self, it: int) -> None:
         """Mount once more, verify the last crashes, unmount cleanly, check."""
-        from daxfs.cli.umount import daemon_pids, wait_gone
+        from daxfs.host import daemon_pids, wait_gone
         res = run([sys.executable, "-m", "daxfs.cli", "mount", self.image, self.mnt,
                    "--log", self.daemon_log], timeout=90)
         if res.returncode != 0:

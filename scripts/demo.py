@@ -23,6 +23,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 120
+sys.path.insert(0, str(ROOT))
+
+from daxfs import host  # noqa: E402
 
 
 class Demo:
@@ -56,9 +59,7 @@ class Demo:
         return self.run(script, shell=True, cwd=self.mnt, check=check)
 
     def mounted(self) -> bool:
-        path = str(self.mnt)
-        with open("/proc/self/mountinfo") as f:
-            return any(line.split()[4] == path for line in f)
+        return host.is_mounted(self.mnt)
 
 
 def section(title: str) -> None:
@@ -153,10 +154,7 @@ def main(argv=None) -> int:
         demo.daxfs("check", demo.image)
         ok = True
     finally:
-        if demo.mounted():
-            subprocess.run(["fusermount3", "-u", str(demo.mnt)], timeout=30)
-        if demo.mounted():
-            subprocess.run(["umount", "-l", str(demo.mnt)], timeout=30)
+        host.force_unmount(demo.mnt)
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
     print("\ndemo finished: " + ("OK" if ok else "FAILED"))

@@ -631,42 +631,26 @@ print(json.dumps(out))
 """
 
 
-def _mounted(mnt: str) -> bool:
-    real = os.path.realpath(mnt)
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == real for line in f if len(line.split()) > 4)
-
-
 def unmount(mnt: str, pids: list[int]) -> list[str]:
-    """fusermount3 -u, then umount -l, then abort and kill: never leave a mount."""
-    from daxfs.cli.umount import fuse_connection, wait_gone
+    """Take the mount down whatever its state (daxfs.host.force_unmount):
+    never leave a mount; say what it took."""
+    from daxfs import host
     problems = []
-    conn = fuse_connection(mnt)
-    if _mounted(mnt):
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            subprocess.run(["fusermount3", "-u", mnt], capture_output=True, timeout=30)
-    if _mounted(mnt):
-        problems.append("fusermount3 -u failed: lazy unmount")
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            subprocess.run(["umount", "-l", mnt], capture_output=True, timeout=30)
-    left = wait_gone(pids, 30)
-    if left:
-        problems.append(f"daemon {left} did not exit: aborted and killed")
-        if conn:
-            with contextlib.suppress(OSError):
-                with open(f"/sys/fs/fuse/connections/{conn}/abort", "w") as f:
-                    f.write("1")
-        for pid in left:
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-        wait_gone(left, 10)
-    if _mounted(mnt):
+    if host.is_mounted(mnt):
+        subprocess.run(["fusermount3", "-u", mnt], capture_output=True, timeout=30)
+        if host.is_mounted(mnt):
+            problems.append("fusermount3 -u failed: lazy unmount")
+    killed = host.force_unmount(mnt, pids, 30)
+    if killed:
+        problems.append(f"daemon {killed} did not exit: aborted and killed")
+    if host.is_mounted(mnt):
         problems.append("still mounted after unmount")
     return problems
 
 
 def mount_step(res: CaseResult, image: str, expect: dict, work: str, lax: bool = False) -> None:
-    from daxfs.cli.umount import daemon_pids
+    from daxfs import host
+    from daxfs.host import daemon_pids
     mnt = tempfile.mkdtemp(prefix="mnt-", dir=work)
     os.chmod(mnt, 0o755)
     log = os.path.join(work, "mount.log")
@@ -680,17 +664,17 @@ def mount_step(res: CaseResult, image: str, expect: dict, work: str, lax: bool =
         except subprocess.TimeoutExpired:
             res.fail("mount: `daxfs mount` timed out")
             return
-        pids = daemon_pids(image) if _mounted(mnt) else []
+        pids = daemon_pids(image) if host.is_mounted(mnt) else []
         if r.returncode != 0:
             res.stats["mount refused"] += 1
             lines = r.stderr.strip().splitlines()
             if len(lines) != 1 or not lines[0].startswith("daxfs mount:") \
                     or "Traceback" in r.stderr:
                 res.fail(f"mount: refusal is not one clear line: {r.stderr!r}")
-            if _mounted(mnt):
+            if host.is_mounted(mnt):
                 res.fail("mount: refused but something is mounted")
             return
-        if not _mounted(mnt):
+        if not host.is_mounted(mnt):
             res.fail("mount: exit 0 but nothing mounted")
             return
         res.stats["mount served"] += 1

@@ -23,7 +23,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -37,6 +36,8 @@ UNMOUNT_TIMEOUT = 60
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:          # also without `pip install -e .`
     sys.path.insert(0, str(ROOT))
+
+from daxfs import host  # noqa: E402
 
 
 def run(cmd, *, timeout=CMD_TIMEOUT, check=False, cwd=None, input=None, env=None):
@@ -68,52 +69,17 @@ def check_image(image) -> None:
 
 def mount_source(mnt) -> str | None:
     """The mount source at `mnt`, or None if nothing is mounted there."""
-    from daxfs.cli.mount import mounts
-    path = os.path.realpath(mnt)
-    found = None
-    for mountpoint, _fstype, source in mounts():
-        if mountpoint == path:
-            found = source
-    return found
-
-
-from daxfs.cli.umount import fuse_connection  # noqa: E402
-
-
-def abort_connection(mnt) -> None:
-    conn = fuse_connection(mnt)
-    if conn is not None:
-        with contextlib.suppress(OSError):
-            Path(f"/sys/fs/fuse/connections/{conn}/abort").write_text("1")
+    found = host.mount_at(mnt)
+    return None if found is None else found.source
 
 
 def force_unmount(mnt, pids=()) -> None:
-    """Take down whatever is mounted at `mnt` and wait for the daemons.
-
-    fusermount3 -u, then umount -l; a daemon that does not exit in time has
-    its FUSE connection aborted and is killed (the test fails elsewhere).
-    """
-    from daxfs.cli.umount import wait_gone
-    conn = fuse_connection(mnt)
-    if mount_source(mnt) is not None:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            run(["fusermount3", "-u", mnt], timeout=30)
-    lazy = mount_source(mnt) is not None
-    if lazy:
-        # busy (a failed test left a file open): detach, and do not wait
-        # long for a daemon whose last user may be this very process
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            run(["umount", "-l", mnt], timeout=30)
-    left = wait_gone(pids, 10 if lazy else UNMOUNT_TIMEOUT)
-    if left:
-        if conn is not None:
-            with contextlib.suppress(OSError):
-                Path(f"/sys/fs/fuse/connections/{conn}/abort").write_text("1")
-        for pid in left:
-            with contextlib.suppress(OSError):
-                os.kill(pid, 9)
-        wait_gone(left, 10)
-        raise AssertionError(f"daemon(s) {left} did not exit after unmount of {mnt}")
+    """Take down whatever is mounted at `mnt` and wait for the daemons
+    (daxfs.host.force_unmount); a daemon that had to be killed fails the
+    test."""
+    killed = host.force_unmount(mnt, pids, UNMOUNT_TIMEOUT)
+    if killed:
+        raise AssertionError(f"daemon(s) {killed} did not exit after unmount of {mnt}")
 
 
 def assert_clean_log(log: Path) -> None:
@@ -126,13 +92,12 @@ def assert_clean_log(log: Path) -> None:
 def mount_image(image, mnt, options: str | None = None, log: Path | None = None,
                 check_log: bool = True):
     """Mount with `daxfs mount`; always unmounted on the way out."""
-    from daxfs.cli.umount import daemon_pids
     log = Path(log or f"{image}.mount.log")
     args = ["mount", image, mnt, "--log", log]
     if options:
         args += ["-o", options]
     res = daxfs(*args, timeout=90)
-    pids = daemon_pids(image) if mount_source(mnt) else []
+    pids = host.daemon_pids(image) if mount_source(mnt) else []
     try:
         assert res.returncode == 0, f"daxfs mount failed: {res.stderr}"
         assert mount_source(mnt) is not None, "daxfs mount returned 0 but nothing is mounted"
@@ -185,11 +150,10 @@ def _no_fuse_left_behind(tmp_path_factory):
     other sessions running at the same time are none of our business."""
     base = str(tmp_path_factory.getbasetemp())
     yield
-    from daxfs.cli.mount import mounts
-    left = [(mnt, src) for mnt, fstype, src in mounts()
-            if fstype == "fuse.daxfs"
-            and (src.startswith("daxfs:" + base + "/")
-                 or mnt.startswith(tuple(_session_mount_roots)))]
+    left = [(m.mountpoint, m.source) for m in host.mounts()
+            if m.is_daxfs
+            and ((host.image_of_source(m.source) or "").startswith(base + "/")
+                 or m.mountpoint.startswith(tuple(_session_mount_roots)))]
     for mnt, _src in left:
         force_unmount(mnt)
     assert not left, f"daxfs mounts left behind: {left}"

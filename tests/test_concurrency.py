@@ -261,7 +261,8 @@ def worker_main(argv):
 if __name__ != "__main__":
     import pytest
 
-    from conftest import ROOT, abort_connection, check_image, make_image, mount_image
+    from conftest import ROOT, check_image, make_image, mount_image
+    from daxfs import host
 
     @pytest.mark.timeout(240)
     def test_many_processes_on_the_same_files(tmp_path, mnt):
@@ -300,7 +301,7 @@ if __name__ != "__main__":
                 else:
                     results[(role, *extra) if extra else (role, wid)] = int(out.split()[-1])
             if len(problems) and any("deadlock" in x for x in problems):
-                abort_connection(m)
+                host.abort_connection(host.fuse_connection(m))
             for _, _, p in procs:
                 if p.poll() is None:
                     p.kill()

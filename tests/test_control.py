@@ -29,7 +29,9 @@ from pathlib import Path
 
 import pytest
 
+from daxfs import host
 from daxfs.control import protocol as control, client as reflink_client
+from daxfs.fuse import callers
 from daxfs.engine.attrs import FIEMAP_EXTENT_LAST, FIEMAP_EXTENT_SHARED, DedupeResult, FiemapExtent
 from daxfs.engine.errors import BadFileDescriptor, InvalidArgument, NoAttribute
 
@@ -322,13 +324,12 @@ def test_mount_device(tmp_path):
         "22 1 8:1 / / rw,relatime - ext4 /dev/sda1 rw\n"
         "40 22 0:53 / /mnt/dax\\040fs rw - fuse.daxfs daxfs rw\n"
         "41 40 0:60 / /mnt/dax\\040fs rw - fuse.daxfs daxfs rw\n")
-    assert control.mount_device("/mnt/dax fs", str(info)) == os.makedev(0, 60)
-    assert control.mount_device("/mnt/dax fs/", str(info)) == os.makedev(0, 60)
-    assert control.mount_device("/", str(info)) == os.makedev(8, 1)
-    with pytest.raises(InvalidArgument):
-        control.mount_device("/mnt/other", str(info))
+    assert host.mount_at("/mnt/dax fs", str(info)).dev == os.makedev(0, 60)
+    assert host.mount_at("/mnt/dax fs/", str(info)).dev == os.makedev(0, 60)
+    assert host.mount_at("/", str(info)).dev == os.makedev(8, 1)
+    assert host.mount_at("/mnt/other", str(info)) is None
     # the real table agrees with stat where a stat is harmless
-    assert control.mount_device("/") == os.stat("/").st_dev
+    assert host.mount_at("/").dev == os.stat("/").st_dev
 
 
 def test_check_source_fd(tmp_path):
@@ -343,25 +344,25 @@ def test_check_source_fd(tmp_path):
             fds.append(fd)
             return fd
         for flags in (os.O_RDONLY, os.O_RDWR):
-            control.check_source_fd(pid, open_(flags), st.st_dev, st.st_ino)
+            callers.check_source_fd(pid, open_(flags), st.st_dev, st.st_ino)
         for flags in (os.O_WRONLY, os.O_PATH):
             with pytest.raises(BadFileDescriptor):
-                control.check_source_fd(pid, open_(flags), st.st_dev, st.st_ino)
+                callers.check_source_fd(pid, open_(flags), st.st_dev, st.st_ino)
         fd = open_(os.O_RDONLY)
         with pytest.raises(BadFileDescriptor):
-            control.check_source_fd(pid, fd, st.st_dev, st.st_ino + 1)   # another file
+            callers.check_source_fd(pid, fd, st.st_dev, st.st_ino + 1)   # another file
         with pytest.raises(BadFileDescriptor):
-            control.check_source_fd(pid, fd, st.st_dev + 1, st.st_ino)   # another fs
+            callers.check_source_fd(pid, fd, st.st_dev + 1, st.st_ino)   # another fs
         with pytest.raises(BadFileDescriptor):
-            control.check_source_fd(pid, -1, st.st_dev, st.st_ino)
+            callers.check_source_fd(pid, -1, st.st_dev, st.st_ino)
         r, w = os.pipe()
         fds += [r, w]
         with pytest.raises(BadFileDescriptor):
-            control.check_source_fd(pid, r, st.st_dev, st.st_ino)
+            callers.check_source_fd(pid, r, st.st_dev, st.st_ino)
         free = os.dup(fd)
         os.close(free)
         with pytest.raises(BadFileDescriptor):
-            control.check_source_fd(pid, free, st.st_dev, st.st_ino)     # not open
+            callers.check_source_fd(pid, free, st.st_dev, st.st_ino)     # not open
     finally:
         for fd in fds:
             os.close(fd)
@@ -909,9 +910,11 @@ def test_library_speaks_the_protocol(preload_lib, tmp_path):
 FAKE_DAEMON = r'''"""A fake daxfs daemon for the control-protocol contract tests."""
 import errno, json, os, stat, sys, time
 import pyfuse3, trio
+from daxfs import host
 from daxfs.control import protocol as control
 from daxfs.engine.attrs import DedupeResult, FiemapExtent, FIEMAP_EXTENT_LAST, FIEMAP_EXTENT_SHARED
 from daxfs.engine.errors import DaxfsError
+from daxfs.fuse import callers
 
 MNT, LOG = sys.argv[1], sys.argv[2]
 BLOCK = 4096
@@ -1047,7 +1050,7 @@ class Fake(pyfuse3.Operations):
                                        **req.__dict__}) + "\n")
             if req.src_dev != self.dev:
                 raise pyfuse3.FUSEError(errno.EXDEV)
-            control.check_source_fd(ctx.pid, req.src_fd, req.src_dev, req.src_ino)
+            callers.check_source_fd(ctx.pid, req.src_fd, req.src_dev, req.src_ino)
             src = self.data[req.src_ino]
             if req.is_clone:
                 if (name != control.CLONE_NAME):
@@ -1076,7 +1079,7 @@ def main():
     opts.add("fsname=fakedaxfs")
     opts.add("default_permissions")
     pyfuse3.init(ops, MNT, opts)
-    ops.dev = control.mount_device(MNT)
+    ops.dev = host.mount_at(MNT).dev
     ops.log.write(json.dumps({"ready": ops.dev}) + "\n")
     try:
         trio.run(pyfuse3.main)

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from daxfs import host
+
 from conftest import (ROOT, GiB, MiB, check_image, daxfs, force_unmount, make_image, mount_image,
                       mount_source, run)
 
@@ -544,7 +546,7 @@ def test_readonly_mount(image, mnt):
 
 @pytest.mark.timeout(300)
 def test_sigterm_unmounts_cleanly(image, mnt):
-    from daxfs.cli.umount import daemon_pids, wait_gone
+    from daxfs.host import daemon_pids, wait_gone
     with mount_image(image, mnt) as m:
         Path(m, "f").write_bytes(b"before the signal")
         pids = daemon_pids(image)
@@ -637,7 +639,7 @@ def test_mount_right_after_umount_waits_for_the_old_daemon(image, mnt):
     for it instead of failing with "in use" (xfstests generic/093 failed
     so after a big write).  Here the old daemon is held stopped across
     the umount and let go a second after the new mount started."""
-    from daxfs.cli.umount import daemon_pids, wait_gone
+    from daxfs.host import daemon_pids, wait_gone
     with mount_image(image, mnt) as m:
         Path(m, "f").write_bytes(b"first")
         old = daemon_pids(image)
@@ -715,7 +717,7 @@ def test_mount_helper(image, mnt, tmp_path):
         res = run(["mount", "-t", "fuse.daxfs", "-o", "noatime,nofail", image, mnt],
                   timeout=90)
         assert res.returncode == 0, res.stderr
-        from daxfs.cli.umount import daemon_pids
+        from daxfs.host import daemon_pids
         pids = daemon_pids(image)
         try:
             assert mount_source(mnt) == f"daxfs:{image}"
@@ -742,7 +744,7 @@ def test_fstab_line(image, mnt, tmp_path):
     assert res.returncode == 0, res.stderr
     fstab = tmp_path / "fstab"
     fstab.write_text(f"{image} {mnt} fuse.daxfs defaults,nofail,noexec,x-test=1 0 0\n")
-    from daxfs.cli.umount import daemon_pids
+    from daxfs.host import daemon_pids
     pids = []
     try:
         res = run(["mount", "--fstab", fstab, str(mnt)], timeout=90)
@@ -763,7 +765,7 @@ def test_fstab_line(image, mnt, tmp_path):
 def test_umount_busy_detaches_lazily(image, mnt):
     """`daxfs umount` of a busy mount detaches it and says so; the daemon
     finishes (and the image checks clean) once the last user leaves."""
-    from daxfs.cli.umount import daemon_pids, wait_gone
+    from daxfs.host import daemon_pids, wait_gone
     with mount_image(image, mnt) as m:
         Path(m, "kept").write_bytes(b"still here")
         pids = daemon_pids(image)
@@ -848,7 +850,7 @@ def test_option_parsing_and_mountinfo_escapes():
     assert cmd_mount.parse_options("ro,nosuid,allow_root") == (["nosuid", "allow_root"], True)
     with pytest.raises(cmd_mount.UsageError):
         cmd_mount.parse_options("uid=5")
-    assert cmd_mount.unescape_mountinfo(r"/a\040b\134c\011d") == "/a b\\c\td"
+    assert host.unescape(r"/a\040b\134c\011d") == "/a b\\c\td"
     opts = mount.fuse_options("/x/a,b.img", ["noexec"], readonly=True)
     assert r"fsname=daxfs:/x/a\,b.img" in opts and "subtype=daxfs" in opts
     assert {"default_permissions", "ro", "noexec"} <= opts
@@ -869,7 +871,7 @@ def test_an_idle_mount_sleeps(image, mnt):
     commit timer), not every few milliseconds: the reaper of unlinked
     inodes sleeps until one is queued (it used to look every 5 ms, about
     200 wake-ups a second)."""
-    from daxfs.cli.umount import daemon_pids
+    from daxfs.host import daemon_pids
     with mount_image(image, mnt) as m:
         (m / "f").write_bytes(b"x")
         os.unlink(m / "f")                   # one inode queued, freed, then idle
@@ -887,7 +889,7 @@ def test_unlinked_file_is_freed_and_committed_while_idle(image, mnt):
     request has come for a moment (no statfs, no unmount to drain the
     queue), and the background commit makes that durable: after a SIGKILL
     the image has no orphan left and the file's inode is gone."""
-    from daxfs.cli.umount import daemon_pids, wait_gone
+    from daxfs.host import daemon_pids, wait_gone
     from daxfs.engine.volume import Volume
     with mount_image(image, mnt, check_log=False) as m:
         p = Path(m, "big")

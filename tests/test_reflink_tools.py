@@ -34,10 +34,12 @@ from pathlib import Path
 import pytest
 
 from conftest import MiB, ROOT, check_image, daxfs, make_image, mount_image, run
+from daxfs import host
 from daxfs.control import protocol as control, client as reflink_client
 from daxfs.engine.attrs import FIEMAP_EXTENT_LAST, FIEMAP_EXTENT_SHARED, DedupeResult
-from daxfs.fuse.control_server import Caller, ControlServer, may_read, own_mount_device
-from daxfs.engine.errors import DaxfsError
+from daxfs.fuse.callers import Caller, may_read
+from daxfs.fuse.control_server import ControlServer, own_mount_device
+from daxfs.engine.errors import BadFileDescriptor, DaxfsError
 
 BS = 4096
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
@@ -258,7 +260,7 @@ def test_server_exdev_and_source_fd(engine):
 
     def refuse(pid, fd, dev, ino):
         seen.append((pid, fd, dev, ino))
-        raise control.BadFileDescriptor("no")
+        raise BadFileDescriptor("no")
 
     assert errno_of(ControlServer(engine, None, check_fd=accept_fd).prepare, ROOT_CALLER, b,
                     control.CLONE_NAME, req(1, a)) == errno.EXDEV
@@ -865,33 +867,8 @@ print(json.dumps({"reads": reads, "bad": bad[:10], "nbad": len(bad), "sizes": so
 
 def abort_mount(mnt) -> None:
     """Abort the FUSE connection of the mount at `mnt` without a single
-    request to it (conftest's abort_connection resolves the path with
-    realpath, which stats the mount point and hangs on a stuck daemon).
-    /sys/fs/fuse/connections is not mounted on every machine of this kind:
-    mount it for the abort (it lists existing connections) and take it down
-    again if we mounted it."""
-    path = os.path.join(os.path.realpath(os.path.dirname(os.path.abspath(mnt))),
-                        os.path.basename(os.path.abspath(mnt)))
-    conn = None
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            if len(fields) > 4 and fields[4] == path and " - fuse" in line:
-                conn = fields[2].split(":")[1]
-    if conn is None:
-        return
-    conns = Path("/sys/fs/fuse/connections")
-    with open("/proc/self/mountinfo") as f:
-        mounted_here = not any(" - fusectl " in line for line in f)
-    if mounted_here:
-        run(["mount", "-t", "fusectl", "none", conns], timeout=30)
-    try:
-        (conns / conn / "abort").write_text("1")
-    except OSError:
-        pass
-    finally:
-        if mounted_here:
-            run(["umount", conns], timeout=30)
+    request to it (host never stats the mount point itself)."""
+    host.abort_connection(host.fuse_connection(mnt))
 
 
 def finish(proc: subprocess.Popen, timeout: float, mnt) -> tuple[str, str] | None:

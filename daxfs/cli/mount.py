@@ -28,8 +28,8 @@ import subprocess
 import sys
 import time
 
+from daxfs import host
 from daxfs.fuse import mount as _mount
-from daxfs.mountinfo import unescape as unescape_mountinfo
 
 log = logging.getLogger(__name__)
 
@@ -78,28 +78,6 @@ def parse_options(text: str | None) -> tuple[list[str], bool]:
     return opts, readonly
 
 
-def mounts():
-    """Yield (mountpoint, fstype, source) from /proc/self/mountinfo."""
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            fields = left.split()
-            rfields = right.split()
-            if len(fields) < 5 or len(rfields) < 2:
-                continue
-            yield unescape_mountinfo(fields[4]), rfields[0], unescape_mountinfo(rfields[1])
-
-
-def daxfs_mount_at(mountpoint: str):
-    """The source (daxfs:IMAGE) of the daxfs mount at `mountpoint`, or None."""
-    path = os.path.realpath(mountpoint)
-    found = None
-    for mnt, fstype, source in mounts():
-        if mnt == path:
-            found = source if fstype == "fuse." + _mount.SUBTYPE else None
-    return found
-
-
 def _check_environment(image: str, mountpoint: str) -> None:
     if not os.path.exists(image):
         raise UsageError(f"{image}: no such file")
@@ -111,7 +89,7 @@ def _check_environment(image: str, mountpoint: str) -> None:
         raise UsageError(f"mountpoint {mountpoint}: not a directory")
     if not os.path.exists("/dev/fuse"):
         raise UsageError("/dev/fuse is missing: load the fuse module (modprobe fuse)")
-    if daxfs_mount_at(mountpoint) is not None:
+    if host.daxfs_mount_at(mountpoint) is not None:
         raise UsageError(f"{mountpoint}: a daxfs image is already mounted here")
 
 
@@ -136,13 +114,13 @@ def _wait_for_unmounted_daemon(image: str, timeout: float) -> None:
     to exit instead of failing with "in use".  Only a daxfs daemon of
     this image whose mount is gone is waited for, at most `timeout`."""
     from daxfs.engine.pmem import image_lock_holder
-    want = _mount.fsname_for(image)
+    want = host.mount_source(image)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         pid = image_lock_holder(image)
         if pid is None or not _daemon_of(pid, image):
             return
-        if any(src == want for _mnt, fstype, src in mounts() if fstype == "fuse." + _mount.SUBTYPE):
+        if any(m.source == want for m in host.mounts() if m.is_daxfs):
             return                       # still mounted: the lock error says so
         time.sleep(0.05)
 
@@ -181,10 +159,10 @@ def _spawn(image: str, mountpoint: str, options: str | None, log_path: str,
     finally:
         os.close(fd)
     deadline = time.monotonic() + timeout
-    want = _mount.fsname_for(image)
+    want = host.mount_source(image)
     while True:
-        source = daxfs_mount_at(mountpoint)
-        if source is not None and (source == want or not want.isascii()):
+        found = host.daxfs_mount_at(mountpoint)
+        if found is not None and found.source == want:
             return 0
         rc = child.poll()
         if rc is not None:
@@ -274,7 +252,7 @@ def remount(mountpoint: str, text: str) -> int:
     every filesystem; mount(8) is asked to do it without calling this
     helper again (-i).  The daemon stays as it is: a read-only remount
     makes the kernel refuse writes with EROFS before they reach it."""
-    if daxfs_mount_at(mountpoint) is None:
+    if host.daxfs_mount_at(mountpoint) is None:
         raise UsageError(f"{mountpoint}: not a daxfs mount point (remount)")
     words = [w for w in (text or "").split(",") if w and w != "remount"
              and (w == "rw" or w not in IGNORED) and not w.startswith(IGNORED_PREFIXES)]

@@ -1,164 +1,13 @@
-"""The daxfs control protocol: how reflink, dedupe and FIEMAP requests reach
-the daemon.  This module owns the protocol — its documentation and the
-encode/decode functions both sides use — and nothing else (no FUSE, no I/O
-except the /proc reads of `check_source_fd`).
-
-Why a protocol at all
-=====================
-
-The kernel handles FICLONE, FICLONERANGE, FIDEDUPERANGE and FS_IOC_FIEMAP
-itself and never forwards them to a FUSE daemon (it answers EOPNOTSUPP).
-Requests are therefore carried on extended attributes *of the destination
-file*, set or read on the open file (``fsetxattr``/``fgetxattr``), so the
-kernel checks the caller's access to the destination and the request cannot
-race with a rename.  Two clients speak it: the LD_PRELOAD library
-``daxfs/control/preload/daxfs_preload.c`` (for unmodified tools) and
-``daxfs/control/client.py`` (for Python and the ``daxfs reflink/dedupe``
-commands).
-
-Name space
-==========
-
-Every xattr name beginning with ``user.daxfs.`` is a control name
-(`is_control_name`).  The daemon never stores one, never lists one in
-listxattr, and answers removexattr of one with ENODATA.  Control names:
-
-``user.daxfs.probe`` (getxattr)
-    Value `PROBE_VALUE`.  Clients decide "is this file on a daxfs mount?"
-    by reading it and comparing the value (any other file system answers
-    ENODATA or ENOTSUP, or a different value).  Clients cache the answer per
-    ``st_dev``.  The daemon answers it for every inode, files and
-    directories alike.
-
-``user.daxfs.clone`` (setxattr on the destination; value: a REQUEST, op 1)
-    Clone (reflink) a range of the source into the destination, as
-    FICLONERANGE does.  The setxattr result *is* the answer: 0 on success,
-    or the errno XFS would give (ioctl_ficlonerange(2)): EXDEV, EISDIR,
-    EINVAL (bad range/alignment, overlap within one file), EBADF, ENOSPC,
-    EFBIG, ETXTBSY, EPERM, EIO...
-
-``user.daxfs.dedupe`` (setxattr on one destination; value: a REQUEST, op 2)
-    Compare ``length`` bytes of the source at ``src_off`` with the
-    destination at ``dst_off`` and share them if identical.  The daemon
-    stores the outcome as the *last result* for (calling thread = FUSE
-    ``ctx.pid``, destination inode) and answers the setxattr with 0.  If it
-    cannot even form a result (a malformed request...) it may answer the
-    setxattr with an errno instead; then it must drop any older result for
-    that key, and the client reports ``-errno`` as that destination's
-    status.  ``length`` is literal for dedupe (0 dedupes nothing and
-    reports SAME with 0 bytes, as the kernel does); the kernel clamps a
-    dedupe to 1 GiB per call (`DEDUPE_MAX_LENGTH`) and clients do the same.
-
-``user.daxfs.result`` (getxattr on the same destination, same thread)
-    The packed RESULT of the last dedupe (`encode_result`).  Reading it
-    must not consume it: the kernel may call getxattr twice (a size probe
-    with size 0, then the read).  ENODATA if there is none.  The daemon
-    keeps at most one result per key and should bound the table (e.g. the
-    1024 most recent keys): a result is read right after the setxattr.
-
-``user.daxfs.fiemap.<start>.<length>.<flags>`` (getxattr)
-    Decimal numbers, no signs, no leading zeros (`fiemap_name`).  The value
-    is a packed extent list (`encode_fiemap`) of the extents that overlap
-    [start, start + length), in file order, whole (not trimmed to the
-    range), at most `FIEMAP_MAX_EXTENTS_PER_CALL` of them.  Fewer than that
-    many means there are no more in the range; otherwise the client asks
-    again from the end of the last extent.  An extent carries
-    FIEMAP_EXTENT_LAST only if it is the last extent of the file (never
-    merely because the reply was cut at the limit).  ``length`` 0 or flags
-    other than FIEMAP_FLAG_SYNC are malformed (EINVAL); clients themselves
-    answer EBADR for unsupported flags, as the kernel's fiemap_prep does.
-    All units are bytes; flags are FIEMAP_EXTENT_* (LAST = 1,
-    SHARED = 0x2000).
-
-The daemon must never answer a control name with ENOSYS: the kernel would
-then stop sending getxattr/setxattr to the mount altogether.
-
-Wire formats (all little-endian, `struct` notation)
-===================================================
-
-REQUEST, exactly 64 bytes (`REQUEST_STRUCT`)::
-
-    magic u32 = 0x50435844 ('DXCP')   version u16 = 1   op u16 (1 clone, 2 dedupe)
-    src_dev u64   st_dev of the source as the client sees it
-    src_ino u64   st_ino of the source
-    src_off u64   offsets and length must each fit int64, and so must
-    dst_off u64   src_off + length and dst_off + length (else EINVAL, as
-    length  u64   remap_verify_area); clone: 0 = to the source's EOF
-    flags   u64   must be 0
-    src_fd  i32   the caller's descriptor of the source, or -1 (see below)
-    reserved u32  must be 0
-
-RESULT, exactly 16 bytes (`RESULT_STRUCT`)::
-
-    status i32 (0 SAME, 1 DIFFERS, or -errno)   pad u32 = 0   bytes_deduped u64
-
-FIEMAP value, 8 + 32 x count bytes::
-
-    count u32 (<= 2000)   pad u32 = 0
-    count x (logical u64, physical u64, length u64, flags u32, pad u32 = 0)
-
-(2000 extents = 64,008 bytes, under the 65,536-byte xattr value limit.)
-
-Deviation from the first sketch: ``src_fd`` (why the source is named twice)
-==========================================================================
-
-The sketch named the source only by (st_dev, st_ino).  An inode number is a
-capability nobody checks: inode numbers are small and guessable (root is 1),
-so any user could clone a file they may read by its mode bits but could
-never open, because a directory above it refuses search permission — the
-kernel's FICLONE needs an *open* source descriptor precisely to prevent
-that.  The request therefore also carries the caller's descriptor number of
-the source.  The daemon verifies it with `check_source_fd`: it reads
-``/proc/<ctx.pid>/fdinfo/<src_fd>`` (mnt_id, ino, open flags) and the
-caller's mountinfo — plain procfs reads, no round trip through the FUSE
-mount, so no deadlock — and accepts the request only if that descriptor is
-open for reading on a mount of this file system's device and names
-``src_ino``.  ``-1`` means "not given"; what the daemon does then (refuse,
-or fall back to a mode-bit check for ``ctx.uid``) is its policy.  The
-request grew from 56 to 64 bytes for it; the rest is as sketched.
-
-The daemon learns its own ``st_dev`` (to compare with ``src_dev``, else
-EXDEV) without touching its mount: `mount_device` reads it from
-/proc/self/mountinfo.
-
-Daemon recipe (what the FUSE adapter does with these functions)
-===============================================================
-
-* getxattr: PROBE_NAME -> PROBE_VALUE; RESULT_NAME -> ``table.value(ctx.pid,
-  ino)`` (a `ResultTable`); a FIEMAP_PREFIX name -> `parse_fiemap_name`,
-  the engine's extents from ``start`` (at most FIEMAP_MAX_EXTENTS_PER_CALL,
-  LAST only on the file's last extent) -> `encode_fiemap`.
-* setxattr CLONE_NAME / DEDUPE_NAME: `decode_request` (op must match the
-  name, else EINVAL); ``src_dev`` must equal `mount_device` (computed once
-  at mount) else EXDEV; `check_source_fd` (ctx.pid, src_fd, src_dev,
-  src_ino); then the engine's clone_range / dedupe_range; a dedupe stores
-  its DedupeResult in the table (``table.drop`` first, so a failed request
-  never leaves an older result readable).  Invalidate the destination's
-  cached pages as PLATFORM.md says (never from inside the handler itself).
-* Every InvalidArgument / DaxfsError raised here carries the errno to answer.
-
-Client-side checks
-==================
-
-The daemon sees no file handle (only the inode, ``ctx.uid/gid/pid``), so
-some checks only the client can make, exactly as the VFS would, in the
-VFS's order: clone — EXDEV (different ``st_dev``), EISDIR (either is a
-directory), EINVAL (either is not a regular file), EBADF (source not open
-for reading, destination not open for writing or O_APPEND), EINVAL
-(negative or overflowing range).  Dedupe — source not readable: EINVAL;
-source range beyond EOF: EINVAL; more than 127 destinations in one ioctl:
-ENOMEM; per destination: EBADF, EINVAL, EXDEV, EISDIR go in its status.  A
-dedupe destination need not be open for writing (the kernel allows it if
-the caller could write the file); setxattr needs write permission, so an
-EACCES from it is reported as EPERM, the kernel's answer.  Before a clone
-or dedupe, clients write back the kernel's dirty page cache of both ranges
-(``sync_file_range``, which never reaches the daemon as an fsync), as
-XFS's remap prep does with filemap_write_and_wait_range.
+"""The daxfs control protocol: the names and wire formats that carry
+reflink (FICLONE, FICLONERANGE), dedupe (FIDEDUPERANGE) and FIEMAP requests
+to the daemon over extended attributes of the destination file, and the
+encode/decode functions both sides use.  docs/control-protocol.md is the
+specification (why a protocol at all, every name, every format, the checks
+each side makes); this module is its code and does no I/O.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import struct
 from collections import OrderedDict
@@ -167,8 +16,7 @@ from dataclasses import dataclass
 from daxfs.engine.attrs import (FIEMAP_EXTENT_LAST, FIEMAP_EXTENT_SHARED,
                                 FILE_DEDUPE_RANGE_DIFFERS, FILE_DEDUPE_RANGE_SAME, DedupeResult,
                                 FiemapExtent)
-from daxfs.mountinfo import unescape as unescape_mountinfo
-from daxfs.engine.errors import BadFileDescriptor, InvalidArgument, NoAttribute, PermissionDenied
+from daxfs.engine.errors import InvalidArgument, NoAttribute
 
 __all__ = [
     "PREFIX", "PROBE_NAME", "PROBE_VALUE", "CLONE_NAME", "DEDUPE_NAME",
@@ -179,7 +27,7 @@ __all__ = [
     "FILE_DEDUPE_RANGE_DIFFERS", "Request", "encode_request",
     "decode_request", "encode_result", "decode_result", "fiemap_name",
     "parse_fiemap_name", "encode_fiemap", "decode_fiemap", "is_control_name",
-    "ResultTable", "mount_device", "check_source_fd",
+    "ResultTable",
 ]
 
 # --- names -----------------------------------------------------------------
@@ -427,80 +275,3 @@ def decode_fiemap(value) -> list[FiemapExtent]:
             raise InvalidArgument("nonzero padding in FIEMAP extent")
         extents.append(FiemapExtent(logical, physical, length, flags))
     return extents
-
-
-# --- daemon-side helpers (procfs only; never touch the FUSE mount) ---------
-
-def mount_device(mountpoint, mountinfo: str = "/proc/self/mountinfo") -> int:
-    """The st_dev clients see for files under `mountpoint`, read from
-    mountinfo (the last mount on that point wins), without a stat through
-    the mount.  InvalidArgument if nothing is mounted there."""
-    # Resolve the parent only: a stat of the mount point itself would be a
-    # FUSE request to the daemon that is calling this (a deadlock before
-    # its loop runs).
-    parent, leaf = os.path.split(os.path.abspath(os.fsdecode(mountpoint)))
-    target = os.path.join(os.path.realpath(parent), leaf) if leaf else parent
-    found = None
-    with open(mountinfo, encoding="utf-8", errors="surrogateescape") as f:
-        for line in f:
-            fields = line.split()
-            if len(fields) >= 5 and unescape_mountinfo(fields[4]) == target:
-                major, minor = fields[2].split(":")
-                found = os.makedev(int(major), int(minor))
-    if found is None:
-        raise InvalidArgument(f"nothing is mounted on {target}")
-    return found
-
-
-def _read_fdinfo(pid: int, fd: int) -> dict[str, str]:
-    info = {}
-    with open(f"/proc/{pid}/fdinfo/{fd}", encoding="ascii", errors="replace") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            info[key.strip()] = value.strip()
-    return info
-
-
-def _mount_id_device(pid: int, mnt_id: int) -> int | None:
-    with open(f"/proc/{pid}/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-        for line in f:
-            fields = line.split()
-            if len(fields) >= 3 and fields[0] == str(mnt_id):
-                major, minor = fields[2].split(":")
-                return os.makedev(int(major), int(minor))
-    return None
-
-
-def check_source_fd(pid: int, fd: int, dev: int, ino: int) -> None:
-    """Verify that thread `pid` (FUSE ctx.pid) holds descriptor `fd` open for
-    reading on file (`dev`, `ino`).  Raises BadFileDescriptor if not (the
-    errno FICLONE gives for a bad source descriptor), PermissionDenied if
-    /proc of the caller cannot be read (e.g. the daemon runs unprivileged
-    and the caller is another user)."""
-    if fd < 0:
-        raise BadFileDescriptor("no source descriptor in the request")
-    try:
-        info = _read_fdinfo(pid, fd)
-    except FileNotFoundError:
-        raise BadFileDescriptor(f"caller has no descriptor {fd}") from None
-    except PermissionError:
-        raise PermissionDenied(f"cannot inspect the caller's descriptor {fd}") from None
-    except OSError as e:
-        raise BadFileDescriptor(f"caller's descriptor {fd}: {e.strerror}") from None
-    try:
-        flags = int(info["flags"], 8)
-        mnt_id = int(info["mnt_id"])
-        fd_ino = int(info["ino"])
-    except (KeyError, ValueError):
-        raise BadFileDescriptor(f"caller's descriptor {fd} is not a file") from None
-    if flags & os.O_PATH or (flags & os.O_ACCMODE) == os.O_WRONLY:
-        raise BadFileDescriptor(f"caller's descriptor {fd} is not open for reading")
-    if fd_ino != ino:
-        raise BadFileDescriptor(f"caller's descriptor {fd} is another file")
-    try:
-        mount_dev = _mount_id_device(pid, mnt_id)
-    except OSError:
-        raise PermissionDenied("cannot read the caller's mount table") from None
-    if mount_dev != dev:
-        raise BadFileDescriptor(f"caller's descriptor {fd} is on another file system")
-

@@ -2,8 +2,8 @@
 ``user.daxfs.*`` getxattr or setxattr on a file of this mount does.
 
 FUSE-free and unit-testable: it takes the open `Filesystem`, the caller
-(`Caller`: uid, gid, pid of the calling thread, supplementary groups read
-from /proc/<pid>/status when they matter), the inode the xattr was set or
+(`Caller`, daxfs/fuse/callers.py: uid, gid, pid of the calling thread,
+supplementary groups read from /proc/<pid>/status when they matter), the inode the xattr was set or
 read on, the name and the value; it performs the request or raises the
 engine error (`DaxfsError`) whose ``.errno`` is what XFS gives.  The FUSE
 adapter (daxfs/fuse/operations.py, `_control_getxattr` / `_control_setxattr`)
@@ -33,7 +33,7 @@ O_APPEND, source open for reading)
        learns it once at FUSE init with `own_mount_device`, from
        mountinfo, without touching the mount; until it is known every
        request is EXDEV);
-    2. `control.check_source_fd`: the calling thread really holds
+    2. `check_source_fd`: the calling thread really holds
        ``src_fd`` open for reading on this mount, naming ``src_ino`` ->
        else EBADF (EACCES if the caller's /proc cannot be read).  A
        request without a descriptor (``src_fd`` -1) is refused with EBADF:
@@ -75,106 +75,36 @@ identity and the descriptor check.
 
 from __future__ import annotations
 
-import os
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
-from daxfs.engine import acl
+from daxfs import host
 from daxfs.control import protocol as control
-from daxfs.mountinfo import unescape as unescape_mountinfo
+from daxfs.engine import acl
 from daxfs.engine.attrs import DedupeResult
+from daxfs.fuse.callers import Caller, check_source_fd, may_read
 from daxfs.engine.errors import (BadFileDescriptor, CrossDevice, DaxfsError, InvalidArgument,
                                  IsADirectory, NoAttribute, NotFound, PermissionDenied)
 
-__all__ = ["Caller", "Action", "ControlServer", "own_mount_device", "read_groups",
-           "may_read"]
+__all__ = ["Action", "ControlServer", "own_mount_device"]
 
 
-def own_mount_device(image: str, mountinfo: str = "/proc/self/mountinfo") -> int | None:
+def own_mount_device(image: str, mountinfo: str = host.MOUNTINFO) -> int | None:
     """The st_dev of this daemon's mount of `image`, from mountinfo alone
     (a stat through the mount from inside the daemon could deadlock).
 
-    The mount is found by its source, which daxfs/fuse/mount.py makes
-    ``daxfs:<absolute image path>`` (plain ``daxfs`` if that path is not
-    ASCII); the image is locked by its daemon, so at most one mount has
-    that source.  None if no mount, or more than one candidate device,
-    matches (then every clone or dedupe answers EXDEV rather than guess)."""
-    path = os.path.abspath(image)
-    want = "daxfs:" + path if ("daxfs:" + path).isascii() else "daxfs"
-    found = set()
+    The mount is found by its source (host.mount_source); the image is
+    locked by its daemon, so at most one mount has that source.  None if no
+    mount, or more than one candidate device, matches (then every clone or
+    dedupe answers EXDEV rather than guess)."""
+    want = host.mount_source(image)
     try:
-        with open(mountinfo, encoding="utf-8", errors="surrogateescape") as f:
-            for line in f:
-                head, sep, tail = line.partition(" - ")
-                fields, rest = head.split(), tail.split()
-                if not sep or len(fields) < 5 or len(rest) < 2:
-                    continue
-                if not rest[0].startswith("fuse"):
-                    continue
-                if unescape_mountinfo(rest[1]) != want:
-                    continue
-                major, minor = fields[2].split(":")
-                found.add(os.makedev(int(major), int(minor)))
-    except (OSError, ValueError):
+        found = {m.dev for m in host.mounts(mountinfo)
+                 if m.fstype.startswith("fuse") and m.source == want}
+    except OSError:
         return None
     return found.pop() if len(found) == 1 else None
-
-
-def read_groups(pid: int) -> frozenset[int]:
-    """The supplementary groups of thread `pid` (/proc/<pid>/status,
-    ``Groups:``); empty if they cannot be read (the thread is gone)."""
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("Groups:"):
-                    return frozenset(int(g) for g in line.split()[1:])
-    except (OSError, ValueError):
-        pass
-    return frozenset()
-
-
-@dataclass
-class Caller:
-    """Who asks: FUSE's ctx.uid / ctx.gid (the caller's fsuid/fsgid) and
-    ctx.pid (the calling thread).  `groups` is read from /proc on first use
-    unless given."""
-
-    uid: int
-    gid: int
-    pid: int
-    _groups: frozenset[int] | None = field(default=None, repr=False)
-
-    @classmethod
-    def from_ctx(cls, ctx) -> "Caller":
-        return cls(int(ctx.uid), int(ctx.gid), int(ctx.pid))
-
-    @property
-    def groups(self) -> frozenset[int]:
-        if self._groups is None:
-            self._groups = read_groups(self.pid)
-        return self._groups
-
-    def in_group(self, gid: int) -> bool:
-        return gid == self.gid or gid in self.groups
-
-
-def may_read(attr, caller: Caller, access_acl=None) -> bool:
-    """The kernel's generic_permission(MAY_READ): the file's access ACL
-    (parsed entries) if it has one, else the st_mode bits: owner bits if
-    the caller owns the file, else group bits if it is in the file's group,
-    else other bits; uid 0 reads everything."""
-    if caller.uid == 0:
-        return True
-    if access_acl is not None:
-        return acl.permits(access_acl, caller.uid, caller.in_group, attr.uid, attr.gid, 4)
-    if caller.uid == attr.uid:
-        bits = attr.mode >> 6
-    elif caller.in_group(attr.gid):
-        bits = attr.mode >> 3
-    else:
-        bits = attr.mode
-    return bool(bits & 0o4)
 
 
 @dataclass
@@ -199,12 +129,12 @@ class ControlServer:
 
     `device` is the mount's st_dev (None until known: every clone or
     dedupe is then EXDEV, since no source can be proven to be ours).
-    `check_fd` is control.check_source_fd (replaceable in unit tests that
+    `check_fd` is check_source_fd (replaceable in unit tests that
     have no real caller)."""
 
     def __init__(self, fs, device: int | None = None, *,
                  results: control.ResultTable | None = None,
-                 check_fd=control.check_source_fd):
+                 check_fd=check_source_fd):
         self.fs = fs
         self.device = device
         self.results = results if results is not None else control.ResultTable()

@@ -37,24 +37,18 @@ import signal
 import pyfuse3
 import trio
 
-from daxfs import gc_tuning
+from daxfs import gc_tuning, host
 from . import request_wait
 from .operations import SINGLE_WORKER, Operations, main_loop_args
 
 log = logging.getLogger(__name__)
 
-FSNAME_PREFIX = "daxfs:"
 SUBTYPE = "daxfs"
 
 
 def _escape_opt(value: str) -> str:
     """libfuse splits -o on commas; a backslash escapes the next character."""
     return value.replace("\\", "\\\\").replace(",", "\\,")
-
-
-def fsname_for(image: str) -> str:
-    """The mount source the kernel shows (in /proc/self/mountinfo)."""
-    return FSNAME_PREFIX + os.path.abspath(image)
 
 
 # Atime options the daemon applies itself (libfuse 3 refuses them).
@@ -82,11 +76,7 @@ def fuse_options(image: str, extra=(), *, readonly: bool = False) -> set[str]:
     """The option set for pyfuse3.init."""
     opts = set(extra) - ENGINE_OPTIONS
     opts.discard("rw")
-    fsname = fsname_for(image)
-    if not fsname.isascii():
-        # pyfuse3 passes options as us-ascii: fall back to a generic name.
-        fsname = FSNAME_PREFIX.rstrip(":")
-    opts.add("fsname=" + _escape_opt(fsname))
+    opts.add("fsname=" + _escape_opt(host.mount_source(image)))
     opts.add("subtype=" + SUBTYPE)
     # The kernel checks permissions from our st_mode/uid/gid; daxfs has
     # no permission logic of its own.
