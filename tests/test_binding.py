@@ -8,7 +8,11 @@ pyfuse3 3.5.0: the handlers are never called, the functions are missing.
 
 Every subprocess has a timeout; every mount is taken down in a `finally`
 (fusermount3 -u, then umount -l) and the daemon waited for (killed if it
-hangs).
+hangs).  A call of this process on a mount whose daemon hangs would not
+end (only a fatal signal ends a FUSE request); so a watchdog kills any
+daemon still running WATCHDOG seconds after it started, which fails the
+pending requests, and a broken binding fails the tests instead of hanging
+them.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -37,6 +42,7 @@ FALLOC_FL_ZERO_RANGE = 0x10
 NEW_FEATURES = {"fallocate", "copy_file_range", "lseek", "want_capability",
                 "start_temporary_worker"}
 CLIENT_TIMEOUT = 5         # seconds for a client call that may block in the daemon
+WATCHDOG = 60              # seconds a test daemon may live
 
 pytestmark = [
     pytest.mark.timeout(60),
@@ -72,6 +78,13 @@ class Mount:
             cmd.insert(-1, "--dont-mask")
         with open(self.err_path, "w") as err:
             self.proc = subprocess.Popen(cmd, stdout=err, stderr=err, start_new_session=True)
+        self.watchdog = threading.Timer(WATCHDOG, self._kill)
+        self.watchdog.daemon = True
+        self.watchdog.start()
+
+    def _kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
 
     def path(self, name: str) -> str:
         return str(self.mnt / name)
@@ -126,6 +139,7 @@ class Mount:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
+            self.watchdog.cancel()
         assert not is_mounted(self.mnt)
 
 
