@@ -66,7 +66,7 @@ if ! patched_pyfuse3_installed; then
   tar --no-same-owner -C "$work" -xzf "$work/$PYFUSE3_SDIST" >>"$log" 2>&1 \
     || fail "unpacking $PYFUSE3_SDIST"
   src=$work/pyfuse3-3.5.0
-  patch -d "$src" -p1 --batch --forward < "$PYFUSE3_PATCH" >>"$log" 2>&1 \
+  patch -d "$src" -p1 --batch --forward --fuzz=0 < "$PYFUSE3_PATCH" >>"$log" 2>&1 \
     || fail "applying $PYFUSE3_PATCH"
   # The shipped C file is generated from the unpatched .pyx: never compile it.
   rm -f "$src/src/pyfuse3/__init__.c"
