@@ -194,14 +194,27 @@ def _holds(pid: int, key) -> bool:
         return False
 
 
-def alive(pid: int) -> bool:
-    """True while `pid` exists and is not a zombie."""
+def _state(stat_path: str) -> str:
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
+        with open(stat_path) as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
+        return "X"
+
+
+def alive(pid: int) -> bool:
+    """True while any thread of `pid` has not exited.  The main thread of
+    a killed daemon can be a zombie while another of its threads is still
+    on its way out (stuck in a request to a FUSE mount), and the process's
+    files, the image's lock among them, are closed only when the last
+    thread is gone."""
+    if _state(f"/proc/{pid}/stat") not in ("Z", "X"):
+        return True
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
         return False
-    return state not in ("Z", "X")
+    return any(_state(f"/proc/{pid}/task/{t}/stat") not in ("Z", "X") for t in tasks)
 
 
 def wait_gone(pids, timeout: float) -> list[int]:

@@ -5,8 +5,6 @@ operation seen by the caller, and the daemon's CPU time per operation (from
 passthrough peer (scripts/peers/passthrough.py), side by side on the same
 machine.  With --pool, daxfs is also measured with pyfuse3's worker pool
 (DAXFS_PYFUSE3_POOL=1) instead of its single request worker; with
---pyfuse3-wait, with pyfuse3's own wait for each request
-(DAXFS_REQUEST_WAIT=pyfuse3) instead of daxfs/fuse/request_wait.py's; with
 --gc-default, with Python's own garbage collector settings
 (DAXFS_GC=default) instead of daxfs/gc_tuning.py's; with --daxfs-loop,
 the passthrough is also measured served the way the daxfs daemon serves
@@ -14,7 +12,7 @@ the passthrough is also measured served the way the daxfs daemon serves
 settings.
 
     .venv/bin/python scripts/bench_daemon_cpu.py [--runs 3] [--files 2000] [--pool]
-        [--pyfuse3-wait] [--gc-default] [--daxfs-loop]
+        [--gc-default] [--daxfs-loop]
 
 Loops: create (open O_CREAT|O_EXCL + close), stat after dropping the
 kernel's caches, unlink.  Medians over --runs; runs of the systems
@@ -130,8 +128,6 @@ def main(argv=None) -> int:
     p.add_argument("--files", type=int, default=2000)
     p.add_argument("--pool", action="store_true",
                    help="also measure daxfs with pyfuse3's worker pool")
-    p.add_argument("--pyfuse3-wait", action="store_true",
-                   help="also measure daxfs with pyfuse3's own wait for requests")
     p.add_argument("--gc-default", action="store_true",
                    help="also measure daxfs with Python's own garbage collector settings")
     p.add_argument("--daxfs-loop", action="store_true",
@@ -152,9 +148,6 @@ def main(argv=None) -> int:
             if args.pool:
                 systems["daxfs (pyfuse3 pool)"] = stack.enter_context(
                     mounted_daxfs(work, "daxfs-pool", dict(env, DAXFS_PYFUSE3_POOL="1")))
-            if args.pyfuse3_wait:
-                systems["daxfs (pyfuse3 wait)"] = stack.enter_context(
-                    mounted_daxfs(work, "daxfs-wait", dict(env, DAXFS_REQUEST_WAIT="pyfuse3")))
             if args.gc_default:
                 systems["daxfs (gc default)"] = stack.enter_context(
                     mounted_daxfs(work, "daxfs-gc", dict(env, DAXFS_GC="default")))

@@ -213,7 +213,7 @@ def test_clone_by_a_user_the_acl_lets_read(mounted):
 
 
 def test_umask_is_applied_unless_a_default_acl_replaces_it(mounted):
-    """The kernel leaves the umask to daxfs (daxfs/fuse/dont_mask.py): daxfs
+    """The kernel leaves the umask to daxfs (FUSE_DONT_MASK, asked for at INIT): daxfs
     applies it to files, directories and fifos, and not under a default
     ACL, which takes its place (xfstests generic/099's umask 722 case)."""
     script = (f"cd {mounted} && umask 027 && touch f && mkdir d && mkfifo p && "

@@ -81,11 +81,11 @@ def test_bench_daemon_cpu_runs(tmp_path):
     """scripts/bench_daemon_cpu.py measures every system and leaves
     nothing mounted (values not checked)."""
     res = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_daemon_cpu.py"),
-                          "--runs", "1", "--files", "50", "--pool", "--pyfuse3-wait",
+                          "--runs", "1", "--files", "50", "--pool",
                           "--gc-default", "--daxfs-loop", "--workdir", str(tmp_path)],
                          capture_output=True, text=True, timeout=200)
     assert res.returncode == 0, res.stderr
-    systems = ["daxfs", "daxfs (pyfuse3 pool)", "daxfs (pyfuse3 wait)", "daxfs (gc default)",
+    systems = ["daxfs", "daxfs (pyfuse3 pool)", "daxfs (gc default)",
                "passthrough", "passthrough (daxfs loop)"]
     lines = [ln.strip() for ln in res.stdout.splitlines()]
     for op in ("create", "stat", "unlink"):

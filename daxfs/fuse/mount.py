@@ -38,8 +38,8 @@ import pyfuse3
 import trio
 
 from daxfs import gc_tuning, host
-from . import request_wait
-from .operations import SINGLE_WORKER, Operations, main_loop_args
+from . import binding
+from .operations import Operations
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,6 @@ async def _watch_signals(cancel_scope: trio.CancelScope) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
             log.info("received %s: unmounting", signal.Signals(signum).name)
-            request_wait.ending()
             pyfuse3.terminate()
             return
 
@@ -123,8 +122,6 @@ async def serve(fs, mountpoint: str, options: set[str], ops_factory=Operations) 
         pyfuse3.init(ops, mountpoint, options)
         log.info("mounted on %s (options %s)", mountpoint, ",".join(sorted(options)))
         stack.callback(pyfuse3.close, unmount=True)
-        if SINGLE_WORKER and request_wait.install():
-            stack.callback(request_wait.uninstall)
 
         def release():
             ops.forget_all()
@@ -137,7 +134,7 @@ async def serve(fs, mountpoint: str, options: set[str], ops_factory=Operations) 
         nursery.start_soon(ops.commit_loop)
         nursery.start_soon(ops.inactive_loop)
         nursery.start_soon(_watch_signals, nursery.cancel_scope)
-        await pyfuse3.main(**main_loop_args())
+        await pyfuse3.main(**binding.main_args())
         log.info("FUSE main loop ended")
         nursery.cancel_scope.cancel()
 
@@ -149,6 +146,7 @@ def run(image: str, mountpoint: str, extra_options=(), *, readonly: bool = False
     Raises the engine's errors (NotAnImage, ImageLocked, Corrupted) before
     anything is mounted, and RuntimeError if FUSE refuses the mount.
     """
+    binding.require()
     if opener is None:
         from daxfs.engine.fs import Filesystem
         opener = Filesystem.open

@@ -45,12 +45,12 @@ Request workers: pyfuse3 normally keeps two or more worker tasks that hand
 a lock and the /dev/fuse fd back and forth for every request; since no
 handler blocks, ONE worker serving requests back to back does the same
 work with far less (measured: a LOOKUP round trip of ~30 µs instead of
-~75 µs, `main_loop_args`).  A handler that waits (`_invalidate`,
-`_kernel_size`, the holds above) must not stop the serving: the kernel may
-need other requests answered first (pages locked by reads in flight, the
-OPENDIR of `_kernel_size`).  There a temporary extra worker
-(`_extra_worker`) serves requests until the main one is back, then ends.
-How a worker waits for the next request is daxfs/fuse/request_wait.py's.
+~75 µs; daxfs/fuse/binding.py `main_args`).  A handler that waits
+(`_invalidate`, `_kernel_size`, the holds above) must not stop the serving:
+the kernel may need other requests answered first (pages locked by reads in
+flight, the OPENDIR of `_kernel_size`).  There a temporary worker
+(`binding.temporary_worker`, pyfuse3's `start_temporary_worker`) serves
+requests until the main one is back, then ends.
 
 Cache choices
 -------------
@@ -75,8 +75,8 @@ Ownership of new inodes
 uid is the caller's (ctx.uid).  gid is the caller's (ctx.gid) unless the
 parent directory has S_ISGID, in which case it is the parent's gid, and a
 new directory inherits S_ISGID (the BSD/SysV rule Linux follows).  The mode
-the kernel sends is unmasked when daxfs/fuse/dont_mask.py could ask for
-FUSE_DONT_MASK, else already masked with the caller's umask; the engine
+the kernel sends is unmasked when `init` could ask for FUSE_DONT_MASK
+(binding.want_dont_mask), else already masked with the caller's umask; the engine
 applies ``ctx.umask`` (idempotent) unless the directory's default ACL
 takes its place.
 """
@@ -96,7 +96,7 @@ import trio
 
 from daxfs.engine import acl
 from daxfs.control import protocol as control
-from . import dont_mask, request_wait
+from . import binding
 from daxfs.control.admin import AdminServer, is_admin_name
 from .control_server import Caller, ControlServer, own_mount_device
 from daxfs.engine.errors import DaxfsError
@@ -162,23 +162,6 @@ def _boundary(*, mutates: bool = False):
 
 READAHEAD_KB = 1024
 
-# pyfuse3 3.5's request loop (pyfuse3._session_loop(nursery, min_tasks,
-# max_tasks)) is what lets a handler start a temporary extra worker; with
-# another version, fall back to pyfuse3's own worker pool.  The environment
-# variable DAXFS_PYFUSE3_POOL=1 keeps the pool, for the A/B measurement in
-# scripts/bench_daemon_cpu.py.
-SINGLE_WORKER = (hasattr(pyfuse3, "_session_loop")
-                 and os.environ.get("DAXFS_PYFUSE3_POOL") != "1")
-
-
-def main_loop_args() -> dict:
-    """Arguments for pyfuse3.main: one request worker (module docstring,
-    "Request workers"); max_tasks=0 because pyfuse3 starts another worker
-    whenever none is waiting and fewer than max_tasks are counted, and the
-    temporary workers leave that count one low when they end."""
-    return {"min_tasks": 1, "max_tasks": 0} if SINGLE_WORKER else {}
-
-
 def tune_readahead(dev: int) -> None:
     """Let the kernel read ahead 1 MiB per request on this mount instead of
     FUSE's default 128 KiB (sequential reads measured twice as fast).  Best
@@ -221,7 +204,7 @@ class Operations(pyfuse3.Operations):
     enable_writeback_cache = False
     # POSIX ACLs: the kernel enforces them (with default_permissions, which
     # daxfs always mounts with); see the xattr handlers, daxfs/engine/acl.py and
-    # daxfs/fuse/dont_mask.py.
+    # `init` (FUSE_DONT_MASK).
     enable_acl = True
 
     def __init__(self, fs, *, default_permissions: bool = True):
@@ -274,14 +257,6 @@ class Operations(pyfuse3.Operations):
         (or a default ACL in its place) are the engine's (fs._new_inode)."""
         return {"uid": ctx.uid, "gid": ctx.gid, "umask": ctx.umask & 0o777}
 
-    def _extra_worker(self) -> None:
-        """Start a request worker that serves until another worker is
-        waiting for requests again (pyfuse3's loop with min_tasks=0), so
-        that requests are answered while this handler waits."""
-        if self.nursery is not None and SINGLE_WORKER:
-            self.nursery.start_soon(pyfuse3._session_loop, self.nursery, 0, 0,
-                                    name=request_wait.EXTRA_WORKER)
-
     async def _invalidate(self, ino: int, attr_only: bool = False, then=None) -> None:
         """Drop the kernel's cached pages (and attributes) of `ino`.
 
@@ -297,7 +272,7 @@ class Operations(pyfuse3.Operations):
                 if then is not None:
                     then()
 
-        self._extra_worker()
+        binding.temporary_worker()
         try:
             await trio.to_thread.run_sync(invalidate)
         except OSError as exc:
@@ -315,7 +290,7 @@ class Operations(pyfuse3.Operations):
                     break
             else:
                 return
-            self._extra_worker()
+            binding.temporary_worker()
             await event.wait()
 
     async def _kernel_size(self, ino: int, generation: int) -> int | None:
@@ -327,7 +302,7 @@ class Operations(pyfuse3.Operations):
             if self.mountpoint is None or device is None:
                 return None
             self._kernel_sizes = KernelSizes(self.mountpoint, device)
-        self._extra_worker()
+        binding.temporary_worker()
         try:
             return await trio.to_thread.run_sync(self._kernel_sizes.size, ino, generation)
         except OSError as exc:
@@ -676,14 +651,12 @@ class Operations(pyfuse3.Operations):
 
     def init(self):
         """FUSE INIT: ask the kernel to leave the umask to daxfs (for
-        default ACLs, daxfs/fuse/dont_mask.py); the mount exists now: learn its
-        st_dev (the control protocol's EXDEV check) from mountinfo, never
-        through the mount."""
-        try:
-            if dont_mask.request(request_wait.fuse_fd()):
-                log.info("umask: left to daxfs (FUSE_DONT_MASK)")
-        except Exception:
-            log.exception("asking for FUSE_DONT_MASK failed; the kernel applies the umask")
+        default ACLs); the mount exists now: learn its st_dev (the control
+        protocol's EXDEV check) from mountinfo, never through the mount."""
+        if binding.want_dont_mask():
+            log.info("umask: left to daxfs (FUSE_DONT_MASK)")
+        else:
+            log.info("umask: the kernel does not offer FUSE_DONT_MASK; it applies it")
         try:
             dev = self._control_device()
         except Exception:

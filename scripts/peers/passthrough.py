@@ -20,8 +20,8 @@ I/O, untar).
 By default it serves the way a minimal pyfuse3 program does: pyfuse3's
 worker pool and wait, Python's garbage collector settings (the benchmarks'
 peer).  --daxfs-loop serves the way the daxfs daemon does instead: one
-request worker (daxfs.fuse.operations.main_loop_args), daxfs's wait for requests
-(daxfs/fuse/request_wait.py) and collector set-up (daxfs/gc_tuning.py), so that
+request worker (daxfs/fuse/binding.py `main_args`) and collector set-up
+(daxfs/gc_tuning.py), so that
 scripts/bench_daemon_cpu.py can show what the binding itself costs under
 daxfs's own settings.
 """
@@ -352,11 +352,9 @@ def main(argv=None) -> int:
         sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(
             os.path.abspath(__file__)))))
         from daxfs import gc_tuning
-        from daxfs.fuse import request_wait
-        from daxfs.fuse.operations import main_loop_args
+        from daxfs.fuse import binding
         gc_tuning.tune()
-        request_wait.install()
-        loop_args = main_loop_args()
+        loop_args = binding.main_args()
     try:
         trio.run(_serve, loop_args)
     finally:
