@@ -156,10 +156,10 @@ class Pmem:
             if readonly:
                 self.buf = self.buf.view()
                 self.buf.flags.writeable = False
+            self.bad = BadBlocks(path, self.nblocks)
         except BaseException:
             self._release()
             raise
-        self.bad = BadBlocks(path)
         self._can_back = _fallocate is not None
         self._backed: set[int] = set()        # BACK_CHUNK chunks given host space
 
