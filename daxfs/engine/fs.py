@@ -22,9 +22,9 @@ import stat
 import time
 
 from . import acl, ranges
-from .attrs import DedupeResult, DirEntry, FILE_DEDUPE_RANGE_DIFFERS, StatFs
+from .attrs import Attr, DedupeResult, DirEntry, FILE_DEDUPE_RANGE_DIFFERS, StatFs
 from .dirs import Dirs, check_name
-from .errors import (BadFileDescriptor, Corrupted, CrossDevice, DaxfsError, Exists,
+from .errors import (BadFileDescriptor, Corrupted, CrossDevice, DaxfsError, DamagedFile, Exists,
                      FileTooBig, InvalidArgument, IsADirectory, NoAttribute, NoSpace,
                      NotADirectory, NotEmpty, NotFound, NotPermitted, NotSupported, ReadOnly,
                      PermissionDenied, Shutdown, TooManyLinks)
@@ -48,6 +48,7 @@ DEDUPE_MAX = 1 << 30          # the VFS caps one dedupe request at 1 GiB
 _DT = {stat.S_IFREG: DT_REG, stat.S_IFDIR: DT_DIR, stat.S_IFLNK: DT_LNK,
        stat.S_IFIFO: DT_FIFO, stat.S_IFCHR: DT_CHR, stat.S_IFBLK: DT_BLK,
        stat.S_IFSOCK: DT_SOCK}
+_FMT_OF_DT = {dt: fmt for fmt, dt in _DT.items()}
 
 
 def _clamp_time(ns: int) -> int:
@@ -689,13 +690,16 @@ class Filesystem:
             start = max(0, pos - 2) if pos >= 2 else 0
             # lazy: the caller stops when its buffer is full, and a readdir
             # must not cost the whole rest of the directory each time
-            for epos, name, child, _ in self.dirs.entries(ino, start):
+            for epos, name, child, ftype in self.dirs.entries(ino, start):
                 if epos < start:
                     continue        # only a damaged tree leads back: cookies must advance
                 try:
                     attr = self.inodes.get(child).attr()
                 except NotFound:
                     continue
+                except DamagedFile as e:
+                    log.warning("readdir of directory %d: %s", ino, e)
+                    attr = Attr.stand_in(child, _FMT_OF_DT.get(ftype, stat.S_IFREG))
                 yield DirEntry(name, attr, epos + 3)
         except Corrupted as e:
             self._shut_down(str(e))
