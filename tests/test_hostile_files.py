@@ -170,3 +170,41 @@ def test_symlink_claiming_two_gib_is_refused_cheaply(img, mnt):
         assert e.value.errno == 117
         (m / "ok").write_bytes(b"still serving")
         assert (m / "ok").read_bytes() == b"still serving"
+
+
+# ----------------------------------------------------------------- the log
+
+def test_default_logs_are_per_image_and_root_only(tmp_path, mount_root):
+    """Two images of the same name get two logs, in a directory only root
+    writes; a log path that is a symlink is refused, its target untouched."""
+    import hashlib
+    from daxfs.cli.mount import LOG_DIR
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    logs = []
+    for d in (a, b):
+        img = make_image(d / "disk.img", 32 << 20)
+        mnt = mount_root / d.name
+        mnt.mkdir()
+        res = daxfs("mount", img, mnt, timeout=90)
+        assert res.returncode == 0, res.stderr
+        try:
+            digest = hashlib.sha256(str(img).encode()).hexdigest()[:12]
+            logs.append(os.path.join(LOG_DIR, f"disk.img-{digest}.log"))
+            assert os.path.isfile(logs[-1])
+        finally:
+            assert daxfs("umount", mnt).returncode == 0
+    assert logs[0] != logs[1]
+    st = os.stat(LOG_DIR)
+    assert st.st_uid == 0 and not st.st_mode & 0o022
+    assert all(stat.S_IMODE(os.stat(p).st_mode) == 0o600 for p in logs)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep me\n")
+    link = tmp_path / "log"
+    link.symlink_to(victim)
+    img = a / "disk.img"
+    mnt = mount_root / "c"
+    mnt.mkdir()
+    _one_line_refusal(daxfs("mount", img, mnt, "--log", link, timeout=90), "symbolic link")
+    assert victim.read_bytes() == b"keep me\n"
