@@ -1,7 +1,7 @@
 """`daxfs mkfs IMAGE --size SIZE [--no-rmap] [--force]`: make a filesystem."""
 
 import argparse
-import os
+
 import sys
 
 from daxfs.engine.errors import DaxfsError

@@ -151,6 +151,18 @@ class DamagedFile(DaxfsError):
         super().__init__(f"inode {ino}: {check} (run daxfs check --repair)")
 
 
+class TrimFirst(DaxfsError):
+    """The file still has blocks past its end waiting to be freed in steps
+    (a truncation done in bounded steps), and this operation would bring
+    them inside the file: the caller runs `Filesystem.trim_step(ino)` until
+    it returns True, then retries."""
+    errno = _errno.EAGAIN
+
+    def __init__(self, ino: int):
+        self.ino = ino
+        super().__init__(f"inode {ino}: blocks past the end of the file are still being freed")
+
+
 class Shutdown(DaxfsError):
     """The filesystem shut down after a metadata error; unmount and run check."""
     errno = _errno.EIO

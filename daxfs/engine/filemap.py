@@ -18,11 +18,12 @@ import itertools
 import numpy as np
 
 from .attrs import FIEMAP_EXTENT_LAST, FIEMAP_EXTENT_SHARED, FiemapExtent
-from .errors import Corrupted, DamagedFile, MediaError, NoSpace
+from .errors import DamagedFile, MediaError, NoSpace
 from .format import BLOCK_SIZE as BS, OWN_MAX_INO, RMAP_ATTR, owner_name
 
 _END = (1 << 64) - 1
 TRUSTED_MAX = 1 << 18        # extent records remembered as verified
+UNMAP_STEP = 16              # extents unmapped between consistent points
 _UNKNOWN = object()
 
 
@@ -152,7 +153,9 @@ class FileMap:
         (== end unless `limit` extents were done first)."""
         removed = []
         reached = end
-        for k, (f, p, n) in enumerate(self.extents(ino, start, end)):
+        todo = self._iter_extents(ino, start, end)
+        todo = list(itertools.islice(todo, limit + 1)) if limit else list(todo)
+        for k, (f, p, n) in enumerate(todo):
             if limit and k >= limit:
                 reached = f
                 break
@@ -377,34 +380,62 @@ class FileMap:
             return
         self.write(inode, size, bytes(BS - size % BS))
 
-    def truncate_blocks(self, inode, first_block: int) -> None:
+    def truncate_blocks(self, inode, first_block: int, budget: int | None = None) -> bool:
         """Unmap and release every block of the file from first_block on, in
-        steps that each leave the file consistent."""
+        steps that each leave the file consistent; with `budget`, at most
+        that many extents.  True when nothing is mapped from first_block
+        on any more."""
         if not inode.blocks:        # no blocks, no extents (check verifies it)
-            return
+            return True
+        done = 0
         while True:
-            removed, reached = self.unmap(inode.ino, first_block, _END, limit=16)
+            limit = UNMAP_STEP if budget is None else max(1, min(UNMAP_STEP, budget - done))
+            removed, reached = self.unmap(inode.ino, first_block, _END, limit=limit)
             self.release(removed)
             inode.blocks -= sum(n for _, n in removed)
+            done += len(removed)
             if reached == _END:
-                return
+                return True
             self.step()
+            if budget is not None and done >= budget:
+                return False
 
     # ---- sharing -------------------------------------------------------------
-    def clone(self, src, s_blk: int, dst, d_blk: int, nblk: int) -> None:
+    def clone(self, src, s_blk: int, dst, d_blk: int, nblk: int,
+              budget: int | None = None) -> int:
         """Make dst's file blocks [d_blk, d_blk+nblk) share src's blocks
-        [s_blk, s_blk+nblk) (holes stay holes)."""
-        pieces = self.extents(src.ino, s_blk, s_blk + nblk)
-        removed, _ = self.unmap(dst.ino, d_blk, d_blk + nblk)
-        for p, n in removed:
-            for s, k in self.refc.adjust(p, n, -1):
-                self._free_data(s, k)
-        dst.blocks -= sum(n for _, n in removed)
+        [s_blk, s_blk+nblk) (holes stay holes).  With `budget`, stops after
+        about that many extents (of dst unmapped and of src shared) at a
+        block where the part done is whole.  Returns the blocks done."""
+        limit = None if budget is None else max(1, budget)
+        pieces = list(itertools.islice(self._iter_extents(src.ino, s_blk, s_blk + nblk),
+                                       limit + 1 if limit else None))
+        done = nblk
+        if limit and len(pieces) > limit:
+            done = pieces[limit][0] - s_blk          # up to the first piece left out
+            pieces = pieces[:limit]
+        pos = d_blk
+        while pos < d_blk + done:                    # dst's old blocks there, in steps
+            removed, reached = self.unmap(dst.ino, pos, d_blk + done, limit=UNMAP_STEP)
+            self.release(removed)
+            dst.blocks -= sum(n for _, n in removed)
+            pos = reached
+            if limit is not None:
+                limit -= len(removed)
+                if limit <= 0 and pos < d_blk + done:
+                    done = pos - d_blk
+                    pieces = [pc for pc in pieces if pc[0] < s_blk + done]
+                    if pieces and pieces[-1][0] + pieces[-1][2] > s_blk + done:
+                        f, p, n = pieces[-1]
+                        pieces[-1] = (f, p, s_blk + done - f)
+                    break
+            self.step()
         for f, p, n in pieces:
             self.refc.adjust(p, n, +1)
             self.map(dst.ino, d_blk + (f - s_blk), p, n)
             dst.blocks += n
             self.step()
+        return done
 
     def view(self, ino: int, off: int, length: int, file_size: int):
         """The bytes [off, off+length) as a numpy array: a view on the mapping
@@ -418,8 +449,60 @@ class FileMap:
             return self.pmem.buf[o:o + length]
         return np.frombuffer(self.read(ino, off, length, file_size), dtype=np.uint8)
 
+    def _pieces(self, ino: int, b0: int, b1: int) -> list[tuple[int, int, int]]:
+        """File blocks [b0, b1) as (file block, physical block or 0 for a
+        hole, count), in order, holes included."""
+        out, pos = [], b0
+        for f, p, n in self._iter_extents(ino, b0, b1):
+            if f > pos:
+                out.append((pos, 0, f - pos))
+            out.append((f, p, n))
+            pos = f + n
+        if pos < b1:
+            out.append((pos, 0, b1 - pos))
+        return out
+
     def same_bytes(self, a, a_off: int, b, b_off: int, length: int) -> bool:
-        """Compare two ranges in place, in chunks."""
+        """Compare two ranges in place: extent by extent, where both are
+        holes without reading anything, where one is a hole by checking the
+        other for zeros (bytes past EOF in a last block are zeros too)."""
+        if a_off % BS or b_off % BS:
+            return self._same_bytes_copied(a, a_off, b, b_off, length)
+        buf = self.pmem.buf
+        nb = -(-length // BS)
+        pa = self._pieces(a.ino, a_off // BS, a_off // BS + nb)
+        pb = self._pieces(b.ino, b_off // BS, b_off // BS + nb)
+        ia = ib = 0
+        pos = 0                                   # blocks compared
+        while pos < nb:
+            fa, xa, na = pa[ia]
+            fb, xb, nb_ = pb[ib]
+            sa, sb = pos - (fa - a_off // BS), pos - (fb - b_off // BS)
+            k = min(na - sa, nb_ - sb)
+            nbytes = min(k * BS, length - pos * BS)
+            if xa or xb:
+                if xa:
+                    self._load_check(xa + sa, k)
+                if xb:
+                    self._load_check(xb + sb, k)
+                va = buf[(xa + sa) * BS:(xa + sa) * BS + nbytes] if xa else None
+                vb = buf[(xb + sb) * BS:(xb + sb) * BS + nbytes] if xb else None
+                if va is None:
+                    if np.count_nonzero(vb):
+                        return False
+                elif vb is None:
+                    if np.count_nonzero(va):
+                        return False
+                elif not np.array_equal(va, vb):
+                    return False
+            pos += k
+            if sa + k == na:
+                ia += 1
+            if sb + k == nb_:
+                ib += 1
+        return True
+
+    def _same_bytes_copied(self, a, a_off: int, b, b_off: int, length: int) -> bool:
         step = 64 << 20
         done = 0
         while done < length:
@@ -432,22 +515,29 @@ class FileMap:
         return True
 
     def _iter_extents(self, ino: int, start: int, end: int):
-        """extents(), one at a time (a caller that stops early reads no
-        more of the tree than it used)."""
-        total = self.vol.total_blocks
+        """extents(), one at a time, each record verified before it is
+        used (a caller that stops early reads no more of the tree than it
+        used).  The tree must not change while it runs."""
         prev = self.tree.last_le((ino, start))
         head = [prev] if prev and prev[0] == ino and prev[1] < start < prev[1] + prev[3] else []
+        trusted = self._trusted
         for rec in itertools.chain(head, self.tree.scan(lo=(ino, start), hi=(ino,))):
             f, p, n = rec[1], rec[2], rec[3]
             if f >= end:
                 return
+            if rec not in trusted:
+                self._verify(rec)
             if f < start:
                 f, p, n = start, p + start - f, n - (start - f)
-            n = min(n, end - f)
-            if p == 0 or p + n > total:
-                raise DamagedFile(ino, f"extent at file block {f} points outside the device"
-                                       f" (block {p}+{n})")
-            yield f, p, n
+            yield f, p, min(n, end - f)
+
+    def extent_span(self, ino: int, start: int, end: int, most: int) -> int:
+        """How many blocks from `start` (up to `end`) hold at most `most`
+        extents of the file (at least one block)."""
+        for k, (f, _, _) in enumerate(self._iter_extents(ino, start, end)):
+            if k == most:
+                return max(1, f - start)
+        return end - start
 
     def fiemap(self, ino: int, start: int, length: int, file_size: int,
                limit: int | None = None) -> list[FiemapExtent]:

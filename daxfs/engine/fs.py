@@ -24,14 +24,13 @@ import time
 from . import acl, ranges
 from .attrs import Attr, DedupeResult, DirEntry, FILE_DEDUPE_RANGE_DIFFERS, StatFs
 from .dirs import Dirs, check_name
-from .errors import (BadFileDescriptor, Corrupted, CrossDevice, DaxfsError, DamagedFile, Exists,
-                     FileTooBig, InvalidArgument, IsADirectory, NoAttribute, NoSpace,
-                     NotADirectory, NotEmpty, NotFound, NotPermitted, NotSupported, ReadOnly,
-                     PermissionDenied, Shutdown, TooManyLinks)
+from .errors import (Corrupted, DaxfsError, DamagedFile, Exists, FileTooBig, InvalidArgument,
+                     IsADirectory, NoAttribute, NoSpace, NotADirectory, NotEmpty, NotFound,
+                     NotPermitted, NotSupported, PermissionDenied, ReadOnly, Shutdown,
+                     TooManyLinks, TrimFirst)
 from .filemap import FileMap
 from .format import (BLOCK_SIZE as BS, DT_BLK, DT_CHR, DT_DIR, DT_FIFO, DT_LNK, DT_REG,
-                     DT_SOCK, FEAT_REFLINK, LINK_MAX, MAX_FILE_BYTES, ROOT_INO, STATE_NEEDS_CHECK,
-                     SYMLINK_MAX, TIME_MAX_SEC, TIME_MIN_SEC)
+                     DT_SOCK, FEAT_REFLINK, LINK_MAX, ROOT_INO, SYMLINK_MAX, TIME_MAX_SEC, TIME_MIN_SEC)
 from .inodes import Inodes
 from .orphans import Orphans
 from .volume import Volume
@@ -40,10 +39,13 @@ from .xattrs import Xattrs
 log = logging.getLogger(__name__)
 
 INACTIVE_MAX = 16384           # queued unlinked inodes before forget frees some itself
+STEP_BUDGET = 64               # extents one step of long work touches (Filesystem.budget)
+STATFS_REAP_SECONDS = 0.02     # statfs frees queued inodes for at most this long
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 RENAME_WHITEOUT = 4
 DEDUPE_MAX = 1 << 30          # the VFS caps one dedupe request at 1 GiB
+DEDUPE_STEP = 8 << 20         # bytes one dedupe_step compares (a few ms)
 
 _DT = {stat.S_IFREG: DT_REG, stat.S_IFDIR: DT_DIR, stat.S_IFLNK: DT_LNK,
        stat.S_IFIFO: DT_FIFO, stat.S_IFCHR: DT_CHR, stat.S_IFBLK: DT_BLK,
@@ -62,15 +64,23 @@ def _clamp_time(ns: int) -> int:
 
 
 def _op(method):
-    """Run a public operation atomically; shut down on metadata corruption."""
+    """Run a public operation atomically; shut down on metadata corruption.
+
+    Two failures are retried once the cause is gone: ENOSPC while unlinked
+    inodes or freed blocks wait for a commit (they are freed, the log is
+    forced), and TrimFirst (blocks past EOF still queued for freeing) when
+    no step budget is set (the blocks are freed first; with a budget the
+    caller does that in steps)."""
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
         self._check_alive()
         if self._in_op:
             return method(self, *args, **kwargs)
-        self._in_op = True
-        try:
-            for retry in (False, True):
+        reaped = False
+        while True:
+            retry = None
+            self._in_op = True
+            try:
                 self.vol.begin_op()
                 try:
                     result = method(self, *args, **kwargs)
@@ -81,21 +91,30 @@ def _op(method):
                     raise Shutdown(f"filesystem shut down: {e}") from e
                 except NoSpace:
                     self._rollback()
-                    if retry or not (self.vol.alloc.has_busy() or self._inactive):
+                    if reaped or not (self.vol.alloc.has_busy() or self._inactive):
                         raise
-                    # Only blocks of unlinked inodes not yet freed, or freed
-                    # by the running transaction, are left: free the
-                    # inodes, commit (as XFS flushes inodegc and forces
-                    # the log) and retry.
-                    self._reap(list(self._inactive))
-                    self.commit()
-                    continue
+                    reaped = retry = True
+                except TrimFirst as e:
+                    self._rollback()
+                    if self.budget is not None:
+                        raise
+                    retry = e
                 except BaseException:
                     self._rollback()
                     raise
+            finally:
+                self._in_op = False
+            if retry is None:
                 break
-        finally:
-            self._in_op = False
+            if retry is True:
+                # Only blocks of unlinked inodes not yet freed, or freed by
+                # the running transaction, are left: free the inodes, commit
+                # (as XFS flushes inodegc and forces the log) and retry.
+                self._reap(list(self._inactive))
+                self.commit()
+            else:
+                while not self.trim_step(retry.ino):
+                    pass
         self.vol.end_op()
         if self.vol.needs_commit():
             self.commit()
@@ -138,6 +157,11 @@ class Filesystem:
         self._inactive: dict[int, None] = {}   # unlinked, forgotten, not yet freed (FIFO)
         self.defer_inactive = False
         self._eof_clean: set[int] = set()      # inodes known to have no blocks past EOF
+        self._trims: dict[int, None] = {}      # inodes with blocks past EOF to free (FIFO)
+        # Extents one step of long work may touch (freeing, trimming,
+        # cloning): None runs every operation whole; the daemon sets it so
+        # that no request holds it long (the adapter runs the steps).
+        self.budget: int | None = None
         self.has_rmap = vol.has_rmap
         self.atime = True          # relatime updates; the mount's noatime turns them off
         self.strictatime = False   # the mount's strictatime: every read the daemon sees
@@ -327,7 +351,9 @@ class Filesystem:
             if size < old:
                 keep = -(-size // BS)
                 inode.size = size
-                self.filemap.truncate_blocks(inode, keep)
+                if not self.filemap.truncate_blocks(inode, keep, self.budget):
+                    self._eof_clean.discard(inode.ino)
+                    self._trims[inode.ino] = None      # the rest in steps: trim_step
                 self.filemap.zero_tail(inode, size)
             elif size > old:
                 self._drop_post_eof(inode)
@@ -337,20 +363,46 @@ class Filesystem:
 
     def _drop_post_eof(self, inode) -> None:
         """Unmap blocks past EOF, and zero the last block past EOF (both
-        left by a crash mid-write), before the file grows.  Only a crash leaves such blocks, so each inode is looked at
-        once per mount (`_eof_clean`, forgotten with the other caches when
-        an operation is rolled back)."""
+        left by a crash mid-write, or by a truncation still being done in
+        steps), before the file grows.  Each inode is looked at once per
+        mount (`_eof_clean`, forgotten with the other caches when an
+        operation is rolled back).  More than one step's budget of blocks
+        past EOF: TrimFirst."""
         if inode.ino in self._eof_clean:
             return
         keep = -(-inode.size // BS)
         if self.filemap.last_block(inode.ino) > keep:
-            self.filemap.truncate_blocks(inode, keep)
+            if not self.filemap.truncate_blocks(inode, keep, self.budget):
+                raise TrimFirst(inode.ino)
         # the same crash can leave bytes past EOF in the last block: zero
         # them before they come inside the file (XFS zeroes past EOF too)
         self.filemap.zero_tail(inode, inode.size)
+        self._trims.pop(inode.ino, None)
         if len(self._eof_clean) > 65536:
             self._eof_clean.clear()
         self._eof_clean.add(inode.ino)
+
+    @_op
+    def trim_step(self, ino: int) -> bool:
+        """Free up to a step's budget of the blocks past EOF of `ino` (a
+        truncation done in steps); True when none are left."""
+        try:
+            inode = self.inodes.get(ino)
+        except NotFound:
+            self._trims.pop(ino, None)
+            return True
+        keep = -(-inode.size // BS)
+        with self._stepping(inode):
+            done = self.filemap.truncate_blocks(inode, keep, self.budget or STEP_BUDGET)
+        self.inodes.put(inode)
+        if done:
+            self._trims.pop(ino, None)
+            self._eof_clean.add(ino)
+        return done
+
+    def pending_trims(self) -> list[int]:
+        """Inodes whose blocks past EOF wait to be freed in steps."""
+        return list(self._trims)
 
     # ---- creating names ----------------------------------------------------
     def _new_inode(self, parent_ino: int, name: bytes, mode: int, uid: int, gid: int,
@@ -518,8 +570,10 @@ class Filesystem:
             self._free_unlinked(ino)
         elif self._is_orphan(ino):
             self._inactive[ino] = None
-            if len(self._inactive) > INACTIVE_MAX:
-                self.reap_inactive(len(self._inactive) - INACTIVE_MAX // 2)
+            if len(self._inactive) > INACTIVE_MAX:     # the queue is long: a few steps now
+                deadline = time.monotonic() + STATFS_REAP_SECONDS
+                while self.reap_step() and time.monotonic() < deadline:
+                    pass
 
     @_query
     def _is_orphan(self, ino: int) -> bool:
@@ -531,20 +585,34 @@ class Filesystem:
 
     def reap_inactive(self, limit: int | None = None) -> int:
         """Free up to `limit` (default: all) queued unlinked inodes, oldest
-        first, each as its own operation.  Returns how many are left."""
+        first, each whole (in as many steps as it takes).  Returns how many
+        are left."""
         # (the oldest `limit` without copying the whole queue: the daemon
         # frees one at a time from a queue of thousands)
         todo = list(itertools.islice(self._inactive, limit))
         for ino in todo:
             self._check_alive()
+            while not self._free_unlinked(ino):
+                pass
             self._inactive.pop(ino, None)
-            self._free_unlinked(ino)
         return len(self._inactive)
 
+    def reap_step(self) -> bool:
+        """One bounded step of freeing the oldest queued unlinked inode (at
+        most the step budget of its extents); True if more is queued."""
+        for ino in self._inactive:
+            self._check_alive()
+            if self._free_unlinked(ino):
+                self._inactive.pop(ino, None)
+            break
+        return bool(self._inactive)
+
     @_op
-    def _free_unlinked(self, ino: int) -> None:
+    def _free_unlinked(self, ino: int) -> bool:
+        """Free an unlinked inode (or a step of it); True when it is gone."""
         if self.orphans.contains(ino):
-            self._free_inode(ino)
+            return self._free_inode(ino, self.budget)
+        return True
 
     def _reap(self, inos) -> None:
         """Free the given orphans, each in its own operation, outside any
@@ -560,20 +628,27 @@ class Filesystem:
                 raise
             self.vol.end_op()
 
-    def _free_inode(self, ino: int) -> None:
+    def _free_inode(self, ino: int, budget: int | None = None) -> bool:
+        """Free an unlinked inode: its blocks (at most `budget` extents of
+        them), then, once none are left, its attributes and record.  True
+        when the inode is gone."""
         try:
             inode = self.inodes.get(ino)
         except NotFound:
             self.orphans.remove(ino)
-            return
+            return True
         if inode.nlink:
             self.orphans.remove(ino)
-            return
+            return True
         with self._stepping(inode):
-            self.filemap.truncate_blocks(inode, 0)
+            done = self.filemap.truncate_blocks(inode, 0, budget)
+        if not done:
+            self.inodes.put(inode)
+            return False
         self.xattrs.remove_all(ino)
         self.inodes.delete(ino)
         self.orphans.remove(ino)
+        return True
 
     def _reap_orphans(self) -> None:
         self._reap(self.orphans.all())
@@ -764,10 +839,17 @@ class Filesystem:
         self.commit()
 
     def statfs(self) -> StatFs:
-        """Counts with every queued unlinked inode freed first (df right
-        after rm shows the space back)."""
+        """Counts with the queued unlinked inodes freed first (df right
+        after rm shows the space back): all of them, or with a step budget
+        as many as STATFS_REAP_SECONDS allow (the rest is freed in the
+        background)."""
         if self._inactive and not self.readonly:
-            self.reap_inactive()
+            if self.budget is None:
+                self.reap_inactive()
+            else:
+                deadline = time.monotonic() + STATFS_REAP_SECONDS
+                while self.reap_step() and time.monotonic() < deadline:
+                    pass
         return self._statfs()
 
     @_query
@@ -911,9 +993,11 @@ class Filesystem:
     def clone_range(self, src_ino: int, src_off: int, dst_ino: int, dst_off: int,
                     length: int, *, fsetid: bool = False, in_group=None) -> int:
         """Make dst's bytes [dst_off, +length) share src's (FICLONERANGE);
-        length 0 means to the end of src.  Returns bytes cloned.  dst loses
-        its privileges as on a write (`fsetid`: the caller has CAP_FSETID;
-        `in_group(gid)`: the caller is in that group)."""
+        length 0 means to the end of src.  Returns bytes cloned: all of
+        them, or with a step budget (`budget`) the first part, whole blocks
+        (the caller goes on with the rest: `remap_count` tells the total).
+        dst loses its privileges as on a write (`fsetid`: the caller has
+        CAP_FSETID; `in_group(gid)`: the caller is in that group)."""
         self._writable()
         src = self.inodes.get(src_ino)
         dst = src if dst_ino == src_ino else self.inodes.get(dst_ino)
@@ -924,8 +1008,46 @@ class Filesystem:
         # that keeps unlink working on a full device
         self._need_space()
         self._remove_privs(dst, fsetid, in_group)
-        self._remap(src, src_off, dst, dst_off, count)
-        return count
+        return self._remap(src, src_off, dst, dst_off, count)
+
+    @_query
+    def remap_count(self, src_ino: int, src_off: int, dst_ino: int, dst_off: int,
+                    length: int, dedupe: bool = False) -> int:
+        """The bytes a clone (or dedupe) of this range would remap, after
+        every check of the kernel's remap preparation (its errors raised)."""
+        src = self.inodes.get(src_ino)
+        dst = src if dst_ino == src_ino else self.inodes.get(dst_ino)
+        if dedupe:
+            length = min(length, DEDUPE_MAX)
+        return self._remap_prep(src, src_off, dst, dst_off, length, dedupe)
+
+    @_op
+    def dedupe_step(self, src_ino: int, src_off: int, dst_ino: int, dst_off: int,
+                    length: int) -> tuple[int, bool]:
+        """One piece of a dedupe whose range `remap_count` checked: the
+        first part of [off, off+length) (at most DEDUPE_STEP bytes, and no
+        more extents of either file than the step budget) is compared and,
+        if equal, shared, in one operation.  Returns (bytes done, equal)."""
+        self._writable()
+        src = self.inodes.get(src_ino)
+        dst = src if dst_ino == src_ino else self.inodes.get(dst_ino)
+        count = self._remap_prep(src, src_off, dst, dst_off, length, True)
+        if count == 0:
+            return 0, True
+        n = min(count, DEDUPE_STEP)
+        if self.budget is not None:
+            s0, d0 = src_off // BS, dst_off // BS
+            n = min(n, self.filemap.extent_span(src.ino, s0, s0 + -(-n // BS), self.budget) * BS,
+                    self.filemap.extent_span(dst.ino, d0, d0 + -(-n // BS), self.budget) * BS)
+        if n < count:
+            n -= n % BS
+        if not self.filemap.same_bytes(src, src_off, dst, dst_off, n):
+            return 0, False
+        self._need_space()
+        done = 0
+        while done < n:
+            done += self._remap(src, src_off + done, dst, dst_off + done, n - done)
+        return n, True
 
     def _remove_privs(self, inode, fsetid: bool, in_group) -> None:
         """The kernel's file_remove_privs, which it runs before a write
@@ -941,16 +1063,20 @@ class Filesystem:
                 kill |= stat.S_ISGID
             inode.mode &= ~kill
 
-    def _remap(self, src, s_off: int, dst, d_off: int, count: int) -> None:
+    def _remap(self, src, s_off: int, dst, d_off: int, count: int) -> int:
+        """Share src's blocks with dst (all of them, or as many as a step's
+        budget allows); returns the bytes done."""
         nblk = -(-count // BS)
         with self._stepping(dst):
             if d_off + count > dst.size:
                 self._drop_post_eof(dst)
-            self.filemap.clone(src, s_off // BS, dst, d_off // BS, nblk)
-        if d_off + count > dst.size:
-            dst.size = d_off + count
+            blocks = self.filemap.clone(src, s_off // BS, dst, d_off // BS, nblk, self.budget)
+        done = min(count, blocks * BS)
+        if d_off + done > dst.size:
+            dst.size = d_off + done
         self._touch(dst)
         self.inodes.put(dst)
+        return done
 
     @_op
     def dedupe_range(self, src_ino: int, src_off: int, length: int, dests) -> list:
@@ -977,7 +1103,9 @@ class Filesystem:
                     out.append(DedupeResult(FILE_DEDUPE_RANGE_DIFFERS, 0))
                     continue
                 self._need_space()
-                self._remap(src, src_off, dst, dst_off, count)
+                done = 0
+                while done < count:
+                    done += self._remap(src, src_off + done, dst, dst_off + done, count - done)
                 # the length asked for, even if shortened (vfs_dedupe_file_range)
                 out.append(DedupeResult(0, length))
             except (Corrupted, NoSpace):

@@ -28,10 +28,9 @@ import sys
 
 import numpy as np
 
-from daxfs.engine.btree import Node
-from daxfs.engine.errors import Corrupted, DaxfsError, MediaError
+from daxfs.engine.errors import Corrupted, MediaError
 from daxfs.engine.format import (BLOCK_SIZE, DT_DIR, MAX_FILE_BYTES, OWN_AG, OWN_FS, OWN_LOG,
-                                 RMAP_ATTR, ROOT_INO, TREE_NAMES, own_tree)
+                                 RMAP_ATTR, ROOT_INO, own_tree)
 from daxfs.engine.journal import sealed_ok
 from daxfs.engine.superblock import secondary_bno, verify_copy
 
