@@ -14,6 +14,8 @@ tree goes through add/remove/retarget here, which keep both exact, and a
 rolled-back operation must call `forget_cache()`.
 """
 
+import logging
+
 import crc32c
 
 from .errors import Corrupted, NameTooLong
@@ -26,6 +28,12 @@ def name_hash(name: bytes) -> int:
     return crc32c.crc32c(name) & 0x7FFFFFFF
 
 
+def valid_name(name: bytes, namelen: int) -> bool:
+    """Is a name read from a directory record one a directory may hold?"""
+    return 0 < namelen <= NAME_MAX and len(name) == namelen and b"/" not in name \
+        and b"\0" not in name and name not in (b".", b"..")
+
+
 def check_name(name: bytes) -> None:
     if len(name) > NAME_MAX:
         raise NameTooLong(f"name of {len(name)} bytes is longer than {NAME_MAX}")
@@ -34,6 +42,7 @@ def check_name(name: bytes) -> None:
 
 
 CACHE_MAX = 131072
+log = logging.getLogger(__name__)
 
 
 class Dirs:
@@ -99,8 +108,15 @@ class Dirs:
         self._remember(parent, name, (pos, ino, ftype))
 
     def entries(self, parent: int, from_pos: int = 0):
-        """(pos, name, ino, ftype) in cookie order, from pos on."""
+        """(pos, name, ino, ftype) in cookie order, from pos on.  A record
+        whose name no directory may hold (a crafted image: a '/' or a NUL
+        in it) is left out, with a log line: the kernel would refuse the
+        whole listing (EIO) for it."""
         for rec in self.tree.scan(lo=(parent, from_pos), hi=(parent,)):
+            if not valid_name(rec[5], rec[4]):
+                log.warning("directory %d: entry %r is not a valid name: not listed (run"
+                            " daxfs check --repair)", parent, rec[5])
+                continue
             yield rec[1], rec[5], rec[2], rec[3]
 
     def is_empty(self, parent: int) -> bool:

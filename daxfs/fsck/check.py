@@ -30,7 +30,9 @@ import numpy as np
 
 from daxfs.engine.errors import Corrupted, MediaError
 from daxfs.engine.format import (BLOCK_SIZE, DT_DIR, MAX_FILE_BYTES, OWN_AG, OWN_FS, OWN_LOG,
+                                 SYMLINK_MAX,
                                  RMAP_ATTR, ROOT_INO, own_tree)
+from daxfs.engine.dirs import valid_name
 from daxfs.engine.journal import sealed_ok
 from daxfs.engine.superblock import secondary_bno, verify_copy
 
@@ -183,6 +185,9 @@ class Checker:
             mode, nlink, size, nblocks = rec[1], rec[2], rec[5], rec[6]
             if size > MAX_FILE_BYTES:
                 self.problem(f"inode {ino}: size {size} is beyond the maximum file size")
+            elif stat.S_ISLNK(mode) and size > SYMLINK_MAX:
+                self.problem(f"inode {ino}: symbolic link of {size} bytes (at most"
+                             f" {SYMLINK_MAX})")
             if stat.S_IFMT(mode) not in (stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK, stat.S_IFIFO,
                                          stat.S_IFCHR, stat.S_IFBLK, stat.S_IFSOCK):
                 self.problem(f"inode {ino}: bad file type in mode {mode:o}")
@@ -216,6 +221,8 @@ class Checker:
         ents = self._records("dir")
         children: dict[int, list] = {}
         for parent, pos, ino, ftype, namelen, name in ents:
+            if not valid_name(name, namelen):
+                self.problem(f"directory inode {parent}: entry {name!r} is not a valid name")
             children.setdefault(parent, []).append((name, ino))
             if parent not in self.inodes:
                 self.problem(f"directory entry {name!r} in missing directory inode {parent}")

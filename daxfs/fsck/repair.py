@@ -724,8 +724,11 @@ class Repair:
                 size = last.get(ino, 0) * BS
                 say(f"{self._where(ino)}: impossible size {r[I_SIZE]} set to {size}")
                 r[I_SIZE] = size
-            if stat.S_ISLNK(r[I_MODE]) and b and r[I_SIZE] == 0:
-                r[I_SIZE] = self._symlink_len(ino)
+            if stat.S_ISLNK(r[I_MODE]) and b and (r[I_SIZE] == 0 or r[I_SIZE] > SYMLINK_MAX):
+                size = self._symlink_len(ino)
+                if r[I_SIZE]:
+                    say(f"{self._where(ino)}: symbolic link size {r[I_SIZE]} set to {size}")
+                r[I_SIZE] = size
         for ino in sorted(orphans - self.orphans):
             self.fix(f"inode {ino}: link count 0: put on the orphan list")
         for ino in sorted(self.orphans - orphans):
