@@ -109,20 +109,34 @@ def _daemon_of(pid: int, image: str) -> bool:
 
 def _wait_for_unmounted_daemon(image: str, timeout: float) -> None:
     """umount(8) of a daxfs mount returns before its daemon has made its
-    last commit and let go of the image: a mount right after it (umount;
-    mount, as scripts and xfstests' cycle_mount do) waits for that daemon
-    to exit instead of failing with "in use".  Only a daxfs daemon of
-    this image whose mount is gone is waited for, at most `timeout`."""
+    last commit and let go of the image, and a busy mount detached lazily
+    keeps its daemon (and the image) until the last user of the old mount
+    lets go: a mount right after it (umount; mount, as scripts and
+    xfstests' cycle_mount do) waits for that daemon to exit instead of
+    failing with "in use", and says so on stderr when it starts waiting.
+    Only a daxfs daemon of this image whose mount is gone is waited for,
+    at most `timeout` (then UsageError)."""
     from daxfs.engine.pmem import image_lock_holder
-    want = host.mount_source(image)
     deadline = time.monotonic() + timeout
+    told = None
     while time.monotonic() < deadline:
         pid = image_lock_holder(image)
         if pid is None or not _daemon_of(pid, image):
             return
-        if any(m.source == want for m in host.mounts() if m.is_daxfs):
+        if host.daxfs_mount_of(image) is not None:
             return                       # still mounted: the lock error says so
+        if told != pid:
+            told = pid
+            print(f"{PROG}: waiting (at most {timeout:.0f} s) for the daemon (pid {pid}) of "
+                  f"an unmounted mount of {image} to flush and exit; if that mount was "
+                  "detached while busy, the last user of the old mount must let go first",
+                  file=sys.stderr, flush=True)
         time.sleep(0.05)
+    if told is not None:
+        raise UsageError(f"{image} is still in use by the daemon (pid {told}) of an unmounted "
+                         f"mount after {timeout:.0f} s: a process still has a file or its "
+                         "working directory on the old mount, "
+                         "or the daemon is stuck")
 
 
 def _last_error(log_path: str, offset: int) -> str:
