@@ -98,3 +98,90 @@ def test_busy_umount_and_the_mount_after_it_say_what_they_wait_for(image, mnt, t
                 mounter.wait(timeout=10)
             force_unmount(m, host.daemon_pids(image))
     check_image(image)
+
+
+# ------------------------------------------------------------------ logging
+
+class _Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_error_log_counts_repeats_after_the_first():
+    """The first occurrences of a kind in full, then one count line per
+    interval; a kind quiet for an interval starts over."""
+    import logging
+    from daxfs.fuse.error_log import ErrorLog
+
+    records = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record)
+
+    logger = logging.getLogger("test_error_log")
+    logger.propagate = False
+    logger.addHandler(Keep())
+    clock = _Clock()
+    errors = ErrorLog(logger, first=2, interval=10, clock=clock)
+    for i in range(35000):
+        clock.now = 1000 + i * (9.99 / 35000)
+        errors.error("getattr: Shutdown", logging.WARNING, "getattr(%d): shut down", i)
+    texts = [r.getMessage() for r in records]
+    assert texts == ["getattr(0): shut down", "getattr(1): shut down",
+                     "getattr: Shutdown: further occurrences are counted, one line per 10 s"]
+    clock.now = 1010.5
+    errors.flush()
+    assert records[-1].getMessage() == "getattr: Shutdown repeated 34,998 times in the last 10 s"
+    errors.flush()
+    assert len(records) == 4                          # nothing more to say
+    errors.error("other", logging.ERROR, "x")         # another kind: in full
+    assert records[-1].getMessage() == "x"
+    clock.now = 1030
+    errors.error("getattr: Shutdown", logging.WARNING, "again")   # quiet for long: in full
+    assert records[-1].getMessage() == "again"
+    errors.error("getattr: Shutdown", logging.WARNING, "counted")
+    errors.error("getattr: Shutdown", logging.WARNING, "counted")
+    errors.flush(everything=True)
+    assert records[-1].getMessage().startswith("getattr: Shutdown repeated 1 times")
+
+
+def test_a_request_is_logged_without_pyfuse3_reprs():
+    import pyfuse3
+    from daxfs.fuse.operations import _request_text
+    text = _request_text((1, b"name", b"x" * 4096, pyfuse3.RequestContext()))
+    assert text == "(1, b'name', <4096 bytes>) from pid 0 uid 0"
+
+
+@pytest.mark.timeout(300)
+def test_a_shut_down_mount_hammered_with_requests_keeps_a_small_log(image, mnt, tmp_path):
+    """After metadata poison shuts the filesystem down, every request is
+    answered EIO: thousands of them add a few lines to the log, not one
+    (or a traceback) per request, and never a RequestContext repr."""
+    log = tmp_path / "mount.log"
+    with mount_image(image, mnt, log=log, check_log=False) as m:
+        (m / "f").write_bytes(b"x")
+        res = daxfs("poison", "inject", m, "--metadata", "inode-tree")
+        assert res.returncode == 0 and "shut down" in res.stdout, res.stdout + res.stderr
+        size0 = log.stat().st_size
+        code = ("import os, sys, time\n"
+                "n, end = 0, time.monotonic() + 3\n"
+                "while time.monotonic() < end:\n"
+                "    for name in ('f', 'g%d' % n):\n"
+                "        try: os.stat(os.path.join(sys.argv[1], name))\n"
+                "        except OSError: pass\n"
+                "    n += 1\n"
+                "print(n)\n")
+        res = run([sys.executable, "-c", code, m], timeout=60)
+        asked = int(res.stdout)
+        assert asked > 1000, res
+        deadline = time.monotonic() + 20           # the count line comes within 10 s
+        while "repeated" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        text = log.read_text()[size0:]
+        assert "RequestContext" not in text
+        assert "repeated" in text, text[-2000:]
+        assert len(text) < 20_000, f"{len(text)} bytes logged for {asked} requests"
