@@ -185,3 +185,85 @@ def test_a_shut_down_mount_hammered_with_requests_keeps_a_small_log(image, mnt, 
         assert "RequestContext" not in text
         assert "repeated" in text, text[-2000:]
         assert len(text) < 20_000, f"{len(text)} bytes logged for {asked} requests"
+
+
+# ------------------------------------------------------- errors and --help
+
+def _limited_file_size(limit: int):
+    """preexec_fn: files may grow to `limit` bytes (RLIMIT_FSIZE), and a
+    write past it fails with EFBIG instead of killing the process."""
+    def apply():
+        import resource
+        import signal
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def _daxfs_limited(*args, limit: int):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "daxfs.cli", *map(str, args)], env=env,
+                          capture_output=True, text=True, timeout=60,
+                          preexec_fn=_limited_file_size(limit))
+
+
+def _one_sentence(res) -> str:
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 1 and len(lines) == 1, res
+    assert "[Errno" not in lines[0] and "Traceback" not in res.stderr, lines[0]
+    return lines[0]
+
+
+def test_a_failed_mkfs_says_why_and_leaves_nothing_it_made(tmp_path):
+    image = tmp_path / "big.img"
+    line = _one_sentence(_daxfs_limited("mkfs", image, "--size", "64M", limit=1 << 20))
+    assert line.startswith(f"daxfs mkfs: cannot make {image} 64 MiB large: ")
+    assert "--size" in line                         # what to do
+    assert not image.exists()
+    # a file that was there before stays, untouched
+    image.write_bytes(b"precious")
+    _one_sentence(_daxfs_limited("mkfs", image, "--size", "64M", limit=1 << 20))
+    assert image.read_bytes() == b"precious"
+    # a directory, a missing directory: said in words, nothing made
+    line = _one_sentence(daxfs("mkfs", tmp_path, "--size", "64M"))
+    assert "is a directory" in line
+    line = _one_sentence(daxfs("mkfs", tmp_path / "no" / "x.img", "--size", "64M"))
+    assert f"the directory {tmp_path}/no does not exist" in line
+    line = _one_sentence(daxfs("mkfs", tmp_path / "small.img", "--size", "1M"))
+    assert not (tmp_path / "small.img").exists()
+
+
+def test_commands_say_what_failed_in_words(tmp_path):
+    """One line naming what failed and on what, no "[Errno N] ..." text."""
+    d = tmp_path / "plain-dir"
+    d.mkdir()
+    missing = tmp_path / "none"
+    for args, names in ((("map", d), d), (("poison", "list", d), d), (("check", d), d),
+                        (("reflink", "/etc/hostname", d), d), (("dedupe", missing, d), missing),
+                        (("poison", "inject", missing, "--offset", "0", "--length", "4K"),
+                         missing), (("map", missing), missing)):
+        line = _one_sentence(daxfs(*args))
+        assert str(names) in line, line
+
+
+def test_every_command_has_useful_help():
+    texts = {}
+    for name in ("mkfs", "check", "mount", "umount", "exec", "reflink", "dedupe", "poison",
+                 "map"):
+        res = daxfs(name, "--help")
+        assert res.returncode == 0 and res.stderr == "", res
+        texts[name] = res.stdout
+        assert len(res.stdout.splitlines()) > 6, f"daxfs {name} --help:\n{res.stdout}"
+        assert "Exit status" in res.stdout or "exit status" in res.stdout.lower(), name
+    check = texts["check"]
+    for code, words in (("0", "clean"), ("4", "problems"), ("8", "could not check")):
+        assert any(ln.split()[:1] == [code] and words in ln for ln in check.splitlines()), check
+    assert "lost+found" in check                    # what --repair does to files
+    for name in ("reflink", "dedupe", "poison"):
+        assert "in bytes" in texts[name] and "64K" in texts[name], texts[name]
+    res = daxfs("poison", "inject", "--help")
+    assert "--offset BYTES" in res.stdout and "in bytes" in res.stdout
+    ex = texts["exec"]
+    for word in ("LD_PRELOAD", "FICLONE", "FIDEDUPERANGE", "FIEMAP", "cp --reflink=always",
+                 "duperemove", "filefrag", "xfs_io"):
+        assert word in ex, word

@@ -30,6 +30,7 @@ import time
 
 from daxfs import host
 from daxfs.fuse import mount as _mount
+from .common import Parser, failed
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +213,7 @@ def _foreground(image: str, mountpoint: str, options: list[str], readonly: bool,
         print(f"{PROG}: cannot mount on {mountpoint}: {exc}", file=sys.stderr, flush=True)
         return 1
     except OSError as exc:
-        print(f"{PROG}: {exc.filename or image}: {exc.strerror}", file=sys.stderr, flush=True)
+        print(failed(PROG, f"mount {exc.filename or image}", exc), file=sys.stderr, flush=True)
         return 1
     return 0
 
@@ -236,14 +237,25 @@ def install_helper(path: str = HELPER_PATH) -> str:
     return path
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description="Mount a daxfs image with FUSE.")
-    p.add_argument("image", nargs="?", help="the image file")
-    p.add_argument("mountpoint", nargs="?", help="an existing directory")
+def build_parser() -> Parser:
+    p = Parser(prog=PROG, description=(
+        "Mount a daxfs image with FUSE.  The daemon starts in the background and\n"
+        "the command returns once the mount is there (or with the daemon's error\n"
+        "on one line).  The mount's source is the image's path, so `umount IMAGE`,\n"
+        "`findmnt --source IMAGE` and df name it; unmount with `daxfs umount`,\n"
+        "which waits until the image is flushed and unlocked."),
+        epilog=("Options (-o, comma-separated): ro, nosuid, nodev, noexec, noatime,\n"
+                "relatime, strictatime, nodiratime, sync, dirsync, allow_root...;\n"
+                "fstab-only words (defaults, nofail, _netdev, x-*) are ignored.  As\n"
+                "root the mount always has allow_other and default_permissions.\n"
+                "Exit status: 0 mounted (or helper installed), 1 failed (one line on\n"
+                "stderr), 2 usage."))
+    p.add_argument("image", nargs="?", metavar="IMAGE", help="the image file (daxfs mkfs)")
+    p.add_argument("mountpoint", nargs="?", metavar="MOUNTPOINT", help="an existing directory")
     p.add_argument("-o", dest="options", metavar="OPTIONS",
-                   help="comma-separated mount options (ro, nosuid, noexec, ...)")
+                   help="comma-separated mount options (see below)")
     p.add_argument("-f", "--foreground", action="store_true",
-                   help="serve in this process until unmounted")
+                   help="serve in this process until unmounted (log to stderr unless --log)")
     p.add_argument("--log", metavar="FILE",
                    help="the daemon's log (default /tmp/daxfs-IMAGENAME.log)")
     p.add_argument("--timeout", type=float, default=READY_TIMEOUT, help=argparse.SUPPRESS)

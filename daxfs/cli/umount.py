@@ -16,12 +16,12 @@ What this module owns
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
 
 from daxfs import host
+from .common import Parser
 
 PROG = "daxfs umount"
 CMD_TIMEOUT = 30.0
@@ -74,11 +74,14 @@ def unmount(target: str, timeout: float = 60.0) -> int:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(
-        prog=PROG, description="Unmount a daxfs mount and wait until its daemon has flushed "
-        "and unlocked the image (then `daxfs check IMAGE` or another mount may use it).  "
-        "A busy mount (a process has a file or its working directory there) is detached "
-        "lazily: the image stays in use until the last user lets go.")
+    p = Parser(
+        prog=PROG, description=(
+            "Unmount a daxfs mount and wait until its daemon has flushed and unlocked\n"
+            "the image (then `daxfs check IMAGE` or another mount may use it).  A busy\n"
+            "mount (a process has a file or its working directory there) is detached\n"
+            "lazily: the image stays in use until the last user of the old mount lets\n"
+            "go; a `daxfs mount` of it meanwhile waits and says so."),
+        epilog="Exit status: 0 unmounted (or detached), 1 failed (one line on stderr), 2 usage.")
     p.add_argument("mountpoint", metavar="MOUNTPOINT|IMAGE",
                    help="the mount point, or the image file that is mounted")
     p.add_argument("--timeout", type=float, default=60.0,

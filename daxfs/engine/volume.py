@@ -103,6 +103,9 @@ class Volume:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             lock_for_create(fd, path)        # never truncate an image in use
+            # a size the host cannot hold (EFBIG) fails here, before an
+            # existing file has lost anything
+            os.ftruncate(fd, max(size, os.fstat(fd).st_size))
             # also when overwriting a file: the image holds every file's
             # bytes, readable by anyone who may read the image
             os.fchmod(fd, 0o600)
