@@ -5,6 +5,7 @@ import contextlib
 import os
 import stat
 
+from .dirs import DIR_HEAD_BYTES
 from .format import ROOT_INO
 from .inodes import Inodes
 from .volume import Volume
@@ -18,8 +19,11 @@ def mkfs(path: str, size: int, *, rmap: bool = True) -> None:
     try:
         vol = Volume.create(path, size, rmap=rmap)
         try:
-            Inodes(vol).create(stat.S_IFDIR | 0o755, 0, 0, parent=ROOT_INO, nlink=2,
-                               ino=ROOT_INO)
+            inodes = Inodes(vol)
+            root = inodes.create(stat.S_IFDIR | 0o755, 0, 0, parent=ROOT_INO, nlink=2,
+                                 ino=ROOT_INO)
+            root.size = DIR_HEAD_BYTES          # an empty directory (dirs.py)
+            inodes.put(root)
             vol.alloc.settle()
             vol.commit()
         finally:
