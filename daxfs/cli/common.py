@@ -44,6 +44,15 @@ def byte_count(text: str) -> int:
     return value
 
 
+def range_arguments(p: argparse.ArgumentParser, dst_help: str, length_help: str) -> None:
+    """--src-offset, --dst-offset and --length, in bytes (reflink, dedupe)."""
+    p.add_argument("--src-offset", type=byte_count, default=0, metavar="BYTES",
+                   help="where the range starts in SRC (default 0)")
+    p.add_argument("--dst-offset", type=byte_count, default=0, metavar="BYTES",
+                   help=dst_help)
+    p.add_argument("--length", type=byte_count, default=0, metavar="BYTES", help=length_help)
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with the description and epilog printed as written, and a
     usage error as the usage line plus one line, exit status 2."""
@@ -77,6 +86,22 @@ _REASONS = {
     errno.ETXTBSY: "it is busy",
     errno.ENAMETOOLONG: "the name is too long",
 }
+
+
+def sharing_hints(op: str, dst: str, ends: str) -> dict[int, str]:
+    """What to do about a refused reflink or dedupe (`op`), by errno;
+    `dst` names the destinations, `ends` where an unaligned length may end."""
+    return {
+        errno.EINVAL: f"offsets and length must be multiples of 4096 bytes (a length may end "
+                      f"unaligned only at {ends}), inside SRC, and ranges in one file must "
+                      "not overlap",
+        errno.EXDEV: f"SRC and {dst} must be on the same mount",
+        errno.EOPNOTSUPP: f"the files must be on one daxfs mount of an image made with the rmap "
+                          f"(not mkfs --no-rmap), or on a filesystem with {op} (XFS, btrfs)",
+        errno.EBADF: f"{dst} must be a regular file open for writing",
+        errno.EFBIG: f"{dst} would grow beyond the largest file size",
+        errno.ENOSPC: "the filesystem is full",
+    }
 
 
 def reason(exc: OSError) -> str:

@@ -17,22 +17,14 @@ from __future__ import annotations
 import os
 import sys
 
-import errno
 
 from daxfs.control import protocol as control
 from daxfs.control.client import dedupe
-from .common import BYTES_HELP, Parser, byte_count, failed
+from .common import BYTES_HELP, Parser, failed, range_arguments, sharing_hints
 
 PROG = "daxfs dedupe"
 
-HINTS = {
-    errno.EINVAL: "offsets and length must be multiples of 4096 bytes (a length may end "
-                  "unaligned only at the end of both files) and inside SRC",
-    errno.EXDEV: "SRC and every DST must be on the same mount",
-    errno.EOPNOTSUPP: "the files must be on one daxfs mount of an image made with the rmap "
-                      "(not mkfs --no-rmap), or on a filesystem with dedupe (XFS, btrfs)",
-    errno.EBADF: "DST must be a regular file",
-}
+HINTS = sharing_hints("dedupe", "every DST", "the end of both files")
 
 
 def parser():
@@ -48,12 +40,8 @@ def parser():
                "per error on stderr), 2 usage.")
     p.add_argument("src", metavar="SRC", help="the file whose blocks are kept")
     p.add_argument("dsts", metavar="DST", nargs="+", help="files that share them where identical")
-    p.add_argument("--src-offset", type=byte_count, default=0, metavar="BYTES",
-                   help="where the range starts in SRC (default 0)")
-    p.add_argument("--dst-offset", type=byte_count, default=0, metavar="BYTES",
-                   help="where it starts in each DST (default 0)")
-    p.add_argument("--length", type=byte_count, default=0, metavar="BYTES",
-                   help="bytes to compare; 0 (default): from --src-offset to the end of SRC")
+    range_arguments(p, "where it starts in each DST (default 0)",
+                    "bytes to compare; 0 (default): from --src-offset to the end of SRC")
     return p
 
 

@@ -53,7 +53,7 @@ OTHER_FILES = (158, 188, 218)
 META_COLOURS = {
     "superblock": (0, 0, 0),
     "log": (101, 67, 33),
-    "free-space/rmap btree, reserve pool": (105, 105, 105),
+    "free-space/rmap btree or reserve pool": (105, 105, 105),
     "inode btree": (47, 79, 79),
     "dir btree": (72, 61, 139),
     "extent map btree": (85, 107, 47),

@@ -12,26 +12,15 @@ the clone fails, DST is removed again.
 
 from __future__ import annotations
 
-import errno
 import os
 import sys
 
 from daxfs.control.client import clone
-from .common import BYTES_HELP, Parser, byte_count, failed
+from .common import BYTES_HELP, Parser, failed, range_arguments, sharing_hints
 
 PROG = "daxfs reflink"
 
-# What to do about a refused clone, by errno (the reason itself is common.reason's).
-HINTS = {
-    errno.EINVAL: "offsets and length must be multiples of 4096 bytes (a length may end "
-                  "unaligned only at SRC's end of file), and ranges in one file must not overlap",
-    errno.EXDEV: "SRC and DST must be on the same mount",
-    errno.EOPNOTSUPP: "both files must be on one daxfs mount of an image made with the rmap "
-                      "(not mkfs --no-rmap), or on a filesystem with reflink (XFS, btrfs)",
-    errno.EBADF: "DST must be a regular file open for writing",
-    errno.EFBIG: "the clone would make DST larger than the largest file size",
-    errno.ENOSPC: "the filesystem is full",
-}
+HINTS = sharing_hints("reflink", "DST", "SRC's end of file")
 
 
 def parser() -> Parser:
@@ -46,12 +35,8 @@ def parser() -> Parser:
                "Exit status: 0 cloned, 1 refused or failed (one line on stderr), 2 usage.")
     p.add_argument("src", metavar="SRC", help="the file whose blocks are shared")
     p.add_argument("dst", metavar="DST", help="the file that gets them")
-    p.add_argument("--src-offset", type=byte_count, default=0, metavar="BYTES",
-                   help="where the range starts in SRC (default 0)")
-    p.add_argument("--dst-offset", type=byte_count, default=0, metavar="BYTES",
-                   help="where it goes in DST (default 0)")
-    p.add_argument("--length", type=byte_count, default=0, metavar="BYTES",
-                   help="bytes to clone; 0 (default): to the end of SRC")
+    range_arguments(p, "where it goes in DST (default 0)",
+                    "bytes to clone; 0 (default): to the end of SRC")
     return p
 
 

@@ -26,7 +26,7 @@ import itertools
 from dataclasses import dataclass
 
 from .errors import Corrupted, MediaError
-from .format import BLOCK_SIZE as BS, OWN_AG, OWN_FS, OWN_LOG, OWN_MAX_INO, RMAP_ATTR, owner_name
+from .format import BLOCK_SIZE as BS, OWN_MAX_INO, RMAP_ATTR, owner_name
 
 FREE_OWNER = -1
 
@@ -36,7 +36,7 @@ class MapRecord:
     bno: int
     nblocks: int
     owner: int          # inode, metadata owner code, or -1 for free space
-    what: str           # "free", "data", "xattr" or the metadata kind
+    what: str           # "free", "data", "xattr" or the metadata kind (format.owner_name)
     offset: int = 0     # byte offset in the file, for data
     shared: bool = False
     poisoned: bool = False
@@ -71,19 +71,8 @@ class MapRecord:
         elif owner <= OWN_MAX_INO:
             what = "xattr" if flags & 1 else "data"
         else:
-            what = meta_kind(owner)
+            what = owner_name(owner)
         return cls(bno, n, owner, what, offset, bool(flags & 2), bool(flags & 4))
-
-
-def meta_kind(owner: int) -> str:
-    """The metadata kind a map record names for a metadata owner."""
-    if owner == OWN_FS:
-        return "superblock"
-    if owner == OWN_LOG:
-        return "log"
-    if owner == OWN_AG:
-        return "free-space/rmap btree, reserve pool"
-    return owner_name(owner)
 
 
 # ---- the records, in block order -------------------------------------------------
@@ -183,7 +172,7 @@ def _pieces(src, refc, bad) -> list[MapRecord]:
             recs = [MapRecord(s, k, owner, "data", (off + s - bno) * BS, rc > 1)
                     for s, k, rc in refc.segments(bno, n)]
     else:
-        recs = [MapRecord(bno, n, owner, meta_kind(owner))]
+        recs = [MapRecord(bno, n, owner, owner_name(owner))]
     if bad:
         recs = [p for r in recs for p in _split_bad(r, bad)]
     return recs
