@@ -219,9 +219,10 @@ def test_a_failed_mkfs_says_why_and_leaves_nothing_it_made(tmp_path):
     assert line.startswith(f"daxfs mkfs: cannot make {image} 64 MiB large: ")
     assert "--size" in line                         # what to do
     assert not image.exists()
-    # a file that was there before stays, untouched
+    # a file that was there before stays, untouched (also with --force)
     image.write_bytes(b"precious")
     _one_sentence(_daxfs_limited("mkfs", image, "--size", "64M", limit=1 << 20))
+    _one_sentence(_daxfs_limited("mkfs", "--force", image, "--size", "64M", limit=1 << 20))
     assert image.read_bytes() == b"precious"
     # a directory, a missing directory: said in words, nothing made
     line = _one_sentence(daxfs("mkfs", tmp_path, "--size", "64M"))

@@ -25,23 +25,22 @@ BYTES_HELP = ("in bytes; a K, M, G or T suffix means KiB, MiB,\n"
               "GiB, TiB (e.g. 4096, 64K, 1M).")
 
 
+_BYTE_COUNT = re.compile(r"(0x[0-9a-f]{1,16}|[0-9]{1,20})\s*(?:([kmgt])(?:i?b)?)?")
+
+
 def byte_count(text: str) -> int:
-    """A non-negative byte count: decimal (or 0x hexadecimal), with an
-    optional K/M/G/T suffix (powers of 1024; KiB, KB alike).  An argparse
-    `type`."""
-    t = text.strip().lower()
-    scale = 1
-    m = re.fullmatch(r"(.+?)\s*([kmgt])(i?b)?", t)
-    if m:
-        t, scale = m.group(1), _SUFFIXES[m.group(2)]
-    try:
-        value = int(t, 0) * scale
-    except ValueError:
+    """A non-negative byte count: ASCII decimal (or 0x hexadecimal) digits,
+    with an optional K/M/G/T suffix (powers of 1024; KiB, KB alike).  An
+    argparse `type`."""
+    m = _BYTE_COUNT.fullmatch(text.strip().lower())
+    if m is None:
+        if text.strip().startswith("-"):
+            raise argparse.ArgumentTypeError(f"a byte count cannot be negative: {text!r}")
         raise argparse.ArgumentTypeError(
-            f"not a byte count: {text!r} (use e.g. 4096, 64K, 1M)") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"a byte count cannot be negative: {text!r}")
-    return value
+            f"not a byte count: {text!r} (use e.g. 4096, 64K, 1M)")
+    digits = m.group(1)
+    value = int(digits, 16) if digits.startswith("0x") else int(digits)
+    return value * (_SUFFIXES[m.group(2)] if m.group(2) else 1)
 
 
 def range_arguments(p: argparse.ArgumentParser, dst_help: str, length_help: str) -> None:

@@ -10,7 +10,6 @@ import sys
 from daxfs.engine.errors import DaxfsError
 from daxfs.engine.format import BLOCK_SIZE
 from daxfs.engine.mkfs import mkfs, parse_size
-from daxfs.engine.pmem import Pmem
 from .common import Parser, failed
 
 HINTS = {
@@ -36,7 +35,7 @@ def parser(prog: str) -> Parser:
                    help="no reverse-map btree (then reflink and dedupe are refused, and a "
                         "media error cannot be traced to the files it hits)")
     p.add_argument("--force", "-f", action="store_true",
-                   help="overwrite an existing daxfs image")
+                   help="overwrite an existing file (a daxfs image or not)")
     return p
 
 
@@ -57,20 +56,8 @@ def main(argv=None, prog="daxfs mkfs") -> int:
         print(f"{prog}: cannot create {image}: the directory {parent} does not exist",
               file=sys.stderr)
         return 1
-    if os.path.exists(image) and os.path.getsize(image) > 0 and not args.force:
-        try:
-            pm = Pmem(image, readonly=True)
-            pm.close()
-            if _looks_like_daxfs(image):
-                print(f"{prog}: {image} already holds a daxfs filesystem;"
-                      " use --force to overwrite it", file=sys.stderr)
-                return 1
-        except DaxfsError as e:
-            if "in use" in str(e):
-                print(f"{prog}: {e}", file=sys.stderr)
-                return 1
     try:
-        mkfs(image, size, rmap=not args.no_rmap)
+        mkfs(image, size, rmap=not args.no_rmap, force=args.force)
     except DaxfsError as e:
         msg = str(e) if image in str(e) else f"{image}: {e}"
         print(f"{prog}: {msg}", file=sys.stderr)
@@ -91,11 +78,6 @@ def _size_text(size: int) -> str:
         if size >= scale:
             return f"{size / scale:g} {unit}"
     return f"{size} bytes"
-
-
-def _looks_like_daxfs(path: str) -> bool:
-    with open(path, "rb") as f:
-        return f.read(4) == b"DXSB"
 
 
 if __name__ == "__main__":

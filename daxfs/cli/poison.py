@@ -59,9 +59,10 @@ def inject(args) -> int:
                       f"({fs.vol.total_blocks * BS} bytes)", file=sys.stderr)
                 return 1
             owners = poison.owners_of(fs, bno, n)
+            total = fs.vol.total_blocks
         finally:
             fs.close()
-        BadBlocks(args.target).add(bno, n)
+        BadBlocks(args.target, total).add(bno, n)
         print(f"marked blocks {bno}+{n} (bytes {bno * BS}+{n * BS}) bad on {args.target};"
               " the filesystem handles it at the next mount")
         for o in owners:

@@ -137,6 +137,20 @@ class Corrupted(DaxfsError):
         super().__init__(f"block {block}: {check}")
 
 
+class DamagedFile(DaxfsError):
+    """One file's on-disk record or extents are inconsistent (an impossible
+    size, an extent over metadata, free space or another file's blocks):
+    that file fails with EUCLEAN, as XFS's EFSCORRUPTED, and is never
+    written through; the rest of the filesystem carries on.  Unmount and
+    run `daxfs check --repair`."""
+    errno = _errno.EUCLEAN
+
+    def __init__(self, ino: int, check: str):
+        self.ino = ino
+        self.check = check
+        super().__init__(f"inode {ino}: {check} (run daxfs check --repair)")
+
+
 class Shutdown(DaxfsError):
     """The filesystem shut down after a metadata error; unmount and run check."""
     errno = _errno.EIO
@@ -144,6 +158,17 @@ class Shutdown(DaxfsError):
 
 class NotAnImage(DaxfsError):
     """The file is not a daxfs image."""
+    errno = _errno.EINVAL
+
+
+class UnsafeFile(DaxfsError):
+    """A file daxfs was to open beside an image (or make) is a symlink, a
+    FIFO, a device or too large: root refuses to touch it."""
+    errno = _errno.EPERM
+
+
+class BadSideFile(DaxfsError):
+    """A file beside the image (its bad-block list) is malformed."""
     errno = _errno.EINVAL
 
 

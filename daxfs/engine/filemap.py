@@ -13,13 +13,16 @@ zero; a newly allocated block is fully written (data or zeros) before the
 commit that maps it.
 """
 
+import itertools
+
 import numpy as np
 
 from .attrs import FIEMAP_EXTENT_LAST, FIEMAP_EXTENT_SHARED, FiemapExtent
-from .errors import Corrupted, MediaError, NoSpace
-from .format import BLOCK_SIZE as BS
+from .errors import Corrupted, DamagedFile, MediaError, NoSpace
+from .format import BLOCK_SIZE as BS, OWN_MAX_INO, RMAP_ATTR, owner_name
 
 _END = (1 << 64) - 1
+TRUSTED_MAX = 1 << 18        # extent records remembered as verified
 _UNKNOWN = object()
 
 
@@ -33,6 +36,7 @@ class FileMap:
         self.pmem = vol.pmem
         self.journal = vol.journal
         self.step = step or (lambda: None)
+        self._trusted: set[tuple] = set()    # extent records verified or written here
 
     # ---- mapping ------------------------------------------------------------
     def extents(self, ino: int, start: int, end: int) -> list[tuple[int, int, int]]:
@@ -42,7 +46,8 @@ class FileMap:
 
     def _extents(self, ino: int, start: int, end: int):
         """extents(), and the file's record with the greatest key <= start
-        (None if the file has none)."""
+        (None if the file has none).  Every record used is verified first
+        (`_verify`)."""
         out = []
         near = self.tree.around((ino, start), (ino, end - 1))
         if near is None:                    # (the extents span leaves)
@@ -52,7 +57,10 @@ class FileMap:
             prev, after = near
         if prev and prev[0] != ino:
             prev = None
+        trusted = self._trusted
         if prev and prev[1] < start < prev[1] + prev[3]:
+            if prev not in trusted:
+                self._verify(prev)
             f, p, n = prev[1], prev[2], prev[3]
             cut = start - f
             out.append((start, p + cut, min(n - cut, end - start)))
@@ -62,13 +70,53 @@ class FileMap:
             f, p, n = rec[1], rec[2], rec[3]
             if f >= end:
                 break
+            if rec not in trusted:
+                self._verify(rec)
             out.append((f, p, min(n, end - f)))
-        total = self.vol.total_blocks
-        for f, p, n in out:
-            if p == 0 or p + n > total:
-                raise Corrupted(p, f"inode {ino}: extent at file block {f} points outside"
-                                   f" the device (block {p}+{n})")
         return out, prev
+
+    def _trust(self, rec: tuple) -> None:
+        """A record this mount wrote itself: no need to verify it."""
+        trusted = self._trusted
+        if len(trusted) >= TRUSTED_MAX:
+            trusted.clear()
+        trusted.add(rec)
+
+    def _verify(self, rec: tuple) -> None:
+        """Before the first load or store through an extent record read
+        from the image: it must lie on the device outside the superblocks
+        and the log, the rmap must hold exactly its record, every other
+        owner of its blocks must be file data counted in the refcount tree,
+        and no block of it may be free.  Anything else is a damaged file
+        (EUCLEAN for it, never a place to write): a crafted image must not
+        turn a user's write into a write over metadata or another file."""
+        ino, f, p, n, flags = rec
+        vol = self.vol
+        total = vol.total_blocks
+        where = f"extent at file block {f} (blocks {p}+{n})"
+        if n == 0 or p == 0 or p + n > total - 1 or flags:
+            raise DamagedFile(ino, f"{where} is not a valid extent of this device")
+        log_start = int(vol.sb["log_start"])
+        if p < log_start + int(vol.sb["log_blocks"]) and p + n > log_start:
+            raise DamagedFile(ino, f"{where} lies over the log")
+        free = self.alloc.free_tree.last_le((p + n - 1,))
+        if free is not None and free[0] + free[1] > p:
+            raise DamagedFile(ino, f"{where} overlaps free space ({free[0]}+{free[1]})")
+        if self.rmap.enabled:
+            if self.rmap.record(p, ino, f) != (n, 0):
+                raise DamagedFile(ino, f"{where} has no matching rmap record")
+            sharers = np.zeros(n, dtype=np.int64)
+            for rb, owner, _off, rlen, rflags in self.rmap.owners(p, p + n - 1):
+                if owner > OWN_MAX_INO or rflags & RMAP_ATTR:
+                    raise DamagedFile(ino, f"{where} lies over {owner_name(owner)}"
+                                           f" blocks {rb}+{rlen}")
+                lo, hi = max(rb, p), min(rb + rlen, p + n)
+                sharers[lo - p:hi - p] += 1
+            for s, k, rc in self.refc.segments(p, n):
+                if (sharers[s - p:s - p + k] != (rc if rc > 1 else 1)).any():
+                    raise DamagedFile(ino, f"{where}: blocks {s}+{k} have other owners than"
+                                           f" the refcount tree counts ({rc})")
+        self._trust(rec)
 
     def last_block(self, ino: int) -> int:
         """One past the last mapped file block (0 if none)."""
@@ -89,10 +137,12 @@ class FileMap:
                     and prev[2] + prev[3] == pblk and prev[4] == 0):
                 rec = (ino, prev[1], prev[2], prev[3] + n, 0)
                 self.tree.update(rec)
+                self._trust(rec)
                 self.rmap.resize(prev[2], ino, prev[1], prev[3] + n)
                 return rec
         rec = (ino, foff, pblk, n, 0)
         self.tree.insert(rec)
+        self._trust(rec)
         self.rmap.map(pblk, ino, foff, n)
         return rec
 
@@ -111,12 +161,14 @@ class FileMap:
             a, b = f, f + n
             if rf < a:
                 self.tree.update((ino, rf, rp, a - rf, 0))
+                self._trust((ino, rf, rp, a - rf, 0))
                 self.rmap.resize(rp, ino, rf, a - rf)
             else:
                 self.tree.discard((ino, rf))
                 self.rmap.unmap(rp, ino, rf)
             if b < rf + rn:
                 self.tree.insert((ino, b, rp + (b - rf), rf + rn - b, 0))
+                self._trust((ino, b, rp + (b - rf), rf + rn - b, 0))
                 self.rmap.map(rp + (b - rf), ino, b, rf + rn - b)
             removed.append((p, n))
         return removed, reached
@@ -379,11 +431,33 @@ class FileMap:
             done += n
         return True
 
-    def fiemap(self, ino: int, start: int, length: int, file_size: int) -> list[FiemapExtent]:
+    def _iter_extents(self, ino: int, start: int, end: int):
+        """extents(), one at a time (a caller that stops early reads no
+        more of the tree than it used)."""
+        total = self.vol.total_blocks
+        prev = self.tree.last_le((ino, start))
+        head = [prev] if prev and prev[0] == ino and prev[1] < start < prev[1] + prev[3] else []
+        for rec in itertools.chain(head, self.tree.scan(lo=(ino, start), hi=(ino,))):
+            f, p, n = rec[1], rec[2], rec[3]
+            if f >= end:
+                return
+            if f < start:
+                f, p, n = start, p + start - f, n - (start - f)
+            n = min(n, end - f)
+            if p == 0 or p + n > total:
+                raise DamagedFile(ino, f"extent at file block {f} points outside the device"
+                                       f" (block {p}+{n})")
+            yield f, p, n
+
+    def fiemap(self, ino: int, start: int, length: int, file_size: int,
+               limit: int | None = None) -> list[FiemapExtent]:
+        """The extents (merged where physically contiguous with the same
+        flags) overlapping [start, start+length) inside the file, at most
+        `limit` of them: the walk stops there."""
         b0 = start // BS
-        b1 = (min(start + length, max(file_size, 0)) + BS - 1) // BS if length else b0
+        b1 = -(-min(start + length, max(file_size, 0)) // BS)
         out = []
-        for f, p, n in self.extents(ino, b0, max(b1, b0)):
+        for f, p, n in self._iter_extents(ino, b0, max(b1, b0)):
             for s, k, rc in self.refc.segments(p, n):
                 flags = FIEMAP_EXTENT_SHARED if rc > 1 else 0
                 logical = (f + (s - p)) * BS
@@ -395,6 +469,10 @@ class FileMap:
                                             last.length + k * BS, flags))
                 else:
                     out.append(FiemapExtent(logical, s * BS, k * BS, flags))
+            if limit is not None and len(out) > limit:
+                break
+        if limit is not None:
+            out = out[:limit]
         if out:
             end_blk = self.last_block(ino)
             last = out[-1]

@@ -21,10 +21,10 @@ import logging
 import stat
 import time
 
-from . import acl
-from .attrs import DedupeResult, DirEntry, FILE_DEDUPE_RANGE_DIFFERS, StatFs
+from . import acl, ranges
+from .attrs import Attr, DedupeResult, DirEntry, FILE_DEDUPE_RANGE_DIFFERS, StatFs
 from .dirs import DIR_HEAD_BYTES, Dirs, check_name, entry_bytes
-from .errors import (BadFileDescriptor, Corrupted, CrossDevice, DaxfsError, Exists,
+from .errors import (BadFileDescriptor, Corrupted, CrossDevice, DaxfsError, DamagedFile, Exists,
                      FileTooBig, InvalidArgument, IsADirectory, NoAttribute, NoSpace,
                      NotADirectory, NotEmpty, NotFound, NotPermitted, NotSupported, ReadOnly,
                      PermissionDenied, Shutdown, TooManyLinks)
@@ -48,6 +48,7 @@ DEDUPE_MAX = 1 << 30          # the VFS caps one dedupe request at 1 GiB
 _DT = {stat.S_IFREG: DT_REG, stat.S_IFDIR: DT_DIR, stat.S_IFLNK: DT_LNK,
        stat.S_IFIFO: DT_FIFO, stat.S_IFCHR: DT_CHR, stat.S_IFBLK: DT_BLK,
        stat.S_IFSOCK: DT_SOCK}
+_FMT_OF_DT = {dt: fmt for fmt, dt in _DT.items()}
 
 
 def _clamp_time(ns: int) -> int:
@@ -163,6 +164,7 @@ class Filesystem:
             fs.poison_reports = poison.handle_all(fs)
         if not readonly and not fs.shutdown_reason:
             try:
+                vol.alloc.verify_pool()
                 fs._reap_orphans()
                 vol.sb["mount_count"] = int(vol.sb["mount_count"]) + 1
                 vol.mark_dirty_sb()
@@ -312,9 +314,7 @@ class Filesystem:
                 raise IsADirectory("cannot truncate a directory")
             if not inode.is_reg:
                 raise InvalidArgument("can only truncate regular files")
-            if size < 0 or size > MAX_FILE_BYTES:
-                raise FileTooBig(f"size {size} is beyond the maximum file size")
-            self._truncate(inode, size)
+            self._truncate(inode, ranges.new_size(size))
         if mode is not None:
             inode.mode = stat.S_IFMT(inode.mode) | (mode & 0o7777)
             self._chmod_acl(inode)
@@ -708,13 +708,16 @@ class Filesystem:
             start = max(0, pos - 2) if pos >= 2 else 0
             # lazy: the caller stops when its buffer is full, and a readdir
             # must not cost the whole rest of the directory each time
-            for epos, name, child, _ in self.dirs.entries(ino, start):
+            for epos, name, child, ftype in self.dirs.entries(ino, start):
                 if epos < start:
                     continue        # only a damaged tree leads back: cookies must advance
                 try:
                     attr = self.inodes.get(child).attr()
                 except NotFound:
                     continue
+                except DamagedFile as e:
+                    log.warning("readdir of directory %d: %s", ino, e)
+                    attr = Attr.stand_in(child, _FMT_OF_DT.get(ftype, stat.S_IFREG))
                 yield DirEntry(name, attr, epos + 3)
         except Corrupted as e:
             self._shut_down(str(e))
@@ -726,8 +729,8 @@ class Filesystem:
         inode = self.inodes.get(ino)
         if inode.is_dir:
             raise IsADirectory("is a directory")
-        if offset < 0:
-            raise InvalidArgument("negative offset")
+        ranges.offset(offset, "read offset")
+        ranges.length(size, "read size")
         data = self.filemap.read(ino, offset, size, inode.size)
         self._relatime(inode)
         return data
@@ -749,13 +752,11 @@ class Filesystem:
         inode = self.inodes.get(ino)
         if inode.is_dir:
             raise IsADirectory("is a directory")
-        if offset < 0:
-            raise InvalidArgument("negative offset")
-        n = len(data)
+        n = ranges.write_limit(offset, len(data))
         if n == 0:
             return 0
-        if offset + n > MAX_FILE_BYTES:
-            raise FileTooBig("write beyond the maximum file size")
+        if n < len(data):
+            data = memoryview(data)[:n]       # a short write up to the largest file size
         # space the queued unlinked inodes or a commit would give back
         reclaimable = bool(self._inactive) or self.vol.alloc.has_busy()
         with self._stepping(inode):
@@ -879,20 +880,18 @@ class Filesystem:
 
     # ---- shared extents -------------------------------------------------------
     def _remap_prep(self, src, s_off: int, dst, d_off: int, length: int, dedupe: bool) -> int:
-        """The checks of the kernel's generic_remap_file_range_prep and
-        generic_remap_checks; returns the byte count to remap."""
+        """The kernel's remap_verify_area, remap_file_range_prep and
+        generic_remap_checks, in their order: a zero length is resolved
+        ("to the end of the source" for a clone) BEFORE the range is
+        checked and used.  Returns the byte count to remap (0: nothing)."""
         if not self.reflink or not self.has_rmap:
             raise NotSupported("reflink needs a filesystem made with the rmap btree")
         if src.is_dir or dst.is_dir:
             raise IsADirectory("cannot share extents of a directory")
         if not src.is_reg or not dst.is_reg:
             raise InvalidArgument("can only share extents of regular files")
-        if s_off < 0 or d_off < 0 or length < 0:
-            raise InvalidArgument("negative offset or length")
-        if s_off % BS or d_off % BS:
-            raise InvalidArgument("offsets must be multiples of the block size (4096)")
-        if s_off + length > MAX_FILE_BYTES or d_off + length > MAX_FILE_BYTES:
-            raise InvalidArgument("range wraps past the maximum file size")
+        ranges.span(s_off, length, "source")
+        ranges.span(d_off, length, "destination")
         size_in, size_out = src.size, dst.size
         if length == 0:
             if dedupe or s_off == size_in:
@@ -900,24 +899,27 @@ class Filesystem:
             if s_off > size_in:
                 raise InvalidArgument("source offset is beyond end of file")
             length = size_in - s_off
+        # generic_remap_checks, with the resolved length
+        if s_off % BS or d_off % BS:
+            raise InvalidArgument("offsets must be multiples of the block size (4096)")
+        ranges.span(s_off, length, "source")
+        ranges.span(d_off, length, "destination")
         if dedupe and (s_off >= size_in or s_off + length > size_in or
                        d_off >= size_out or d_off + length > size_out):
             raise InvalidArgument("dedupe ranges must lie within both files")
         if s_off >= size_in:
             raise InvalidArgument("source offset is beyond end of file")
-        count = min(length, size_in - s_off)
+        count = ranges.write_limit(d_off, min(length, size_in - s_off), "destination")
         if s_off + count == size_in and (not dedupe or d_off + count == size_out):
             bcount = -(-size_in // BS) * BS - s_off
         else:
-            if count % BS and not dedupe:
-                raise InvalidArgument("length must be a multiple of the block size"
-                                      " unless the range ends at end of file")
-            count -= count % BS     # a dedupe is shortened (REMAP_FILE_CAN_SHORTEN)
+            count -= count % BS     # a dedupe may be shortened (REMAP_FILE_CAN_SHORTEN)
             bcount = count
         if src.ino == dst.ino and d_off + bcount > s_off and d_off < s_off + bcount:
             raise InvalidArgument("overlapping ranges within one file")
         if not dedupe and count != length:
-            raise InvalidArgument("range extends beyond end of the source file")
+            raise InvalidArgument("the range cannot be cloned whole (beyond the source's end,"
+                                  " a partial block, or past the largest file size)")
         if not dedupe and s_off + count == size_in and d_off + count < size_out \
                 and count % BS:
             raise InvalidArgument("cannot clone a partial block into the middle of a file")
@@ -1003,9 +1005,19 @@ class Filesystem:
         return out
 
     @_query
-    def fiemap(self, ino: int, start: int, length: int):
+    def fiemap(self, ino: int, start: int, length: int, limit: int | None = None):
+        """The extents overlapping [start, start+length), at most `limit`
+        of them (the kernel's fiemap_prep: length 0 is EINVAL, a start at
+        or past the largest file size EFBIG, a length past it is cut)."""
         inode = self.inodes.get(ino)
-        return self.filemap.fiemap(ino, start, length, inode.size)
+        if length <= 0:
+            raise InvalidArgument("FIEMAP of length 0")
+        if not 0 <= start < ranges.MAX_BYTES:
+            if start < 0:
+                raise InvalidArgument(f"FIEMAP start {start} is negative")
+            raise FileTooBig(f"FIEMAP start {start} is beyond the maximum file size")
+        length = min(length, ranges.MAX_BYTES - start)
+        return self.filemap.fiemap(ino, start, length, inode.size, limit)
 
 
 class NameTooLongTarget(DaxfsError):

@@ -156,8 +156,8 @@ class ControlServer:
         start, length, _flags = control.parse_fiemap_name(name)
         # FIEMAP_FLAG_SYNC: the data is in the mapping already (the client
         # wrote back the kernel's dirty pages before asking).
-        extents = self.fs.fiemap(ino, start, length)
-        return control.encode_fiemap(extents[:control.FIEMAP_MAX_EXTENTS_PER_CALL])
+        extents = self.fs.fiemap(ino, start, length, control.FIEMAP_MAX_EXTENTS_PER_CALL)
+        return control.encode_fiemap(extents)
 
     # ----------------------------------------------------------- setxattr
 

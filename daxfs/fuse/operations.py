@@ -103,7 +103,8 @@ from daxfs.control import protocol as control
 from . import binding
 from daxfs.control.admin import AdminServer, is_admin_name
 from .control_server import Caller, ControlServer, own_mount_device
-from daxfs.engine.errors import DaxfsError
+from daxfs.engine.errors import DaxfsError, DamagedFile
+from daxfs.engine.ranges import MAX_BYTES
 from .error_log import ErrorLog
 from .kernel_size import KernelSizes
 
@@ -255,12 +256,20 @@ class Operations(pyfuse3.Operations):
     # ---------------------------------------------------------------- helpers
 
     def _entry(self, attr) -> pyfuse3.EntryAttributes:
-        """Attr -> EntryAttributes (also used by readdir)."""
+        """Attr -> EntryAttributes (also used by readdir).  Never a value
+        pyfuse3 cannot encode (st_size and st_blocks are signed 64-bit):
+        the engine bounds them (engine/ranges.py); this is the last guard."""
+        if not (0 <= attr.size <= MAX_BYTES and 0 <= attr.blocks <= MAX_BYTES // 512):
+            raise DamagedFile(attr.ino, f"size {attr.size} or block count {attr.blocks}"
+                                        " out of range")
         e = pyfuse3.EntryAttributes()
         e.st_ino = attr.ino
         e.generation = attr.generation
-        e.entry_timeout = ENTRY_TIMEOUT
-        e.attr_timeout = ATTR_TIMEOUT
+        if attr.damaged:        # never cached: each use asks, and fails with EUCLEAN
+            e.entry_timeout = e.attr_timeout = 0
+        else:
+            e.entry_timeout = ENTRY_TIMEOUT
+            e.attr_timeout = ATTR_TIMEOUT
         e.st_mode = attr.mode
         e.st_nlink = attr.nlink
         e.st_uid = attr.uid
