@@ -92,8 +92,8 @@ def sharing_hints(op: str, dst: str, ends: str) -> dict[int, str]:
     `dst` names the destinations, `ends` where an unaligned length may end."""
     return {
         errno.EINVAL: f"offsets and length must be multiples of 4096 bytes (a length may end "
-                      f"unaligned only at {ends}), inside SRC, and ranges in one file must "
-                      "not overlap",
+                      f"unaligned only at {ends}), the range must lie inside SRC and end "
+                      "below the largest file size, and ranges in one file must not overlap",
         errno.EXDEV: f"SRC and {dst} must be on the same mount",
         errno.EOPNOTSUPP: f"the files must be on one daxfs mount of an image made with the rmap "
                           f"(not mkfs --no-rmap), or on a filesystem with {op} (XFS, btrfs)",
