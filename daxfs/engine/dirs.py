@@ -1,5 +1,9 @@
 """What directory-entry records mean: names in a directory.
 
+A directory's st_size follows its entries (`entry_bytes`, kept up to date
+by fs.py on every add and remove, recomputed by check and repair with
+`dir_sizes`).
+
 Key (parent inode, pos) with pos = hash31(name) << 32 | collision index, so
 the entries of one directory are contiguous, a lookup is one short range
 query, and pos is a stable readdir cookie.  Names are up to 255 bytes and
@@ -22,6 +26,27 @@ from .errors import Corrupted, NameTooLong
 from .format import NAME_MAX
 
 _LOW = 0xFFFFFFFF
+
+# A directory's st_size is the bytes of its entries, counted as XFS counts
+# a short-form directory: a 6-byte header, and per entry its name plus 8
+# bytes (name length, offset, file type, inode number).  So `ls -l` shows
+# what XFS shows for a small directory, an empty one included.
+DIR_HEAD_BYTES = 6
+DIRENT_HEAD_BYTES = 8
+
+
+def entry_bytes(name: bytes) -> int:
+    """What one entry adds to its directory's st_size."""
+    return DIRENT_HEAD_BYTES + len(name)
+
+
+def dir_sizes(entries) -> dict[int, int]:
+    """Each directory's st_size from (parent, name) of every entry; a
+    directory with no entry is DIR_HEAD_BYTES."""
+    sizes: dict[int, int] = {}
+    for parent, name in entries:
+        sizes[parent] = sizes.get(parent, DIR_HEAD_BYTES) + entry_bytes(name)
+    return sizes
 
 
 def name_hash(name: bytes) -> int:

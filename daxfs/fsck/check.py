@@ -9,6 +9,8 @@ A fixed list of named invariant checks, run in order (as S3QL's fsck):
   inodes        modes, block counts, sizes of symlinks, orphans
   directories   every entry names a live inode; link counts equal the
                 entries; every directory has one parent; no lost inodes
+  directory sizes  a directory's size is the bytes of its entries
+                (dirs.dir_sizes)
   space         every block is exactly one of free, metadata or file data;
                 free space is the complement of everything owned; the
                 superblock's free count agrees
@@ -28,11 +30,10 @@ import sys
 
 import numpy as np
 
+from daxfs.engine.dirs import DIR_HEAD_BYTES, dir_sizes, valid_name
 from daxfs.engine.errors import Corrupted, MediaError
 from daxfs.engine.format import (BLOCK_SIZE, DT_DIR, MAX_FILE_BYTES, OWN_AG, OWN_FS, OWN_LOG,
-                                 SYMLINK_MAX,
-                                 RMAP_ATTR, ROOT_INO, own_tree)
-from daxfs.engine.dirs import valid_name
+                                 RMAP_ATTR, ROOT_INO, SYMLINK_MAX, own_tree)
 from daxfs.engine.journal import sealed_ok
 from daxfs.engine.superblock import secondary_bno, verify_copy
 
@@ -40,7 +41,8 @@ log = logging.getLogger(__name__)
 
 
 class Checker:
-    CHECKS = ("superblocks", "trees", "inodes", "directories", "space", "refcount", "rmap")
+    CHECKS = ("superblocks", "trees", "inodes", "directories", "directory_sizes", "space",
+              "refcount", "rmap")
 
     def __init__(self, vol, *, progress: bool = False):
         self.vol = vol
@@ -272,6 +274,17 @@ class Checker:
                     continue
             if nlink != want:
                 self.problem(f"{self._where(ino)}: link count {nlink}, should be {want}")
+
+    def check_directory_sizes(self) -> None:
+        """A live directory's size is the bytes of its entries (dirs.py)."""
+        if "dir" in self.bad_trees or "inode" in self.bad_trees:
+            return
+        sizes = dir_sizes((rec[0], rec[5]) for rec in self._records("dir"))
+        for ino, rec in self.inodes.items():
+            mode, nlink, size = rec[1], rec[2], rec[5]
+            if stat.S_ISDIR(mode) and nlink and size != sizes.get(ino, DIR_HEAD_BYTES):
+                self.problem(f"{self._where(ino)}: directory size {size}, its entries make"
+                             f" {sizes.get(ino, DIR_HEAD_BYTES)}")
 
     # ---- space ----------------------------------------------------------------
     def _meta_ranges(self) -> list[tuple[int, int, int, int, int]]:
