@@ -84,6 +84,20 @@ def apply_atime_options(fs, extra) -> None:
             fs.diratime = opt == "diratime"
 
 
+def image_is_roots(image: str) -> bool:
+    """Could only root have written the image?  Owned by root, not group-
+    or world-writable, in a directory only root may change (or one with
+    the sticky bit, where others cannot replace it)."""
+    try:
+        st = os.stat(image)
+        dst = os.stat(os.path.dirname(os.path.abspath(image)))
+    except OSError:
+        return False
+    if st.st_uid != 0 or st.st_mode & 0o022:
+        return False
+    return dst.st_uid == 0 and (not dst.st_mode & 0o022 or bool(dst.st_mode & 0o1000))
+
+
 def fuse_options(image: str, extra=(), *, readonly: bool = False) -> set[str]:
     """The option set for pyfuse3.init."""
     opts = set(extra) - ENGINE_OPTIONS
@@ -95,12 +109,16 @@ def fuse_options(image: str, extra=(), *, readonly: bool = False) -> set[str]:
     opts.add("default_permissions")
     if os.geteuid() == 0:
         opts.add("allow_other")
-        # Mounted by root, a filesystem honours device nodes and set-id
-        # bits unless told otherwise (libfuse would default to nodev,nosuid)
-        if "nodev" not in opts:
-            opts.add("dev")
-        if "nosuid" not in opts:
-            opts.add("suid")
+        # Device nodes and set-id bits: honoured (as a kernel filesystem
+        # mounted by root does) only when nobody but root can have written
+        # the image; an image another user could prepare gets libfuse's
+        # nosuid,nodev.  -o suid / -o dev (or nosuid / nodev) decide
+        # explicitly either way.
+        trusted = image_is_roots(image)
+        if "nodev" not in opts and "dev" not in opts:
+            opts.add("dev" if trusted else "nodev")
+        if "nosuid" not in opts and "suid" not in opts:
+            opts.add("suid" if trusted else "nosuid")
     if readonly:
         opts.add("ro")
     return opts
