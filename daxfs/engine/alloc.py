@@ -49,6 +49,10 @@ class Allocator:
         self._owner_changes: dict[int, list[int]] = {}   # bno -> [old owner, new owner]
         self._settling = False
         self.reserve = max(POOL_HIGH * 2, vol.total_blocks // 100)
+        self.dup = vol.dup
+        # node blocks freed while the pool's array was full: given back to
+        # free space at the next settle (which comes before any commit)
+        self._overflow: list[tuple[int, int]] = []
         self._rotor = 0
         self._trusted_s: list[int] = []      # free ranges known not to be owned:
         self._trusted_e: list[int] = []      # sorted, disjoint [s, e)
@@ -70,7 +74,7 @@ class Allocator:
         operation, so remembering the ones added since is enough (copying
         the lists made every operation cost O(blocks freed since commit))."""
         self._busy_added = []
-        return {k: list(v) for k, v in self._owner_changes.items()}
+        return ({k: list(v) for k, v in self._owner_changes.items()}, list(self._overflow))
 
     def restore_state(self, state) -> None:
         for start in reversed(getattr(self, "_busy_added", [])):
@@ -80,7 +84,7 @@ class Allocator:
                 del self._busy_e[i]
                 break
         self._busy_added = []
-        self._owner_changes = state
+        self._owner_changes, self._overflow = state
 
     def has_busy(self) -> bool:
         """Are blocks freed by the running transaction waiting for its commit?"""
@@ -183,10 +187,10 @@ class Allocator:
         nobody else's."""
         if not self.rmap.enabled:
             return
-        for b in self.pool_blocks():
+        for b, partner in self.pool_records():
             owners = self.rmap.tree.overlaps(b, b)
             if b <= 0 or b >= self.vol.total_blocks - 1 or \
-                    [(r[0], r[1], r[3]) for r in owners] != [(b, OWN_AG, 1)]:
+                    [(r[0], r[1], r[2], r[3]) for r in owners] != [(b, OWN_AG, partner, 1)]:
                 raise Corrupted(b, f"reserve pool block {b} is not the pool's in the rmap")
 
     def _take(self, s: int, n: int, r=None) -> None:
@@ -248,49 +252,73 @@ class Allocator:
                 added.append(fs_)
 
     # ---- btree nodes (reserve pool) ------------------------------------------
+    # With duplicated metadata (dup) the pool holds pairs: entries 2i and
+    # 2i+1 are a block and its twin, handed out and given back together;
+    # the rmap records each with the other as its offset, so that either
+    # names its twin (poison.py heals one from the other).
     def _pool_count(self) -> int:
         return self._pool_n.item(0)
 
-    def node_alloc(self, tree_id: int) -> int:
+    def node_alloc(self, tree_id: int) -> tuple[int, int]:
+        """A block for a new node of tree `tree_id`, and its twin (0 without
+        dup)."""
         c = self._pool_count()
-        if c == 0:
+        step = 2 if self.dup else 1
+        if c < step:
             raise NoSpace("btree reserve pool exhausted")
-        bno = int(self.sb["pool"][c - 1])
-        self.sb["pool_count"] = c - 1
+        pool = self.sb["pool"]
+        bno, twin = (int(pool[c - 2]), int(pool[c - 1])) if self.dup else (int(pool[c - 1]), 0)
+        self.sb["pool_count"] = c - step
         owner = own_tree(tree_id)
         if owner != OWN_AG:
-            self._queue_owner(bno, OWN_AG, owner)
-        return bno
+            self._queue_owner(bno, OWN_AG, owner, twin)
+            if twin:
+                self._queue_owner(twin, OWN_AG, owner, bno)
+        return bno, twin
 
-    def node_free(self, tree_id: int, bno: int) -> None:
+    def node_free(self, tree_id: int, bno: int, twin: int = 0) -> None:
         c = self._pool_count()
-        if c >= len(self.sb["pool"]):
-            raise Corrupted(bno, "btree reserve pool overflow")
+        step = 2 if self.dup else 1
+        owner = own_tree(tree_id)
+        if c + step > len(self.sb["pool"]):
+            self._overflow.append((bno, twin))
+            if owner != OWN_AG:
+                self._queue_owner(bno, owner, OWN_AG, twin)
+                if twin:
+                    self._queue_owner(twin, owner, OWN_AG, bno)
+            return
         self.sb["pool"][c] = bno
-        self.sb["pool_count"] = c + 1
+        if self.dup:
+            self.sb["pool"][c + 1] = twin
+        self.sb["pool_count"] = c + step
         owner = own_tree(tree_id)
         if owner != OWN_AG:
-            self._queue_owner(bno, owner, OWN_AG)
+            self._queue_owner(bno, owner, OWN_AG, twin)
+            if twin:
+                self._queue_owner(twin, owner, OWN_AG, bno)
 
-    def _queue_owner(self, bno: int, old: int, new: int) -> None:
+    def _queue_owner(self, bno: int, old: int, new: int, offset: int = 0) -> None:
         ch = self._owner_changes.get(bno)
         if ch is None:
-            self._owner_changes[bno] = [old, new]
+            self._owner_changes[bno] = [old, new, offset]
         else:
             ch[1] = new
 
     def settle(self) -> None:
         """Apply queued rmap owner changes and bring the pool back to size."""
-        if self._settling or (not self._owner_changes
+        if self._settling or (not self._owner_changes and not self._overflow
                               and POOL_LOW <= self._pool_n.item(0) <= POOL_HIGH):
             return
         self._settling = True
         try:
             while self._owner_changes:
                 changes, self._owner_changes = self._owner_changes, {}
-                for bno, (old, new) in changes.items():
+                for bno, (old, new, offset) in changes.items():
                     if old != new:
-                        self.rmap.change_owner(bno, old, new)
+                        self.rmap.change_owner(bno, old, new, offset)
+            while self._overflow:
+                pairs, self._overflow = self._overflow, []
+                self._give_back([(b, t) for b, t in pairs] + [(t, b) for b, t in pairs if t])
             c = self._pool_count()
             if c < POOL_LOW:
                 self._refill()
@@ -299,6 +327,20 @@ class Allocator:
         finally:
             self._settling = False
 
+    def _add_to_pool(self, b: int, partner: int = 0) -> None:
+        c = self._pool_count()
+        self.sb["pool"][c] = b
+        self.sb["pool_count"] = c + 1
+        self.rmap.map_meta(b, OWN_AG, offset=partner)
+
+    def _take_run(self, want: int, goal: int) -> list[int] | None:
+        got = self._find(want, goal)
+        if got is None:
+            return None
+        s, n, rec = got
+        self._take(s, n, rec)
+        return list(range(s, s + n))
+
     def _refill(self) -> None:
         while self._pool_count() < POOL_TARGET:
             need = POOL_TARGET - self._pool_count()
@@ -306,34 +348,69 @@ class Allocator:
                 if self._pool_count() == 0:
                     raise NoSpace("no space left for metadata")
                 return
-            got = self._find(need, self._rotor)
-            if got is None:
+            if not self.dup:
+                run = self._take_run(need, self._rotor)
+                if run is None:
+                    return
+                self._rotor = run[-1] + 1
+                for b in run:
+                    self._add_to_pool(b)
+                continue
+            # pairs: the blocks near the rotor, their twins half a device away
+            firsts = self._take_run(max(1, need // 2), self._rotor)
+            if firsts is None:
                 return
-            s, n, rec = got
-            self._take(s, n, rec)
-            self._rotor = s + n
-            for b in range(s, s + n):
-                c = self._pool_count()
-                self.sb["pool"][c] = b
-                self.sb["pool_count"] = c + 1
-                self.rmap.map_meta(b, OWN_AG)
+            self._rotor = firsts[-1] + 1
+            twins: list[int] = []
+            goal = (firsts[0] + self.vol.total_blocks // 2) % self.vol.total_blocks
+            while len(twins) < len(firsts):
+                run = self._take_run(len(firsts) - len(twins), goal)
+                if run is None:
+                    break
+                twins += run
+                goal = run[-1] + 1
+            for b in firsts[len(twins):]:          # no twin found: give back
+                self.free(b, 1, busy=False)
+            if not twins:
+                return
+            for b, t in zip(firsts, twins):
+                self._add_to_pool(b, t)
+                self._add_to_pool(t, b)
 
     def _drain(self) -> None:
         """Give the pool's excess back to free space, adjacent blocks as
         one extent (a free-space tree change per run, not per block)."""
         while self._pool_count() > POOL_TARGET:
             c = self._pool_count()
-            excess = sorted(self.sb["pool"][POOL_TARGET:c].tolist())
+            pool = self.sb["pool"]
+            excess = [(int(pool[i]), self._partner(i)) for i in range(POOL_TARGET, c)]
             self.sb["pool_count"] = POOL_TARGET
-            for bno in excess:
-                self.rmap.unmap_meta(bno, OWN_AG)
-                self.vol.journal.discard(bno)
-            start = prev = excess[0]
-            for bno in excess[1:] + [None]:
-                if bno != prev + 1:
-                    self.free(start, prev + 1 - start)
-                    start = bno
-                prev = bno
+            self._give_back(excess)
+
+    def _give_back(self, blocks: list[tuple[int, int]]) -> None:
+        """Pool blocks (block, twin) to free space, adjacent blocks as one
+        extent (a free-space tree change per run, not per block)."""
+        for bno, partner in blocks:
+            self.rmap.unmap_meta(bno, OWN_AG, offset=partner)
+            self.vol.journal.discard(bno)
+        excess = sorted(b for b, _ in blocks)
+        start = prev = excess[0]
+        for bno in excess[1:] + [None]:
+            if bno != prev + 1:
+                self.free(start, prev + 1 - start)
+                start = bno
+            prev = bno
+
+    def _partner(self, i: int) -> int:
+        """The twin of pool entry i (dup), else 0."""
+        if not self.dup:
+            return 0
+        return int(self.sb["pool"][i ^ 1])
 
     def pool_blocks(self) -> list[int]:
         return [int(b) for b in self.sb["pool"][:self._pool_count()]]
+
+    def pool_records(self) -> list[tuple[int, int]]:
+        """(block, its twin or 0) for every pool block: their rmap records
+        are (block, OWN_AG, twin)."""
+        return [(int(self.sb["pool"][i]), self._partner(i)) for i in range(self._pool_count())]

@@ -37,6 +37,7 @@ from .journal import sealed_ok
 
 MAX_HEIGHT = 16
 _LEVEL_NRECS = struct.Struct("<HI")     # format.NODE_HDR_DTYPE: level u16 at 10, nrecs u32 at 12
+_TWIN = struct.Struct("<Q")             # format.NODE_HDR_DTYPE: twin u64 at 32
 _NRECS = struct.Struct("<I")
 _INT_FORMATS = {("u", 1): "B", ("u", 2): "H", ("u", 4): "I", ("u", 8): "Q",
                 ("i", 1): "b", ("i", 2): "h", ("i", 4): "i", ("i", 8): "q"}
@@ -69,6 +70,7 @@ class TreeSpec:
         if overlap:
             ent.append(("hi", "<u8"))
         ent.append(("child", "<u8"))
+        ent.append(("twin", "<u8"))     # the child's second copy (dup metadata), else 0
         self.ent_dtype = np.dtype(ent)
         self.ent_key_view = np.dtype({
             "names": list(self.key_fields),
@@ -103,10 +105,15 @@ def _int_struct(dt: np.dtype) -> struct.Struct | None:
 class Node:
     """A view of one node block: header fields and its record array."""
 
-    __slots__ = ("bno", "buf", "level", "n", "recs", "cap", "keys", "kids", "token", "mv")
+    __slots__ = ("bno", "twin", "buf", "level", "n", "recs", "cap", "keys", "kids", "twins",
+                 "token", "mv")
 
     def __init__(self, spec: TreeSpec, bno: int, buf: np.ndarray, token):
         self.bno = bno
+        # the block holding this node's second copy (dup), or 0: from the
+        # header, so that every write of the node knows where both go
+        self.twin = _TWIN.unpack_from(buf, 32)[0]
+        self.twins = None         # decoded twins of the children (internal nodes, dup)
         self.buf = buf
         self.token = token        # the journal's shadow this was decoded from, or None
         self.keys = None          # decoded keys (ints, or tuples), built on first search
@@ -131,7 +138,7 @@ class Node:
 
     def set_n(self, n: int) -> None:
         self.n = n
-        self.keys = self.kids = None
+        self.keys = self.kids = self.twins = None
         _NRECS.pack_into(self.buf, 12, n)
 
 
@@ -171,7 +178,9 @@ class BTree:
         self._cache: OrderedDict[int, Node] = OrderedDict()   # bno -> decoded leaf, oldest first
         self._inner: dict[int, Node] = {}     # bno -> decoded internal node
         self._roots = sb["roots"]
+        self._roots2 = sb["roots2"]
         self._heights = sb["heights"]
+        self.on_heal = None           # (bno, twin, tree name) -> None: a node mended from its twin
         self._nrecs = sb["nrecs"]
         self._bad = journal.pmem.bad.starts   # non-empty when the device has bad blocks
 
@@ -180,6 +189,10 @@ class BTree:
     @property
     def root(self) -> int:
         return self._roots.item(self.tid)
+
+    @property
+    def root_twin(self) -> int:
+        return self._roots2.item(self.tid)
 
     @property
     def height(self) -> int:
@@ -198,15 +211,27 @@ class BTree:
         return (self._nrecs.item(self.tid) // spec.leaf_third + 1, spec.node_third,
                 spec.leaf_third, 2 * self._heights.item(self.tid) + 2)
 
-    def _set_root(self, bno: int, height: int) -> None:
+    def _set_root(self, bno: int, height: int, twin: int = 0) -> None:
         self._roots[self.tid] = bno
+        self._roots2[self.tid] = twin
         self._heights[self.tid] = height
 
     def _add_count(self, d: int) -> None:
         self._nrecs[self.tid] = self._nrecs.item(self.tid) + d
 
     # ---- node access --------------------------------------------------------
-    def _node(self, bno: int, level: int) -> Node:
+    def _node(self, bno: int, level: int, twin: int = 0) -> Node:
+        """The node at `bno` (its second copy at `twin`, 0 if none): decoded
+        and verified on first use; a copy that fails verification or sits on
+        a poisoned range is mended from its twin (`_heal`) when it can be."""
+        try:
+            return self._read_node(bno, level, twin)
+        except Corrupted:
+            if not twin or bno in self.j.dirty or not self._heal(bno, twin, level):
+                raise
+            return self._read_node(bno, level, twin)
+
+    def _read_node(self, bno: int, level: int, twin: int) -> Node:
         j = self.j
         shadow = j.dirty.get(bno)
         node = (self._inner if level else self._cache).get(bno)
@@ -223,6 +248,39 @@ class BTree:
             raise Corrupted(bno, f"{self.spec.name} btree node has level {node.level},"
                                  f" expected {level}")
         return node
+
+    def _heal(self, bno: int, twin: int, level: int) -> bool:
+        """Mend node `bno` from its twin: if the twin verifies as that node,
+        its bytes are stored over `bno` (a whole-block recovery write, which
+        also clears a poisoned range) and made durable.  Both copies hold
+        the last committed node (a commit writes them together; until its
+        home flush the log restores both)."""
+        pmem = self.j.pmem
+        if twin >= pmem.nblocks or pmem.bad.first_bad(twin, 1) is not None:
+            return False
+        copy = pmem.block(twin)
+        try:
+            self._verify(bno, copy, level)
+        except Corrupted:
+            return False
+        pmem.block(bno)[:] = copy
+        pmem.flush([(bno, 1)])
+        if pmem.bad.first_bad(bno, 1) is not None:
+            pmem.bad.clear(bno, 1)
+        self._forget_node(bno)
+        self.verified.add(bno)
+        if self.on_heal is not None:
+            self.on_heal(bno, twin, self.spec.name)
+        return True
+
+    def heal(self, bno: int, twin: int) -> bool:
+        """Mend a node of this tree from its twin (a poison event on it);
+        True if the twin was good.  Its level is read from the twin."""
+        pmem = self.j.pmem
+        if twin >= pmem.nblocks or pmem.bad.first_bad(twin, 1) is not None:
+            return False
+        level = _LEVEL_NRECS.unpack_from(pmem.block(twin), 10)[0]
+        return self._heal(bno, twin, level)
 
     def _remember(self, node: Node) -> None:
         """Keep a decoded node: internal nodes (about one per hundred
@@ -285,23 +343,24 @@ class BTree:
     def _w(self, node: Node) -> Node:
         """The writable version of a node.  Always asks the journal, which
         shadows the block and records how to undo the current operation."""
-        blk = self.j.write(node.bno)
+        blk = self.j.write(node.bno, node.twin)
         if blk is node.buf:
             return node
         new = Node(self.spec, node.bno, blk, blk)
-        new.keys, new.kids = node.keys, node.kids      # same bytes
+        new.keys, new.kids, new.twins = node.keys, node.kids, node.twins      # same bytes
         self._remember(new)
         return new
 
     def _new_node(self, level: int) -> Node:
-        bno = self.alloc.node_alloc(self.tid)
-        blk = self.j.new(bno)
+        bno, twin = self.alloc.node_alloc(self.tid)
+        blk = self.j.new(bno, twin)
         hdr = blk[:NODE_HDR_SIZE].view(NODE_HDR_DTYPE)[0]
         hdr["magic"] = self.spec.magic
         hdr["tree_id"] = self.tid
         hdr["level"] = level
         hdr["nrecs"] = 0
         hdr["blkno"] = bno
+        hdr["twin"] = twin
         node = Node(self.spec, bno, blk, blk)
         self._remember(node)
         return node
@@ -310,7 +369,7 @@ class BTree:
         self._forget_node(node.bno)
         self.j.discard(node.bno)
         self.verified.discard(node.bno)
-        self.alloc.node_free(self.tid, node.bno)
+        self.alloc.node_free(self.tid, node.bno, node.twin)
 
     # ---- key helpers --------------------------------------------------------
     def _keys(self, node: Node) -> list:
@@ -358,13 +417,14 @@ class BTree:
         """(leaf, index of the first record >= k) for a decoded key k; with
         `path`, every node on the way and the index taken is appended."""
         bno = self._roots.item(self.tid)
+        twin = self._roots2.item(self.tid)
         dirty, inner, bad = self.j.dirty, self._inner, self._bad
         for level in range(self._heights.item(self.tid) - 1, 0, -1):
             # the cached, clean-or-current case inline; everything else
             # (decode, verify, poison, level mismatch) in _node
             node = inner.get(bno)
             if node is None or node.token is not dirty.get(bno) or node.level != level or bad:
-                node = self._node(bno, level)
+                node = self._node(bno, level, twin)
             keys = node.keys if node.keys is not None else self._keys(node)
             i = bisect_right(keys, k) - 1
             if i < 0:
@@ -375,14 +435,26 @@ class BTree:
             if kids is None:
                 kids = node.kids = node.recs["child"][:node.n].tolist()
             bno = kids[i]
+            twin = self._twin_at(node, i)
         leaf = self._cache.get(bno)
         if leaf is None or leaf.token is not dirty.get(bno) or leaf.level or bad:
-            leaf = self._node(bno, 0)
+            leaf = self._node(bno, 0, twin)
         keys = leaf.keys if leaf.keys is not None else self._keys(leaf)
         i = bisect_left(keys, k)
         if path is not None:
             path.append([leaf, i])
         return leaf, i
+
+    def _twin_at(self, node: Node, i: int) -> int:
+        """The twin of node's child i (0 without dup)."""
+        twins = node.twins
+        if twins is None:
+            twins = node.twins = node.recs["twin"][:node.n].tolist()
+        return twins[i]
+
+    def _child(self, node: Node, i: int) -> Node:
+        """Child i of an internal node."""
+        return self._node(int(node.recs["child"][i]), node.level - 1, self._twin_at(node, i))
 
     def _descend(self, key) -> list:
         """Path from root to leaf as [(node, index)]; the leaf index is the
@@ -467,13 +539,11 @@ class BTree:
         return rec(leaf, j), [rec(leaf, x) for x in range(j + 1, stop)]
 
     def _leftmost_path(self) -> list:
-        path = []
-        bno = self.root
-        for level in range(self.height - 1, -1, -1):
-            node = self._node(bno, level)
+        node = self._node(self.root, self.height - 1, self.root_twin)
+        path = [[node, 0]]
+        while node.level:
+            node = self._child(node, 0)
             path.append([node, 0])
-            if level:
-                bno = int(node.recs["child"][0])
         return path
 
     def _next_leaf(self, path) -> bool:
@@ -485,8 +555,7 @@ class BTree:
         path[d][1] += 1
         for k in range(d, len(path) - 1):
             node, i = path[k]
-            child = self._node(int(node.recs["child"][i]), node.level - 1)
-            path[k + 1] = [child, 0]
+            path[k + 1] = [self._child(node, i), 0]
         return True
 
     def _prev_leaf(self, path) -> bool:
@@ -498,7 +567,7 @@ class BTree:
         path[d][1] -= 1
         for k in range(d, len(path) - 1):
             node, i = path[k]
-            child = self._node(int(node.recs["child"][i]), node.level - 1)
+            child = self._child(node, i)
             path[k + 1] = [child, child.n - 1 if child.level else child.n]
         return True
 
@@ -529,10 +598,10 @@ class BTree:
             return []
         sf, lf = self.spec.overlap
         out = []
-        stack = [(self.root, self.height - 1)]
+        stack = [(self.root, self.height - 1, self.root_twin)]
         while stack:
-            bno, level = stack.pop()
-            node = self._node(bno, level)
+            bno, level, twin = stack.pop()
+            node = self._node(bno, level, twin)
             n = node.n
             if level:
                 starts = node.recs[sf][:n]
@@ -540,7 +609,9 @@ class BTree:
                 if n:
                     mask[0] = node.recs["hi"][0] >= lo
                 kids = node.recs["child"][:n][mask]
-                stack.extend((int(c), level - 1) for c in kids[::-1])
+                twins = node.recs["twin"][:n][mask]
+                stack.extend((int(c), level - 1, int(t))
+                             for c, t in zip(kids[::-1], twins[::-1]))
             else:
                 starts = node.recs[sf][:n].astype(np.uint64)
                 ends = starts + node.recs[lf][:n].astype(np.uint64) - np.uint64(1)
@@ -558,7 +629,7 @@ class BTree:
             leaf = self._new_node(0)
             leaf.recs[0] = rec
             leaf.set_n(1)
-            self._set_root(leaf.bno, 1)
+            self._set_root(leaf.bno, 1, leaf.twin)
             self._add_count(1)
             return
         path = self._descend(key)
@@ -582,7 +653,7 @@ class BTree:
         node = path[depth][0] = self._w(path[depth][0])
         n = node.n
         if n < node.cap:
-            keys, kids = node.keys, node.kids
+            keys, kids, twins = node.keys, node.kids, node.twins
             _shift(node, i, n, 1)
             node.recs[i] = item
             node.set_n(n + 1)
@@ -590,8 +661,11 @@ class BTree:
                 keys.insert(i, self._key(item[:self.spec.nkey]))
                 node.keys = keys
             if kids is not None:
-                kids.insert(i, item[-1])        # (an entry ends with its child)
+                kids.insert(i, item[-2])        # (an entry ends with its child, its twin)
                 node.kids = kids
+            if twins is not None:
+                twins.insert(i, item[-1])
+                node.twins = twins
             self._fix_hi(path, depth)
             return
         # split: left keeps `half`, right gets the rest, then place the item
@@ -611,7 +685,7 @@ class BTree:
             root.recs[0] = self._entry(self._key_at(node, 0), node)
             root.recs[1] = self._entry(sep, right)
             root.set_n(2)
-            self._set_root(root.bno, self.height + 1)
+            self._set_root(root.bno, self.height + 1, root.twin)
             return
         parent, pi = path[depth - 1]
         parent = path[depth - 1][0] = self._w(parent)
@@ -621,8 +695,8 @@ class BTree:
 
     def _entry(self, key, child: Node) -> tuple:
         if self.spec.overlap:
-            return (*key, self._node_hi(child), child.bno)
-        return (*key, child.bno)
+            return (*key, self._node_hi(child), child.bno, child.twin)
+        return (*key, child.bno, child.twin)
 
     def _node_hi(self, node: Node) -> int:
         n = node.n
@@ -693,7 +767,7 @@ class BTree:
     def _remove_at(self, path, depth: int, i: int) -> None:
         node = path[depth][0] = self._w(path[depth][0])
         n = node.n
-        keys, kids = node.keys, node.kids
+        keys, kids, twins = node.keys, node.kids, node.twins
         _shift(node, i + 1, n, -1)
         node.set_n(n - 1)
         if keys is not None:
@@ -702,13 +776,16 @@ class BTree:
         if kids is not None:
             del kids[i]
             node.kids = kids
+        if twins is not None:
+            del twins[i]
+            node.twins = twins
         if depth == 0:
             # an empty root leaf stays: freeing it would make the next
             # insert allocate it again (and move its rmap owner twice)
             if node.level and node.n == 1:
-                child = int(node.recs["child"][0])
+                child, twin = int(node.recs["child"][0]), int(node.recs["twin"][0])
                 self._free_node(node)
-                self._set_root(child, self.height - 1)
+                self._set_root(child, self.height - 1, twin)
             return
         if node.n >= node.cap // 3:
             self._fix_hi(path, depth)
@@ -724,12 +801,12 @@ class BTree:
         parent = path[depth - 1][0] = self._w(parent)
         if pi > 0:
             li = pi - 1
-            left = self._w(self._node(int(parent.recs["child"][li]), node.level))
+            left = self._w(self._child(parent, li))
             right = node
         else:
             li = pi
             left = node
-            right = self._w(self._node(int(parent.recs["child"][pi + 1]), node.level))
+            right = self._w(self._child(parent, pi + 1))
         ln, rn = left.n, right.n
         if ln + rn <= left.cap:
             left.recs[ln:ln + rn] = right.recs[:rn]
@@ -936,10 +1013,10 @@ class BTree:
         Raises Corrupted at the first node that fails verification."""
         if not self.height:
             return
-        stack = [(self.root, self.height - 1, None, None)]
+        stack = [(self.root, self.height - 1, None, None, self.root_twin)]
         while stack:
-            bno, level, lowkey, hi = stack.pop()
-            node = self._node(bno, level)
+            bno, level, lowkey, hi, twin = stack.pop()
+            node = self._node(bno, level, twin)
             yield node, lowkey, hi
             if level:
                 n = node.n
@@ -947,4 +1024,4 @@ class BTree:
                     e = node.recs[i]
                     k = tuple(e[f].item() for f in self.spec.key_fields)
                     h = int(e["hi"]) if self.spec.overlap else None
-                    stack.append((int(e["child"]), level - 1, k, h))
+                    stack.append((int(e["child"]), level - 1, k, h, int(e["twin"])))

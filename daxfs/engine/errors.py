@@ -163,6 +163,15 @@ class TrimFirst(DaxfsError):
         super().__init__(f"inode {ino}: blocks past the end of the file are still being freed")
 
 
+class WriteFailed(DaxfsError):
+    """The host filesystem under the image reported an error writing it
+    (msync, fdatasync, pwrite: EIO, ENOSPC...).  A commit that meets it
+    shuts the filesystem down (as LMDB's fatal-error latch and XFS's
+    shutdown on a log I/O error): the image keeps what the last successful
+    commit made durable, and every later call, fsync included, fails."""
+    errno = _errno.EIO
+
+
 class Shutdown(DaxfsError):
     """The filesystem shut down after a metadata error; unmount and run check."""
     errno = _errno.EIO

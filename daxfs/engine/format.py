@@ -13,7 +13,7 @@ BLOCK_SIZE = 4096
 BLOCK_SHIFT = 12
 SECTOR_SIZE = 512
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2          # 2: twin block numbers in node entries, the log and the superblock
 MIN_IMAGE_BYTES = 16 * 1024 * 1024
 MAX_FILE_BYTES = (1 << 63) - 1
 NAME_MAX = 255
@@ -33,7 +33,8 @@ FIRST_INO = 2
 # Feature flags in the superblock.
 FEAT_RMAP = 1 << 0
 FEAT_REFLINK = 1 << 1
-KNOWN_FEATURES = FEAT_RMAP | FEAT_REFLINK
+FEAT_DUP = 1 << 2           # every metadata block has a twin (mkfs --metadata dup)
+KNOWN_FEATURES = FEAT_RMAP | FEAT_REFLINK | FEAT_DUP
 
 # Superblock state flags.
 STATE_NEEDS_CHECK = 1 << 0
@@ -130,7 +131,10 @@ SB_DTYPE = _dt([
     ("roots", "<u8", (NTREES + 1,)),      # root block of each tree (index = tree id)
     ("heights", "<u4", (NTREES + 1,)),    # 0 = empty tree
     ("nrecs", "<u8", (NTREES + 1,)),      # record count of each tree
-    ("pool", "<u8", (SB_POOL_MAX,)),      # reserve pool of btree blocks (owner OWN_AG)
+    ("pool", "<u8", (SB_POOL_MAX,)),      # reserve pool of btree blocks (owner OWN_AG);
+                                          # dup: pairs (block, its twin)
+    ("roots2", "<u8", (NTREES + 1,)),     # the twin of each root (dup), else 0
+    ("log2_start", "<u8"),                # the twin of the log (dup), else 0
 ], itemsize=BLOCK_SIZE)
 
 # ---- redo log header (first block(s) of the log) ---------------------------
@@ -141,8 +145,10 @@ LOG_HDR_DTYPE = _dt([
     ("pad", "<u8", (3,)),
 ])
 LOG_HDR_SIZE = 64
-LOG_BNOS_FIRST = (BLOCK_SIZE - LOG_HDR_SIZE) // 8     # bnos in the first header block
-LOG_BNOS_NEXT = BLOCK_SIZE // 8                       # in each further header block
+# after the header: per block of the transaction (block number, its twin or 0)
+LOG_ENT_DTYPE = _dt([("bno", "<u8"), ("twin", "<u8")])
+LOG_BNOS_FIRST = (BLOCK_SIZE - LOG_HDR_SIZE) // 16    # entries in the first header block
+LOG_BNOS_NEXT = BLOCK_SIZE // 16                      # in each further header block
 
 # ---- B+tree node header (64 bytes at the start of every node) ------------
 NODE_HDR_DTYPE = _dt([
@@ -150,7 +156,9 @@ NODE_HDR_DTYPE = _dt([
     ("tree_id", "<u2"), ("level", "<u2"), ("nrecs", "<u4"),
     ("blkno", "<u8"),          # the node's own block number (misplaced-write check)
     ("seq", "<u8"),            # log sequence of the last write
-    ("pad", "<u8", (4,)),
+    ("twin", "<u8"),           # the block of the node's second copy (dup), or 0;
+                               # both copies are the same bytes (blkno names the first)
+    ("pad", "<u8", (3,)),
 ])
 NODE_HDR_SIZE = 64
 
@@ -201,9 +209,12 @@ DT_UNKNOWN, DT_FIFO, DT_CHR, DT_DIR, DT_BLK, DT_REG, DT_LNK, DT_SOCK = 0, 1, 2, 
 assert SB_DTYPE.itemsize == BLOCK_SIZE
 assert SB_DTYPE.fields["crc"][1] == 4
 assert SB_DTYPE.fields["pool"][1] + 8 * SB_POOL_MAX <= BLOCK_SIZE
+assert SB_DTYPE.fields["log2_start"][1] + 8 <= BLOCK_SIZE
+assert LOG_ENT_DTYPE.itemsize == 16
 assert LOG_HDR_DTYPE.itemsize == LOG_HDR_SIZE
 assert NODE_HDR_DTYPE.itemsize == NODE_HDR_SIZE
 assert NODE_HDR_DTYPE.fields["crc"][1] == 4
+assert NODE_HDR_DTYPE.fields["twin"][1] == 32
 assert INODE_DTYPE.itemsize == 96
 assert DIRENT_DTYPE.itemsize == 288
 assert BMAP_DTYPE.itemsize == 40

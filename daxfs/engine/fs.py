@@ -27,7 +27,7 @@ from .dirs import DIR_HEAD_BYTES, Dirs, check_name, entry_bytes
 from .errors import (Corrupted, DaxfsError, DamagedFile, Exists, FileTooBig, InvalidArgument,
                      IsADirectory, NoAttribute, NoSpace, NotADirectory, NotEmpty, NotFound,
                      NotPermitted, NotSupported, PermissionDenied, ReadOnly, Shutdown,
-                     TooManyLinks, TrimFirst)
+                     TooManyLinks, TrimFirst, WriteFailed)
 from .filemap import FileMap
 from .format import (BLOCK_SIZE as BS, DT_BLK, DT_CHR, DT_DIR, DT_FIFO, DT_LNK, DT_REG,
                      DT_SOCK, FEAT_REFLINK, LINK_MAX, ROOT_INO, SYMLINK_MAX, TIME_MAX_SEC, TIME_MIN_SEC)
@@ -205,9 +205,10 @@ class Filesystem:
             try:
                 self._reap_orphans()
                 self.vol.close()
-            except Corrupted as e:
-                # the last commit met damage: the image keeps its last
-                # committed state; the next mount (or check) will find it
+            except (Corrupted, WriteFailed) as e:
+                # the last commit met damage, or could not be written: the
+                # image keeps its last committed state; the next mount (or
+                # check) will find it
                 self._shut_down(str(e))
                 self.vol.pmem.close()
                 self.vol = None
@@ -226,9 +227,11 @@ class Filesystem:
             return
         try:
             self.vol.commit(durable)
-        except Corrupted as e:
-            # (a deferred change met a damaged tree while being written:
-            # nothing of this transaction reaches the image)
+        except (Corrupted, WriteFailed) as e:
+            # a deferred change met a damaged tree while being written
+            # (nothing of this transaction reaches the image), or the host
+            # could not write the image: nothing more is trusted to reach
+            # it (a later fsync must not report success)
             self._forget_caches()
             self._shut_down(str(e))
             raise Shutdown(f"filesystem shut down: {e}") from e

@@ -27,8 +27,8 @@ import logging
 import crc32c
 import numpy as np
 
-from .errors import Corrupted, MediaError
-from .format import (BLOCK_SIZE, LOG_BNOS_FIRST, LOG_BNOS_NEXT, LOG_HDR_DTYPE,
+from .errors import Corrupted, MediaError, WriteFailed
+from .format import (BLOCK_SIZE, LOG_BNOS_FIRST, LOG_BNOS_NEXT, LOG_ENT_DTYPE, LOG_HDR_DTYPE,
                      LOG_HDR_SIZE, LOG_MAGIC)
 
 log = logging.getLogger(__name__)
@@ -70,10 +70,12 @@ class LogFull(Exception):
 class Journal:
     """The running transaction's dirty metadata blocks and the redo log."""
 
-    def __init__(self, pmem, log_start: int, log_blocks: int, seq: int):
+    def __init__(self, pmem, log_start: int, log_blocks: int, seq: int, log2_start: int = 0):
         self.pmem = pmem
         self.log_start = log_start
+        self.log2_start = log2_start      # the log's twin (dup), or 0
         self.log_blocks = log_blocks
+        self.twins: dict[int, int] = {}   # dirty block -> its twin (dup metadata)
         self.capacity = log_capacity(log_blocks)
         self.seq = seq
         self.dirty: dict[int, np.ndarray] = {}
@@ -99,8 +101,12 @@ class Journal:
         except MediaError:
             raise Corrupted(bno, "metadata block is on a poisoned (bad) range") from None
 
-    def write(self, bno: int) -> np.ndarray:
-        """A writable shadow of a block, copied from the device on first use."""
+    def write(self, bno: int, twin: int = 0) -> np.ndarray:
+        """A writable shadow of a block, copied from the device on first use.
+        `twin`: the block's second copy, written with it at checkpoint
+        (callers that have one always pass it: the latest wins)."""
+        if twin or bno in self.twins:
+            self.twins[bno] = twin
         blk = self.dirty.get(bno)
         if self._undo is not None and bno not in self._undo:
             self._undo[bno] = None if blk is None else blk.copy()
@@ -110,8 +116,10 @@ class Journal:
             self.dirty[bno] = blk
         return blk
 
-    def new(self, bno: int) -> np.ndarray:
+    def new(self, bno: int, twin: int = 0) -> np.ndarray:
         """A zeroed shadow for a block whose old contents do not matter."""
+        if twin or bno in self.twins:
+            self.twins[bno] = twin
         if self._undo is not None and bno not in self._undo:
             old = self.dirty.get(bno)
             self._undo[bno] = None if old is None else old.copy()
@@ -120,7 +128,8 @@ class Journal:
         return blk
 
     def discard(self, bno: int) -> None:
-        """Forget a shadow: the block was freed in this transaction."""
+        """Forget a shadow: the block was freed in this transaction.  (Its
+        twin stays known: a rollback may bring the shadow back.)"""
         old = self.dirty.pop(bno, None)
         if self._undo is not None and bno not in self._undo:
             self._undo[bno] = old
@@ -169,7 +178,11 @@ class Journal:
         """Make the last checkpoint durable (before close: the log would
         restore it, but a clean image needs no replay to be right)."""
         if self.home_ranges:
-            self.pmem.flush(self.home_ranges, alone=self._alone())
+            try:
+                self.pmem.flush(self.home_ranges, alone=self._alone())
+            except OSError as e:
+                raise WriteFailed(f"{self.pmem.path}: the image could not be written"
+                                  f" ({e.strerror or e})") from e
             self.home_ranges = []
 
     def _flush_data(self, durable: bool, home=()) -> None:
@@ -199,7 +212,16 @@ class Journal:
     def commit(self, durable: bool = True) -> None:
         """Make every change since the last commit durable, atomically
         (`durable=False`: a background group commit, which leaves data
-        overwritten in place to the kernel's writeback)."""
+        overwritten in place to the kernel's writeback).  WriteFailed if
+        the host could not write the image: nothing after that may be
+        trusted to reach it (the caller shuts down)."""
+        try:
+            self._commit(durable)
+        except OSError as e:
+            raise WriteFailed(f"{self.pmem.path}: the image could not be written"
+                              f" ({e.strerror or e}): commit {self.seq + 1} failed") from e
+
+    def _commit(self, durable: bool) -> None:
         if not self.dirty:
             self._flush_data(durable)
             return
@@ -215,7 +237,8 @@ class Journal:
         bnos = sorted(self.dirty)
         for b in bnos:
             seal(self.dirty[b])
-        # 3. the log
+        twins = [self.twins.get(b, 0) for b in bnos]
+        # 3. the log (and its twin, written alike)
         seq = self.seq + 1
         n = len(bnos)
         hdr_blocks = 1
@@ -229,29 +252,40 @@ class Journal:
         hdr["seq"] = seq
         hdr["nblocks"] = n
         hdr["hdr_blocks"] = hdr_blocks
-        hdr_area[LOG_HDR_SIZE:LOG_HDR_SIZE + 8 * n].view("<u8")[:] = bnos
+        ents = hdr_area[LOG_HDR_SIZE:LOG_HDR_SIZE + LOG_ENT_DTYPE.itemsize * n].view(LOG_ENT_DTYPE)
+        ents["bno"] = bnos
+        ents["twin"] = twins
         body = area[hdr_blocks * BLOCK_SIZE:].reshape(n, BLOCK_SIZE)
         for i, b in enumerate(bnos):
             body[i] = self.dirty[b]
         c = crc32c.crc32c(area)
         area[4:8] = np.frombuffer(c.to_bytes(4, "little"), dtype=np.uint8)
-        pm.flush([(self.log_start, hdr_blocks + n)], alone=self._alone())
-        # 4. checkpoint
-        for b in bnos:
-            pm.block(b)[:] = self.dirty[b]
-        self.home_ranges = [(b, 1) for b in bnos]
+        logs = [(self.log_start, hdr_blocks + n)]
+        if self.log2_start:
+            pm.blocks(self.log2_start, hdr_blocks + n)[:] = area
+            logs.append((self.log2_start, hdr_blocks + n))
+        pm.flush(logs, alone=self._alone())
+        # 4. checkpoint (each block and its twin)
+        home = []
+        for b, t in zip(bnos, twins):
+            img = self.dirty[b]
+            pm.block(b)[:] = img
+            home.append((b, 1))
+            if t:
+                pm.block(t)[:] = img
+                home.append((t, 1))
+        self.home_ranges = home
         self.seq = seq
         self.dirty = {}
+        self.twins = {}
         self.commits += 1
 
 
-def replay(pmem, log_start: int, log_blocks: int) -> int | None:
-    """Apply the last committed log to the device if it is valid.
-
-    Returns the log's sequence number, or None if there was no valid log.
-    """
+def _valid_log(pmem, log_start: int, log_blocks: int):
+    """(seq, header blocks, entries, area) of the log at log_start if it is
+    whole and valid, else None."""
     if pmem.bad and pmem.bad.first_bad(log_start, log_blocks) is not None:
-        log.error("the log is on a poisoned range: not replayed")
+        log.error("the log at block %d is on a poisoned range", log_start)
         return None
     first = pmem.block(log_start)
     hdr = first[:LOG_HDR_SIZE].view(LOG_HDR_DTYPE)[0]
@@ -259,7 +293,8 @@ def replay(pmem, log_start: int, log_blocks: int) -> int | None:
         return None
     n = int(hdr["nblocks"])
     hdr_blocks = int(hdr["hdr_blocks"])
-    if n == 0 or hdr_blocks < 1 or hdr_blocks + n > log_blocks:
+    if n == 0 or hdr_blocks < 1 or hdr_blocks + n > log_blocks or \
+            LOG_HDR_SIZE + LOG_ENT_DTYPE.itemsize * n > hdr_blocks * BLOCK_SIZE:
         return None
     area = pmem.blocks(log_start, hdr_blocks + n)
     stored = int.from_bytes(bytes(area[4:8]), "little")
@@ -268,17 +303,39 @@ def replay(pmem, log_start: int, log_blocks: int) -> int | None:
     c = crc32c.crc32c(area[8:], c)
     if c != stored:
         return None
-    bnos = area[LOG_HDR_SIZE:LOG_HDR_SIZE + 8 * n].view("<u8").copy()
-    if bnos.size and int(bnos.max()) >= pmem.nblocks:
-        del first, hdr, area    # no view of the mapping may outlive the failed open
+    ents = area[LOG_HDR_SIZE:LOG_HDR_SIZE + LOG_ENT_DTYPE.itemsize * n].view(LOG_ENT_DTYPE).copy()
+    return int(hdr["seq"]), hdr_blocks, ents, area
+
+
+def replay(pmem, log_start: int, log_blocks: int, log2_start: int = 0) -> int | None:
+    """Apply the last committed log to the device if it is valid: the copy
+    at log_start, or its twin at log2_start when that one is valid and
+    newer (a poisoned or torn copy is mended by the other).
+
+    Returns the log's sequence number, or None if there was no valid log.
+    """
+    found = [v for v in (_valid_log(pmem, log_start, log_blocks),
+                         _valid_log(pmem, log2_start, log_blocks) if log2_start else None) if v]
+    if not found:
+        return None
+    seq, hdr_blocks, ents, area = max(found, key=lambda v: v[0])
+    n = len(ents)
+    if n and (int(ents["bno"].max()) >= pmem.nblocks or int(ents["twin"].max()) >= pmem.nblocks):
+        del area, found        # no view of the mapping may outlive the failed open
         raise Corrupted(log_start, "log names a block beyond the end of the device")
     body = area[hdr_blocks * BLOCK_SIZE:].reshape(n, BLOCK_SIZE)
-    for i, b in enumerate(bnos):
-        pmem.restore_block(int(b), body[i])
+    homes = []
+    for i in range(n):
+        b, t = int(ents["bno"][i]), int(ents["twin"][i])
+        pmem.restore_block(b, body[i])
+        homes.append((b, 1))
+        if t:
+            pmem.restore_block(t, body[i])
+            homes.append((t, 1))
     if pmem.readonly:
         # in memory only: the checkpoint of the last commit may not have
         # reached the file (it is flushed with the next commit)
-        return int(hdr["seq"])
-    pmem.flush([(int(b), 1) for b in bnos])
-    log.info("replayed log sequence %d (%d blocks)", int(hdr["seq"]), n)
-    return int(hdr["seq"])
+        return seq
+    pmem.flush(homes)
+    log.info("replayed log sequence %d (%d blocks)", seq, n)
+    return seq

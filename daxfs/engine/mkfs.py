@@ -11,14 +11,15 @@ from .inodes import Inodes
 from .volume import Volume
 
 
-def mkfs(path: str, size: int, *, rmap: bool = True, force: bool = False) -> None:
+def mkfs(path: str, size: int, *, rmap: bool = True, force: bool = False,
+         dup: bool = True) -> None:
     """Create the image at path with a fresh filesystem (an existing
     non-empty file only with `force`: Volume.create).  If it fails, a file
     it created is removed again (a file that was there before is left,
     whatever state it is in)."""
     created = _create_new(path)
     try:
-        vol = Volume.create(path, size, rmap=rmap, force=force)
+        vol = Volume.create(path, size, rmap=rmap, force=force, dup=dup)
         try:
             inodes = Inodes(vol)
             root = inodes.create(stat.S_IFDIR | 0o755, 0, 0, parent=ROOT_INO, nlink=2,

@@ -22,7 +22,7 @@ import struct
 import numpy as np
 
 from .badblocks import BadBlocks
-from .errors import BackingFull, ImageLocked, MediaError, NotAnImage
+from .errors import BackingFull, ImageLocked, MediaError, NotAnImage, WriteFailed
 from .format import BLOCK_SIZE, MIN_IMAGE_BYTES
 
 log = logging.getLogger(__name__)
@@ -225,7 +225,11 @@ class Pmem:
         if self.private:
             self.buf[offset:offset + len(data)] = np.frombuffer(data, dtype=np.uint8)
             return
-        os.pwrite(self.fd, data, offset)
+        try:
+            os.pwrite(self.fd, data, offset)
+        except OSError as e:
+            raise WriteFailed(f"{self.path}: the image could not be written"
+                              f" ({e.strerror or e})") from e
         if len(data) >= WRITEBACK_MIN and _sync_file_range is not None:
             # Start writing the pages to the image now (without waiting):
             # the commit's flush then finds them written or on their way,

@@ -39,6 +39,7 @@ class Owner:
     owner: int             # inode number or a metadata owner code
     kind: str              # "data", "xattr" or "metadata"
     offset: int = 0        # byte offset in the file (data) of the bad piece
+    partner: int = 0       # metadata of a dup filesystem: the block's twin
     paths: list = field(default_factory=list)
 
     def describe(self) -> str:
@@ -84,7 +85,7 @@ def owners_of(fs, bno: int, n: int, *, with_paths: bool = True) -> list[Owner]:
             foff = (off + lo - rb) * BS if kind == "data" else 0
             out.append(Owner(lo, hi - lo, owner, kind, foff))
         else:
-            out.append(Owner(lo, hi - lo, owner, "metadata"))
+            out.append(Owner(lo, hi - lo, owner, "metadata", partner=off))
     if with_paths:
         _fill_paths(fs, out)
     return out
@@ -190,6 +191,10 @@ def handle(fs, bno: int, n: int) -> Report:
         if o.owner == OWN_FS:
             _rewrite_superblocks(fs)
             actions.append(f"superblock copy at block {o.bno} rewritten from the good copy")
+            continue
+        healed = _heal_from_twin(fs, o) if vol.dup else None
+        if healed:
+            actions.append(healed)
         else:
             fs.shut_down(f"media error in metadata: {o.describe()}")
             actions.append(f"metadata ({owner_name(o.owner)}) damaged: filesystem shut down")
@@ -217,6 +222,32 @@ def handle(fs, bno: int, n: int) -> Report:
     for line in report.lines():
         log.warning("%s", line)
     return report
+
+
+def _heal_from_twin(fs, o: Owner) -> str | None:
+    """Mend a poisoned metadata block of a dup filesystem from its twin
+    (the rmap names it: the record's offset); what was done, or None if
+    it could not be (both copies bad: the caller shuts down)."""
+    vol = fs.vol
+    if o.owner == OWN_LOG:
+        log1, log2 = int(vol.sb["log_start"]), int(vol.sb["log2_start"])
+        for b in range(o.bno, o.bno + o.nblocks):
+            twin = b - log1 + log2 if b < log2 else b - log2 + log1
+            if not vol.heal_block(b, twin, "log", node=False):
+                return None
+        return f"log blocks {o.bno}+{o.nblocks} healed from their copy"
+    if not o.partner:
+        return None
+    if (o.bno, o.partner) in set(vol.alloc.pool_records()):
+        # an unused pool block: nothing to mend, the next node written
+        # there is stored whole
+        vol.pmem.block(o.bno)[:] = 0
+        vol.pmem.flush([(o.bno, 1)])
+        vol.pmem.bad.clear(o.bno, 1)
+        return f"unused reserve pool block {o.bno} cleared"
+    if vol.heal_block(o.bno, o.partner, owner_name(o.owner)):
+        return f"{owner_name(o.owner)} block {o.bno} healed from its copy at block {o.partner}"
+    return None
 
 
 def _rewrite_superblocks(fs) -> None:

@@ -107,18 +107,20 @@ class Rmap(Delayed):
         self._put(key, _value(length, flags, cur is ABSENT or cur & 1), cur)
 
     # ---- metadata ------------------------------------------------------------------
-    def map_meta(self, bno: int, owner: int, length: int = 1) -> None:
-        self.map(bno, owner, 0, length)
+    # A metadata record's offset is 0, or, for a block of duplicated
+    # metadata (a node or a pool block of a dup filesystem), its twin.
+    def map_meta(self, bno: int, owner: int, length: int = 1, offset: int = 0) -> None:
+        self.map(bno, owner, offset, length)
 
-    def unmap_meta(self, bno: int, owner: int) -> None:
-        self.unmap(bno, owner, 0)
+    def unmap_meta(self, bno: int, owner: int, offset: int = 0) -> None:
+        self.unmap(bno, owner, offset)
 
-    def change_owner(self, bno: int, old: int, new: int) -> None:
+    def change_owner(self, bno: int, old: int, new: int, offset: int = 0) -> None:
         """A btree node or pool block (one block, no flags) changes owner."""
         if self.tree is None:
             return
-        self.unmap(bno, old, 0)
-        self.map(bno, new, 0, 1)
+        self.unmap(bno, old, offset)
+        self.map(bno, new, offset, 1)
 
     # ---- queries -------------------------------------------------------------
     def record(self, bno: int, owner: int, offset: int) -> tuple[int, int] | None:

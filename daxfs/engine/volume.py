@@ -15,13 +15,14 @@ import uuid
 
 import numpy as np
 
+from . import files
 from .alloc import Allocator, POOL_TARGET
 from .btree import BTree
-from . import files
 from .errors import Corrupted, Exists, InvalidArgument, UnsafeFile
-from .format import (BLOCK_SIZE, FEAT_REFLINK, FEAT_RMAP, FIRST_INO, FORMAT_VERSION,
+from .format import (BLOCK_SIZE, FEAT_DUP, FEAT_REFLINK, FEAT_RMAP, FIRST_INO, FORMAT_VERSION,
                      MIN_IMAGE_BYTES, OWN_AG, OWN_FS, OWN_LOG, SB_DTYPE, SB_MAGIC)
-from .journal import Journal, replay
+from .format import NODE_HDR_DTYPE, NODE_HDR_SIZE, TREE_MAGICS
+from .journal import Journal, replay, sealed_ok
 from .pmem import Pmem, lock_for_create
 from .refcount import Refcount
 from .rmap import Rmap
@@ -33,9 +34,11 @@ log = logging.getLogger(__name__)
 MAX_IMAGE_BYTES = 1 << 50
 
 
-def _back_fixed(pmem: Pmem, log_start: int, log_blocks: int) -> None:
-    """Host space for the superblocks and the log (Pmem.back)."""
+def _back_fixed(pmem: Pmem, log_start: int, log_blocks: int, log2_start: int = 0) -> None:
+    """Host space for the superblocks and the log(s) (Pmem.back)."""
     pmem.back(0, log_start + log_blocks)
+    if log2_start:
+        pmem.back(log2_start, log_blocks)
     pmem.back(secondary_bno(pmem.nblocks))
 
 
@@ -64,8 +67,10 @@ class Volume:
         self.note = note
         self.total_blocks = int(self.sb["total_blocks"])
         self.has_rmap = bool(int(self.sb["features"]) & FEAT_RMAP)
+        self.dup = bool(int(self.sb["features"]) & FEAT_DUP)
         self.journal = Journal(pmem, int(self.sb["log_start"]), int(self.sb["log_blocks"]),
-                               int(self.sb["generation"]))
+                               int(self.sb["generation"]), int(self.sb["log2_start"]))
+        self.healed: list[str] = []    # metadata blocks mended from their twins (reports)
         self.verified: set[int] = set()
         self.participants = []
         self.trees = {}
@@ -73,6 +78,7 @@ class Volume:
             if name == "rmap" and not self.has_rmap:
                 continue
             self.trees[name] = BTree(spec, self.journal, self.sb, None, self.verified)
+            self.trees[name].on_heal = lambda b, t, tree: self._healed(b, t, f"{tree} btree node")
         pmem.add_view_holder(self.drop_node_caches)
         self.rmap = Rmap(self.trees.get("rmap"), settle=lambda: self.alloc.settle())
         self.add_participant(self.rmap)
@@ -80,6 +86,34 @@ class Volume:
         self.alloc = Allocator(self)
         for t in self.trees.values():
             t.alloc = self.alloc
+
+    def heal_block(self, bad: int, good: int, what: str, node: bool = True) -> bool:
+        """Mend metadata block `bad` from its twin `good` (dup): if `good`
+        is readable (and, for a btree node, a sealed node naming either
+        block as itself), store it whole over `bad` (a recovery write: it
+        clears the poison) and make it durable.  True if mended."""
+        pm = self.pmem
+        if not (0 < good < pm.nblocks) or pm.bad.first_bad(good, 1) is not None:
+            return False
+        copy = pm.block(good)
+        if node:
+            hdr = copy[:NODE_HDR_SIZE].view(NODE_HDR_DTYPE)[0]
+            if bytes(hdr["magic"]) not in TREE_MAGICS.values() or not sealed_ok(copy) \
+                    or int(hdr["blkno"]) not in (bad, good):
+                return False
+        pm.block(bad)[:] = copy
+        pm.flush([(bad, 1)])
+        pm.bad.clear(bad, 1)
+        self.verified.discard(bad)
+        for t in self.trees.values():
+            t._forget_node(bad)
+        self._healed(bad, good, what)
+        return True
+
+    def _healed(self, bno: int, twin: int, tree: str) -> None:
+        what = f"{tree} at block {bno} healed from its copy at block {twin}"
+        log.warning("%s: %s", self.pmem.path, what)
+        self.healed.append(what)
 
     def drop_node_caches(self) -> None:
         """Forget every tree's decoded nodes (btree.py)."""
@@ -92,14 +126,18 @@ class Volume:
         pmem = Pmem(path, readonly=readonly, private=private)
         try:
             log_start, log_blocks = layout(pmem.nblocks)
+            log2_start = 0
             try:
                 sb_arr, _ = read_superblock(pmem)
                 log_start = int(sb_arr[0]["log_start"])
                 log_blocks = int(sb_arr[0]["log_blocks"])
+                log2_start = int(sb_arr[0]["log2_start"])
             except Corrupted:
                 pass  # both copies bad: the log (found by layout) may mend them
-            _back_fixed(pmem, log_start, log_blocks)
-            replay(pmem, log_start, log_blocks)
+            if log2_start + log_blocks > pmem.nblocks - 1:
+                log2_start = 0
+            _back_fixed(pmem, log_start, log_blocks, log2_start)
+            replay(pmem, log_start, log_blocks, log2_start)
             sb_arr, note = read_superblock(pmem)
             vol = cls(pmem, sb_arr, note)
             for b in vol.alloc.pool_blocks():
@@ -113,7 +151,7 @@ class Volume:
 
     @classmethod
     def create(cls, path: str, size: int, *, rmap: bool = True, private: bool = False,
-               force: bool = False) -> "Volume":
+               force: bool = False, dup: bool = True) -> "Volume":
         """Make a new filesystem in the file at `path` (created if missing).
         An existing non-empty file is overwritten only with `force`; the
         target is never followed as a symlink, must be a regular file with
@@ -151,30 +189,47 @@ class Volume:
             sb["magic"] = SB_MAGIC
             sb["version"] = FORMAT_VERSION
             sb["block_size"] = BLOCK_SIZE
-            sb["features"] = (FEAT_RMAP | FEAT_REFLINK) if rmap else 0
+            sb["features"] = ((FEAT_RMAP | FEAT_REFLINK) if rmap else 0) | (FEAT_DUP if dup else 0)
             sb["uuid"] = uuid.uuid4().bytes
             sb["total_blocks"] = total
             sb["log_start"] = log_start
             sb["log_blocks"] = log_blocks
             sb["next_ino"] = FIRST_INO
             sb["created_ns"] = time.time_ns()
-            _back_fixed(pmem, log_start, log_blocks)
+            # dup: the log's twin and the pool's twins at the end of the
+            # device, as far from the originals as the device allows
+            log2_start = secondary_bno(total) - log_blocks if dup else 0
+            sb["log2_start"] = log2_start
+            _back_fixed(pmem, log_start, log_blocks, log2_start)
             pmem.blocks(log_start, 1)[:] = 0
             first = log_start + log_blocks
-            pmem.back(first, POOL_TARGET)
-            pool = list(range(first, first + POOL_TARGET))
+            end = log2_start or secondary_bno(total)
+            half = POOL_TARGET // 2
+            if dup:
+                firsts = list(range(first, first + half))
+                twins = list(range(end - half, end))
+                pool = [b for pair in zip(firsts, twins) for b in pair]
+                partners = [b for pair in zip(twins, firsts) for b in pair]
+                data_start, data_end = first + half, end - half
+            else:
+                pool = list(range(first, first + POOL_TARGET))
+                partners = [0] * len(pool)
+                data_start, data_end = first + POOL_TARGET, end
+            for b in pool:
+                pmem.back(b)
             sb["pool"][:len(pool)] = pool
             sb["pool_count"] = len(pool)
             vol = cls(pmem, sb_arr)
-            data_start = first + POOL_TARGET
-            data_len = secondary_bno(total) - data_start
+            data_len = data_end - data_start
             vol.trees["free"].insert((data_start, data_len))
             sb["free_blocks"] = data_len
             vol.rmap.map_meta(0, OWN_FS)
             vol.rmap.map_meta(secondary_bno(total), OWN_FS)
             vol.rmap.map_meta(log_start, OWN_LOG, log_blocks)
-            for b in pool:
-                vol.rmap.map_meta(b, OWN_AG)
+            if log2_start:
+                vol.rmap.map_meta(log2_start, OWN_LOG, log_blocks)
+            for b, partner in zip(pool, partners):
+                vol.rmap.map_meta(b, OWN_AG, offset=partner)
             vol.alloc.settle()
             return vol
         except BaseException:

@@ -49,6 +49,7 @@ class Checker:
         self.problems: list[str] = []
         self.progress = progress and sys.stderr.isatty()
         self.nodes: dict[str, list[int]] = {}
+        self.twins: dict[int, tuple[int, str, int]] = {}   # node -> (its twin, tree, level)
         self.bad_trees: set[str] = set()
         self.inodes: dict[int, tuple] = {}
         self.paths: dict[int, str] = {ROOT_INO: "/"}
@@ -85,25 +86,32 @@ class Checker:
     def check_trees(self) -> None:
         for name, tree in self.vol.trees.items():
             self.nodes[name] = self._walk(name, tree)
+            self._check_twins(name, tree)
             if not tree.height and tree.count:
                 self.problem(f"{name} tree: empty but the superblock counts {tree.count} records")
 
     def _walk(self, name: str, tree) -> list[int]:
+        """Every node of the tree (checked), as a list of blocks; the twin
+        of each (dup) is kept in self.twins."""
         spec = tree.spec
         blocks = []
         if not tree.height:
             return blocks
+        names = spec.ent_dtype.names
+        at_child, at_twin = names.index("child"), names.index("twin")
+        at_hi = names.index("hi") if spec.overlap else None
         nrecs = 0
         seen = set()
-        stack = [(tree.root, tree.height - 1, None, None, None)]
+        stack = [(tree.root, tree.height - 1, None, None, None, tree.root_twin)]
         while stack:
-            bno, level, low, high, hi = stack.pop()
+            bno, level, low, high, hi, twin = stack.pop()
             if bno in seen or bno == 0 or bno >= self.vol.total_blocks:
                 self.problem(f"{name} tree: block {bno} referenced twice or out of range")
                 self.bad_trees.add(name)
                 continue
             seen.add(bno)
             blocks.append(bno)
+            self.twins[bno] = (twin, name, level)
             try:
                 self.vol.pmem.check_load(bno)
                 node = tree._node(bno, level)
@@ -141,13 +149,35 @@ class Checker:
                     e = rows[i]
                     nxt = keys[i + 1] if i + 1 < n else high
                     lo_i = keys[i] if (i or low is not None) else None
-                    stack.append((e[-1], level - 1, lo_i, nxt,
-                                  e[-2] if spec.overlap else None))
+                    stack.append((e[at_child], level - 1, lo_i, nxt,
+                                  e[at_hi] if spec.overlap else None, e[at_twin]))
             else:
                 nrecs += n
         if nrecs != tree.count and name not in self.bad_trees:
             self.problem(f"{name} tree: {nrecs} records, superblock says {tree.count}")
         return blocks
+
+    def _check_twins(self, name: str, tree) -> None:
+        """dup: every node's twin exists, is not the node, and holds the
+        same bytes (both copies are written by the same commit)."""
+        pm = self.vol.pmem
+        for bno, (twin, tname, _level) in list(self.twins.items()):
+            if tname != name:
+                continue
+            if not self.vol.dup:
+                if twin:
+                    self.problem(f"{name} tree: node {bno} has a twin ({twin}) on a single image")
+                continue
+            if not twin or twin == bno or twin >= self.vol.total_blocks:
+                self.problem(f"{name} tree: node {bno} has no usable twin ({twin})")
+                continue
+            if bno in self.vol.journal.dirty:
+                continue
+            if pm.bad and (pm.bad.first_bad(bno, 1) is not None or
+                           pm.bad.first_bad(twin, 1) is not None):
+                continue                    # reported as poisoned
+            if not np.array_equal(pm.block(bno), pm.block(twin)):
+                self.problem(f"{name} tree: node {bno} and its twin at block {twin} differ")
 
     def _records(self, name: str):
         tree = self.vol.trees.get(name)
@@ -293,11 +323,17 @@ class Checker:
         sb = vol.sb
         out = [(0, OWN_FS, 0, 1, 0), (secondary_bno(vol.total_blocks), OWN_FS, 0, 1, 0),
                (int(sb["log_start"]), OWN_LOG, 0, int(sb["log_blocks"]), 0)]
-        for b in vol.alloc.pool_blocks():
-            out.append((b, OWN_AG, 0, 1, 0))
+        if int(sb["log2_start"]):
+            out.append((int(sb["log2_start"]), OWN_LOG, 0, int(sb["log_blocks"]), 0))
+        for b, partner in vol.alloc.pool_records():
+            out.append((b, OWN_AG, partner, 1, 0))
         for name, blocks in self.nodes.items():
             owner = own_tree(vol.trees[name].tid)
-            out.extend((b, owner, 0, 1, 0) for b in blocks)
+            for b in blocks:
+                twin = self.twins[b][0]
+                out.append((b, owner, twin, 1, 0))
+                if twin:
+                    out.append((twin, owner, b, 1, 0))
         for rec in self._records("xattr"):
             if rec[5]:
                 out.append((rec[5], rec[0], rec[1], -(-rec[4] // BLOCK_SIZE), RMAP_ATTR))

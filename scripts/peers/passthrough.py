@@ -66,9 +66,10 @@ class Passthrough(pyfuse3.Operations):
     enable_writeback_cache = False
     supports_dot_lookup = False
 
-    def __init__(self, source: str):
+    def __init__(self, source: str, fail_when: str | None = None):
         super().__init__()
         self.root = os.path.abspath(source)
+        self.fail_when = fail_when      # while this file exists, writes and syncs fail (EIO)
         self.paths: dict[int, set[str]] = {pyfuse3.ROOT_INODE: {self.root}}
         self.lookups: dict[int, int] = defaultdict(int)
         self.fds: dict[int, int] = {}          # fh (== fd) -> inode
@@ -273,7 +274,14 @@ class Passthrough(pyfuse3.Operations):
 
     @_os_errors
     async def write(self, fh, off, buf):
+        self._maybe_fail()
         return os.pwrite(fh, buf, off)
+
+    def _maybe_fail(self) -> None:
+        """A failing disk on demand (tests of what a file system under it
+        does when its writes fail): EIO while the --fail-when file exists."""
+        if self.fail_when and os.path.exists(self.fail_when):
+            raise pyfuse3.FUSEError(errno.EIO)
 
     async def flush(self, fh):
         pass
@@ -285,6 +293,7 @@ class Passthrough(pyfuse3.Operations):
 
     @_os_errors
     async def fsync(self, fh, datasync):
+        self._maybe_fail()
         (os.fdatasync if datasync else os.fsync)(fh)
 
     @_os_errors
@@ -337,6 +346,9 @@ def main(argv=None) -> int:
     p.add_argument("source")
     p.add_argument("mountpoint")
     p.add_argument("--debug", action="store_true")
+    p.add_argument("--fail-when", metavar="FILE",
+                   help="while FILE exists, every write and fsync fails with EIO (a disk"
+                        " that goes bad, for tests)")
     p.add_argument("--subtype", default="passthrough",
                    help="the mount's type is fuse.SUBTYPE (tests use 'daxfs': a file"
                         " system that keeps control requests as plain xattrs, to check"
@@ -350,7 +362,7 @@ def main(argv=None) -> int:
             "default_permissions"}
     if os.geteuid() == 0:
         opts.add("allow_other")
-    pyfuse3.init(Passthrough(args.source), args.mountpoint, opts)
+    pyfuse3.init(Passthrough(args.source, args.fail_when), args.mountpoint, opts)
     loop_args = {}
     if args.daxfs_loop:
         sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(
