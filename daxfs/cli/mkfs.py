@@ -34,6 +34,12 @@ def parser(prog: str) -> Parser:
     p.add_argument("--no-rmap", action="store_true",
                    help="no reverse-map btree (then reflink and dedupe are refused, and a "
                         "media error cannot be traced to the files it hits)")
+    p.add_argument("--metadata", choices=("dup", "single"), default="dup",
+                   help="dup (default): every metadata block (tree nodes, the log, the "
+                        "superblock) has a second copy elsewhere on the device, and one bad "
+                        "copy is healed from the other without a shutdown; single: one copy "
+                        "(a bad metadata block shuts the filesystem down until "
+                        "check --repair)")
     p.add_argument("--force", "-f", action="store_true",
                    help="overwrite an existing file (a daxfs image or not)")
     return p
@@ -57,7 +63,8 @@ def main(argv=None, prog="daxfs mkfs") -> int:
               file=sys.stderr)
         return 1
     try:
-        mkfs(image, size, rmap=not args.no_rmap, force=args.force)
+        mkfs(image, size, rmap=not args.no_rmap, force=args.force,
+             dup=args.metadata == "dup")
     except DaxfsError as e:
         msg = str(e) if image in str(e) else f"{image}: {e}"
         print(f"{prog}: {msg}", file=sys.stderr)
@@ -67,7 +74,7 @@ def main(argv=None, prog="daxfs mkfs") -> int:
             else f"make {image}"
         print(failed(prog, what, e, HINTS.get(e.errno, "")), file=sys.stderr)
         return 1
-    features = "rmap, reflink" if not args.no_rmap else "no rmap"
+    features = ("rmap, reflink" if not args.no_rmap else "no rmap") + f", metadata {args.metadata}"
     print(f"made daxfs on {image}: {size - size % BLOCK_SIZE} bytes, "
           f"{BLOCK_SIZE}-byte blocks, {features}")
     return 0
