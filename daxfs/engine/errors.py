@@ -150,3 +150,18 @@ class NotAnImage(DaxfsError):
 class ImageLocked(DaxfsError):
     """Another process holds the image open."""
     errno = _errno.EBUSY
+
+
+class NoDevice(DaxfsError):
+    """The operation needs a regular file (fallocate of a device node or socket)."""
+    errno = _errno.ENODEV
+
+
+class IllegalSeek(DaxfsError):
+    """The file is a pipe (fallocate of a FIFO)."""
+    errno = _errno.ESPIPE
+
+
+class NoData(DaxfsError):
+    """No data (SEEK_DATA) or hole (SEEK_HOLE) at or after the offset: it is at or past EOF."""
+    errno = _errno.ENXIO

@@ -33,7 +33,8 @@ FIRST_INO = 2
 # Feature flags in the superblock.
 FEAT_RMAP = 1 << 0
 FEAT_REFLINK = 1 << 1
-KNOWN_FEATURES = FEAT_RMAP | FEAT_REFLINK
+FEAT_UNWRITTEN = 1 << 2     # extent maps may hold unwritten (preallocated) extents
+KNOWN_FEATURES = FEAT_RMAP | FEAT_REFLINK | FEAT_UNWRITTEN
 
 # Superblock state flags.
 STATE_NEEDS_CHECK = 1 << 0
@@ -98,9 +99,12 @@ def owner_name(owner: int) -> str:
 
 # rmap record flags
 RMAP_ATTR = 1 << 0      # the blocks hold an xattr value of the owner, not file data
+RMAP_UNWRITTEN = 1 << 1  # file data blocks mapped by an unwritten extent
 
-# Extent flags (reserved for unwritten extents; none used yet)
+# Extent flags
 EXT_NONE = 0
+EXT_UNWRITTEN = 1 << 0  # allocated (fallocate) but never written: reads as zeros
+EXT_KNOWN = EXT_UNWRITTEN
 
 
 def _dt(fields, itemsize=None):

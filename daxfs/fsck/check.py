@@ -30,8 +30,9 @@ import numpy as np
 
 from daxfs.engine.btree import Node
 from daxfs.engine.errors import Corrupted, DaxfsError, MediaError
-from daxfs.engine.format import (BLOCK_SIZE, DT_DIR, MAX_FILE_BYTES, OWN_AG, OWN_FS, OWN_LOG,
-                                 RMAP_ATTR, ROOT_INO, TREE_NAMES, own_tree)
+from daxfs.engine.format import (BLOCK_SIZE, DT_DIR, EXT_KNOWN, EXT_UNWRITTEN, FEAT_UNWRITTEN,
+                                 MAX_FILE_BYTES, OWN_AG, OWN_FS, OWN_LOG, RMAP_ATTR,
+                                 RMAP_UNWRITTEN, ROOT_INO, TREE_NAMES, own_tree)
 from daxfs.engine.journal import sealed_ok
 from daxfs.engine.superblock import secondary_bno, verify_copy
 
@@ -176,6 +177,12 @@ class Checker:
             if pblk + n > self.vol.total_blocks or pblk == 0:
                 self.problem(f"{self._where(ino)}: extent at file block {foff} points outside"
                              f" the device (block {pblk}+{n})")
+            if flags & ~EXT_KNOWN:
+                self.problem(f"{self._where(ino)}: extent at file block {foff} has unknown"
+                             f" flags {flags & ~EXT_KNOWN:#x}")
+            elif flags & EXT_UNWRITTEN and not int(self.vol.sb["features"]) & FEAT_UNWRITTEN:
+                self.problem(f"{self._where(ino)}: unwritten extent at file block {foff}, but"
+                             " the superblock lacks the unwritten-extent feature")
         for ino in blocks:
             if ino not in self.inodes and "inode" not in self.bad_trees:
                 self.problem(f"inode {ino}: has extents but no inode record")
@@ -361,6 +368,11 @@ class Checker:
                 d[s] += c
                 d[s + n] -= c
         refc = np.cumsum(d[:-1])
+        for ino, foff, p, n, flags in self.extents:
+            if flags & EXT_UNWRITTEN and p + n <= total and int(self.datac[p:p + n].max()) > 1:
+                self.problem(f"{self._where(ino)}: unwritten extent at file block {foff}"
+                             f" is shared (block {p}+{n})")
+                break
         want = np.where(self.datac >= 2, self.datac, 0)
         bad = np.nonzero(refc != want)[0]
         if bad.size:
@@ -374,7 +386,8 @@ class Checker:
             return
         have = self._records("rmap")
         want = list(self.meta) if hasattr(self, "meta") else []
-        want += [(p, ino, foff, n, 0) for ino, foff, p, n, _ in self.extents]
+        want += [(p, ino, foff, n, RMAP_UNWRITTEN if fl & EXT_UNWRITTEN else 0)
+                 for ino, foff, p, n, fl in self.extents]
         hs, ws = set(have), set(want)
         missing = sorted(ws - hs)
         extra = sorted(hs - ws)

@@ -72,8 +72,10 @@ from .check import Checker
 from daxfs.engine.dirs import name_hash
 from daxfs.engine.errors import Corrupted, MediaError, NoSpace
 from daxfs.engine.format import (BLOCK_SIZE as BS, DT_BLK, DT_CHR, DT_DIR, DT_FIFO, DT_LNK,
-                                 DT_REG, DT_SOCK, MAX_FILE_BYTES, NODE_HDR_DTYPE, NODE_HDR_SIZE,
-                                 OWN_AG, OWN_FS, OWN_LOG, OWN_MAX_INO, RMAP_ATTR, ROOT_INO,
+                                 DT_REG, DT_SOCK, EXT_KNOWN, EXT_UNWRITTEN, FEAT_UNWRITTEN,
+                                 MAX_FILE_BYTES, NODE_HDR_DTYPE, NODE_HDR_SIZE,
+                                 OWN_AG, OWN_FS, OWN_LOG, OWN_MAX_INO, RMAP_ATTR, RMAP_UNWRITTEN,
+                                 ROOT_INO,
                                  SB_POOL_MAX, STATE_NEEDS_CHECK, SYMLINK_MAX, XATTR_INLINE_MAX,
                                  XATTR_VALUE_MAX, own_tree)
 from daxfs.engine.journal import seal
@@ -380,7 +382,8 @@ class Repair:
             if (i > 0 and ranges[i - 1][1] > off) or (i < len(ranges) and ranges[i][0] < off + n):
                 continue
             ranges.insert(i, (off, off + n))
-            self.extents.append((owner, off, bno, n, 0))
+            self.extents.append((owner, off, bno, n,
+                                 EXT_UNWRITTEN if flags & RMAP_UNWRITTEN else 0))
             added += 1
         if added:
             self.extents.sort(key=lambda r: r[:2])
@@ -413,10 +416,10 @@ class Repair:
             if why:
                 self.fix(f"{self._where(ino)}: extent at file block {foff} {why}: dropped")
                 continue
-            if flags:
+            if flags & ~EXT_KNOWN:
                 self.fix(f"{self._where(ino)}: extent at file block {foff}: unknown flags"
-                         f" {flags:#x} cleared")
-                rec = (ino, foff, p, n, 0)
+                         f" {flags & ~EXT_KNOWN:#x} cleared")
+                rec = (ino, foff, p, n, flags & EXT_KNOWN)
             last_end[ino] = foff + n
             if ino not in self.inodes:
                 dropped_missing[ino] = max(dropped_missing.get(ino, 0), foff + n)
@@ -779,7 +782,8 @@ class Repair:
         ls, lb = int(self.sb["log_start"]), int(self.sb["log_blocks"])
         base = [(0, OWN_FS, 0, 1, 0), (secondary_bno(total), OWN_FS, 0, 1, 0),
                 (ls, OWN_LOG, 0, lb, 0)]
-        base += [(p, ino, foff, n, 0) for ino, foff, p, n, _ in self.extents]
+        base += [(p, ino, foff, n, RMAP_UNWRITTEN if fl & EXT_UNWRITTEN else 0)
+                 for ino, foff, p, n, fl in self.extents]
         base += self.xattr_vals
         self.rmap_base = base
 
@@ -1054,6 +1058,8 @@ class Repair:
         sb["next_ino"] = self.next_ino
         sb["inode_count"] = len(self.inodes)
         sb["state"] = int(sb["state"]) & ~STATE_NEEDS_CHECK
+        if any(e[4] & EXT_UNWRITTEN for e in self.extents):
+            sb["features"] = int(sb["features"]) | FEAT_UNWRITTEN
         vol.verified.clear()
         vol.drop_node_caches()
         vol.mark_dirty_sb()

@@ -548,6 +548,37 @@ class Operations(pyfuse3.Operations):
     async def fsync(self, fh, datasync):
         self.fs.fsync(fh)
 
+    # -------------------------------------------- space, holes and copies
+    # FALLOCATE, LSEEK (SEEK_DATA/SEEK_HOLE) and COPY_FILE_RANGE reach us
+    # after the VFS's own checks (vfs_fallocate, generic_copy_file_checks:
+    # EBADF for a file not open for writing, EXDEV across filesystems...);
+    # the engine checks the rest.  Before FALLOCATE and COPY_FILE_RANGE the
+    # kernel drops set-ID bits and file capabilities as for a write
+    # (file_modified: a SETATTR and a REMOVEXATTR), and after our reply it
+    # drops the cached pages of the range changed (truncate_pagecache_range,
+    # truncate_inode_pages_range) and updates i_size itself: nothing here
+    # changes bytes outside that range, so there is nothing else to
+    # invalidate.  None of them may ever answer ENOSYS: the kernel would
+    # stop sending them for the rest of the mount.
+
+    @_boundary(mutates=True)
+    async def fallocate(self, fh, mode, offset, length):
+        self.fs.fallocate(fh, mode, offset, length)
+
+    @_boundary()
+    async def lseek(self, fh, offset, whence):
+        if whence == os.SEEK_DATA:
+            return self.fs.seek_data(fh, offset)
+        if whence == os.SEEK_HOLE:
+            return self.fs.seek_hole(fh, offset)
+        raise pyfuse3.FUSEError(errno.EINVAL)
+
+    @_boundary(mutates=True)
+    async def copy_file_range(self, fh_in, off_in, fh_out, off_out, length, flags):
+        if flags:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        return self.fs.copy_range(fh_in, off_in, fh_out, off_out, length)
+
     # ----------------------------------------------------------- directories
 
     @_boundary()
