@@ -26,6 +26,16 @@ def new_file(fs, name=b"f", data=b""):
     return ino
 
 
+def shared_pair(fs, seed: int, nblocks: int, share: int = 0):
+    """(data, a, b): file a holding `nblocks` random blocks, and file b
+    sharing a's first `share` bytes (0: all of it)."""
+    data = bytes(random.Random(seed).randbytes(nblocks * BS))
+    a = new_file(fs, b"a", data)
+    b = new_file(fs, b"b")
+    fs.clone_range(a, 0, b, 0, share)
+    return data, a, b
+
+
 def refcounts(fs, ino, off, n):
     """The owner count of each block behind [off, off+n) of the file."""
     out = []
@@ -99,10 +109,7 @@ def test_keep_size_preallocation_past_eof_survives_growth_and_remount(tmp_path):
 
 def test_punch_hole_frees_own_blocks_and_drops_only_its_share(tmp_path):
     fs = make_fs(tmp_path / "h.img")
-    data = bytes(random.Random(1).randbytes(64 * BS))
-    a = new_file(fs, b"a", data)
-    b = new_file(fs, b"b")
-    fs.clone_range(a, 0, b, 0, 0)
+    data, a, b = shared_pair(fs, 1, 64)
     c = new_file(fs, b"c", data)
     free = fs.statfs().free_blocks
     # own blocks: freed; partial edges: zeroed, not freed
@@ -131,10 +138,7 @@ def test_punch_hole_frees_own_blocks_and_drops_only_its_share(tmp_path):
 
 def test_zero_range_unwrites_own_blocks_in_place_and_allocates_the_rest(tmp_path):
     fs = make_fs(tmp_path / "z.img")
-    data = bytes(random.Random(2).randbytes(32 * BS))
-    a = new_file(fs, b"a", data)
-    b = new_file(fs, b"b")
-    fs.clone_range(a, 0, b, 0, 16 * BS)          # blocks 0..15 shared
+    data, a, b = shared_pair(fs, 2, 32, 16 * BS)  # blocks 0..15 shared
     fs.setattr(a, size=40 * BS)                  # blocks 32..39: a hole
     phys = fs.fiemap(a, 0, 1 << 40)
     free = fs.statfs().free_blocks
@@ -208,10 +212,7 @@ def _fill(fs, ino):
 
 def test_enospc_changes_nothing(tmp_path):
     fs = make_fs(tmp_path / "n.img", size=16 * MiB)
-    data = bytes(random.Random(3).randbytes(40 * BS))
-    a = new_file(fs, b"a", data)
-    b = new_file(fs, b"b")
-    fs.clone_range(a, 0, b, 0, 0)
+    data, a, b = shared_pair(fs, 3, 40)
     c = new_file(fs, b"c")
     fill = new_file(fs, b"fill")
     for _ in range(2):              # (blocks freed before a commit come back after it)

@@ -17,11 +17,11 @@ import re
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
-from conftest import MiB, ROOT, check_image, daxfs, make_image, mount_image, run
+from conftest import MiB, check_image, daxfs, make_image, mount_image, run
+from test_reflink_tools import settle as commit, uncached_read as read   # (the daemon's bytes)
 
 BS = 4096
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
@@ -63,24 +63,6 @@ def filefrag(path) -> list[tuple[int, int, set[str]]]:
 
 def blocks_with(path, flag) -> int:
     return sum(n for _, n, flags in filefrag(path) if flag in flags)
-
-
-def commit(mnt) -> None:
-    fd = os.open(mnt, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def read(path) -> bytes:
-    """The file's bytes from the daemon (the kernel's cached pages dropped)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        return Path(f"/proc/self/fd/{fd}").read_bytes()
-    finally:
-        os.close(fd)
 
 
 # ---- copy_file_range: cp shares without daxfs exec ----------------------------------

@@ -405,15 +405,7 @@ class FileMap:
     def truncate_blocks(self, inode, first_block: int) -> None:
         """Unmap and release every block of the file from first_block on, in
         steps that each leave the file consistent."""
-        if not inode.blocks:        # no blocks, no extents (check verifies it)
-            return
-        while True:
-            removed, reached = self.unmap(inode.ino, first_block, _END, limit=16)
-            self.release(removed)
-            inode.blocks -= sum(n for _, n in removed)
-            if reached == _END:
-                return
-            self.step()
+        self.punch(inode, first_block, _END)
 
     def truncate_written(self, inode, first_block: int) -> None:
         """Unmap and release the written blocks of the file from first_block
@@ -459,8 +451,9 @@ class FileMap:
 
     def punch(self, inode, start: int, end: int) -> None:
         """Unmap file blocks [start, end) and drop the file's owner count of
-        their blocks (shared ones stay with their other owners), in steps."""
-        if not inode.blocks:
+        their blocks (shared ones stay with their other owners), in steps
+        that each leave the file consistent."""
+        if not inode.blocks:        # no blocks, no extents (check verifies it)
             return
         while True:
             removed, reached = self.unmap(inode.ino, start, end, limit=16)
