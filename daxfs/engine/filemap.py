@@ -455,14 +455,15 @@ class FileMap:
         that each leave the file consistent."""
         if not inode.blocks:        # no blocks, no extents (check verifies it)
             return
-        while True:
-            removed, reached = self.unmap(inode.ino, start, end, limit=16)
+        while start < end:
+            # (16 records a step: a step lists only what it unmaps)
+            stop = self.records_end(inode.ino, start, end, 16)
+            removed, _ = self.unmap(inode.ino, start, stop)
             self.release(removed)
             inode.blocks -= sum(n for _, n in removed)
-            if reached == end:
-                return
-            start = reached
-            self.step()
+            start = stop
+            if start < end:
+                self.step()
 
     def shared_blocks(self, ino: int, start: int, end: int) -> int:
         """How many blocks of file blocks [start, end) are shared (written:
