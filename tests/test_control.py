@@ -16,6 +16,7 @@ Every subprocess is bounded by a timeout.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -828,12 +829,53 @@ print(json.dumps(res))
 '''
 
 
+@contextlib.contextmanager
+def xattr_store_mount(tmp_path):
+    """A FUSE mount of type fuse.daxfs that keeps every xattr as it is set
+    (the pyfuse3 passthrough peer over a directory): a stand-in daemon that
+    stores control requests instead of running them."""
+    src, mnt = tmp_path / "store", tmp_path / "mnt"
+    src.mkdir()
+    mnt.mkdir()
+    proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "peers" / "passthrough.py"),
+                             str(src), str(mnt), "--subtype", "daxfs"])
+    try:
+        deadline = time.monotonic() + 30
+        while host.daxfs_mount_at(mnt) is None:
+            assert proc.poll() is None and time.monotonic() < deadline, "passthrough did not mount"
+            time.sleep(0.05)
+        yield mnt
+    finally:
+        host.force_unmount(mnt, [proc.pid], 30)
+        proc.wait(timeout=30)
+
+
 def test_library_speaks_the_protocol(preload_lib, tmp_path):
-    """With a hand-set probe, a file system that stores xattrs plays the
-    daemon: the library's requests are left behind as xattrs, in exactly
+    """With a hand-set probe, a fuse.daxfs mount that stores xattrs plays
+    the daemon: the library's requests are left behind as xattrs, in exactly
     the bytes control.py decodes; answers set by hand are read back."""
-    d = tmp_path / "fs"
-    d.mkdir()
+    with xattr_store_mount(tmp_path) as d:
+        _speaks_the_protocol(preload_lib, d)
+
+
+def test_forged_probe_off_daxfs_is_ignored(preload_lib, tmp_path):
+    """On ext4, a destination carrying user.daxfs.probe does not make the
+    library speak the protocol: cp --reflink=always fails as it does
+    without the library, instead of "succeeding" with an empty copy."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.write_bytes(os.urandom(3 * 4096))
+    dst.write_bytes(b"")
+    for p in (src, dst):
+        os.setxattr(p, control.PROBE_NAME, control.PROBE_VALUE)
+    env = dict(os.environ, LD_PRELOAD=str(preload_lib), DAXFS_FAKE_XFS="1")
+    res = subprocess.run(["cp", "--reflink=always", str(src), str(dst)], capture_output=True,
+                         text=True, timeout=TIMEOUT, env=env)
+    assert res.returncode != 0 and "Operation not supported" in res.stderr, res.stderr
+    assert control.CLONE_NAME.decode() not in os.listxattr(dst)
+    assert dst.read_bytes() == b""
+
+
+def _speaks_the_protocol(preload_lib, d):
     src_data = os.urandom(3 * 4096 + 100)
     (d / "src").write_bytes(src_data)
     (d / "dst").write_bytes(b"")
@@ -1077,6 +1119,7 @@ def main():
     ops = Fake()
     opts = set(pyfuse3.default_options)
     opts.add("fsname=fakedaxfs")
+    opts.add("subtype=daxfs")
     opts.add("default_permissions")
     pyfuse3.init(ops, MNT, opts)
     ops.dev = host.mount_at(MNT).dev

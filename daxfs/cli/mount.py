@@ -27,6 +27,7 @@ The mount itself (options, lifecycle, signals) is daxfs/fuse/mount.py's.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import os
 import shlex
@@ -36,6 +37,8 @@ import sys
 import time
 
 from daxfs import host
+from daxfs.engine import files
+from daxfs.engine.errors import DaxfsError
 from daxfs.fuse import mount as _mount
 
 log = logging.getLogger(__name__)
@@ -45,6 +48,7 @@ HELPER_PATH = "/sbin/mount.fuse.daxfs"
 HELPER_MARK = "# written by: daxfs mount --install-helper"
 UMOUNT_HELPER_NAME = "umount.fuse.daxfs"
 READY_TIMEOUT = 60.0
+LOG_DIR = "/var/log/daxfs"
 
 # Options libfuse understands that we pass through.
 FUSE_FLAGS = {
@@ -102,7 +106,32 @@ def _check_environment(image: str, mountpoint: str) -> None:
 
 
 def _default_log(image: str) -> str:
-    return f"/tmp/daxfs-{os.path.basename(image)}.log"
+    """The daemon's log when none is given: in a directory only its owner
+    (root: /var/log/daxfs) may write, one per image (its name and a hash of
+    its absolute path: two images of the same name never share a log)."""
+    if os.geteuid() == 0:
+        base = LOG_DIR
+    else:
+        state = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+        base = os.path.join(state, "daxfs")
+    os.makedirs(base, mode=0o700, exist_ok=True)
+    st = os.lstat(base)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise UsageError(f"{base}: the log directory is not a directory that only its owner"
+                         " writes; give --log FILE")
+    digest = hashlib.sha256(os.fsencode(os.path.abspath(image))).hexdigest()[:12]
+    return os.path.join(base, f"{os.path.basename(image)}-{digest}.log")
+
+
+def _open_log(path: str) -> int:
+    """The log, appended to; never a symlink, FIFO or device (files.py)."""
+    try:
+        return files.open_regular(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600,
+                                  what="log")
+    except DaxfsError as e:
+        raise UsageError(str(e)) from None
+    except OSError as e:
+        raise UsageError(f"{path}: cannot open the log: {e.strerror}") from None
 
 
 def _daemon_of(pid: int, image: str) -> bool:
@@ -159,7 +188,7 @@ def _spawn(image: str, mountpoint: str, options: str | None, log_path: str,
         cmd += ["-o", options]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [_package_root(), env.get("PYTHONPATH")]))
-    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    fd = _open_log(log_path)
     offset = os.lseek(fd, 0, os.SEEK_END)
     try:
         child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd,
@@ -188,9 +217,10 @@ def _spawn(image: str, mountpoint: str, options: str | None, log_path: str,
 
 def _foreground(image: str, mountpoint: str, options: list[str], readonly: bool,
                 log_path: str | None) -> int:
-    from daxfs.engine.errors import DaxfsError
-
-    handler = logging.FileHandler(log_path) if log_path else logging.StreamHandler(sys.stderr)
+    if log_path:
+        handler = logging.StreamHandler(os.fdopen(_open_log(log_path), "a", buffering=1))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(
         "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
@@ -300,7 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--foreground", action="store_true",
                    help="serve in this process until unmounted")
     p.add_argument("--log", metavar="FILE",
-                   help="the daemon's log (default /tmp/daxfs-IMAGENAME.log)")
+                   help="the daemon's log (default /var/log/daxfs/IMAGENAME-HASH.log as"
+                        " root, ~/.local/state/daxfs/ otherwise)")
     p.add_argument("--timeout", type=float, default=READY_TIMEOUT, help=argparse.SUPPRESS)
     p.add_argument("--install-helper", nargs="?", const=HELPER_PATH, metavar="PATH",
                    help=f"write the mount(8) helper (default {HELPER_PATH}) and the umount(8)"

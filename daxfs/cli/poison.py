@@ -63,9 +63,10 @@ def inject(args) -> int:
                 print(f"{PROG}: range is beyond the end of the device", file=sys.stderr)
                 return 1
             owners = poison.owners_of(fs, bno, n)
+            total = fs.vol.total_blocks
         finally:
             fs.close()
-        BadBlocks(args.target).add(bno, n)
+        BadBlocks(args.target, total).add(bno, n)
         print(f"marked blocks {bno}+{n} (bytes {bno * BS}+{n * BS}) bad on {args.target};"
               " the filesystem handles it at the next mount")
         for o in owners:
@@ -124,13 +125,22 @@ def listing(args) -> int:
     return 0
 
 
+def _bytes(least: int):
+    """An argparse type: a decimal byte count >= least (ASCII digits)."""
+    def parse(text: str) -> int:
+        if not (text.isascii() and text.isdigit()) or int(text) < least:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a byte count >= {least}")
+        return int(text)
+    return parse
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog=PROG, description="Inject or list media errors.")
     sub = p.add_subparsers(dest="cmd", required=True)
     i = sub.add_parser("inject", help="mark a range bad and run the failure handler")
     i.add_argument("target", help="image, mountpoint, or a file on a daxfs mount")
-    i.add_argument("--offset", type=int, help="first byte (device, or file for a file target)")
-    i.add_argument("--length", type=int, help="bytes")
+    i.add_argument("--offset", type=_bytes(0), help="first byte (device, or file for a file target)")
+    i.add_argument("--length", type=_bytes(1), help="bytes")
     i.add_argument("--metadata", choices=sorted(admin.METADATA_KINDS),
                    help="poison one block of this kind of metadata instead")
     ls = sub.add_parser("list", help="every bad range with its owners")

@@ -18,6 +18,7 @@ fuse_ops.py), `client_*` helpers for the commands.
 
 import json
 import os
+import re
 
 from daxfs.engine.errors import InvalidArgument, NotPermitted
 from daxfs.engine.format import BLOCK_SIZE as BS, TREE_NAMES
@@ -28,6 +29,9 @@ REPORT = PREFIX + b"report"
 LIST = PREFIX + b"poison-list"
 MAP = PREFIX + b"map."
 MAP_PIECE = 300
+# "<offset> <length>": ASCII decimal digits only (str.isdigit takes any
+# script's digits), at most 20 of them: numbers bounded before int()
+_RANGE_REQUEST = re.compile(rb"([0-9]{1,20}) ([0-9]{1,20})")
 VALUE_MAX = 60000
 
 METADATA_KINDS = {"superblock": None, "superblock2": None, "log": None}
@@ -80,20 +84,19 @@ class AdminServer:
         if name != POISON:
             raise InvalidArgument(f"unknown admin request {name!r}")
         from daxfs.engine import poison
-        try:
-            parts = value.decode().split()
-        except UnicodeDecodeError:
-            raise InvalidArgument("malformed poison request") from None
-        if len(parts) == 1 and parts[0] in METADATA_KINDS:
-            bno, n = metadata_block(self.fs, parts[0]), 1
-        elif len(parts) == 2 and all(p.isdigit() for p in parts):
-            off, length = int(parts[0]), int(parts[1])
+        value = bytes(value)
+        m = _RANGE_REQUEST.fullmatch(value)
+        if m is not None:
+            off, length = int(m.group(1)), int(m.group(2))
             if length <= 0:
                 raise InvalidArgument("length must be positive")
             bno = off // BS
             n = -(-(off + length) // BS) - bno
+        elif value.isascii() and value.decode() in METADATA_KINDS:
+            bno, n = metadata_block(self.fs, value.decode()), 1
         else:
-            raise InvalidArgument("poison request is '<offset> <length>' or a metadata kind")
+            raise InvalidArgument("poison request is '<offset> <length>' (decimal bytes)"
+                                  " or a metadata kind")
         rep = poison.inject(self.fs, bno, n)
         self.last_report = report_dict(rep)
         return rep.data_inodes

@@ -24,20 +24,20 @@ before the commit that maps it as written; blocks past EOF are unwritten
 (preallocated), or left by a crash (fs._drop_post_eof drops those).
 """
 
+import itertools
+
 import numpy as np
 
 from .attrs import (FIEMAP_EXTENT_LAST, FIEMAP_EXTENT_SHARED, FIEMAP_EXTENT_UNWRITTEN,
                     FiemapExtent)
-from .errors import Corrupted, MediaError, NoSpace
-from .format import BLOCK_SIZE as BS, EXT_UNWRITTEN, FEAT_UNWRITTEN, RMAP_UNWRITTEN
+from .errors import DamagedFile, MediaError, NoSpace
+from .format import (BLOCK_SIZE as BS, EXT_KNOWN, EXT_UNWRITTEN, FEAT_UNWRITTEN, OWN_MAX_INO,
+                     RMAP_ATTR, RMAP_UNWRITTEN, owner_name)
 
 _END = (1 << 64) - 1
+TRUSTED_MAX = 1 << 18        # extent records remembered as verified
+UNMAP_STEP = 16              # extents unmapped between consistent points
 _UNKNOWN = object()
-
-
-def _chain(first, rest):
-    yield from first
-    yield from rest
 
 
 def _rmap_flags(ext_flags: int) -> int:
@@ -55,6 +55,7 @@ class FileMap:
         self.pmem = vol.pmem
         self.journal = vol.journal
         self.step = step or (lambda: None)
+        self._trusted: set[tuple] = set()    # extent records verified or written here
 
     # ---- mapping ------------------------------------------------------------
     def extents(self, ino: int, start: int, end: int) -> list[tuple[int, int, int]]:
@@ -70,7 +71,8 @@ class FileMap:
 
     def _extents(self, ino: int, start: int, end: int):
         """mapping(), and the file's record with the greatest key <= start
-        (None if the file has none)."""
+        (None if the file has none).  Every record used is verified first
+        (`_verify`)."""
         out = []
         near = self.tree.around((ino, start), (ino, end - 1))
         if near is None:                    # (the extents span leaves)
@@ -80,7 +82,10 @@ class FileMap:
             prev, after = near
         if prev and prev[0] != ino:
             prev = None
+        trusted = self._trusted
         if prev and prev[1] < start < prev[1] + prev[3]:
+            if prev not in trusted:
+                self._verify(prev)
             f, p, n = prev[1], prev[2], prev[3]
             cut = start - f
             out.append((start, p + cut, min(n - cut, end - start), prev[4]))
@@ -90,13 +95,55 @@ class FileMap:
             f, p, n = rec[1], rec[2], rec[3]
             if f >= end:
                 break
+            if rec not in trusted:
+                self._verify(rec)
             out.append((f, p, min(n, end - f), rec[4]))
-        total = self.vol.total_blocks
-        for f, p, n, _ in out:
-            if p == 0 or p + n > total:
-                raise Corrupted(p, f"inode {ino}: extent at file block {f} points outside"
-                                   f" the device (block {p}+{n})")
         return out, prev
+
+    def _trust(self, rec: tuple) -> None:
+        """A record this mount wrote itself: no need to verify it."""
+        trusted = self._trusted
+        if len(trusted) >= TRUSTED_MAX:
+            trusted.clear()
+        trusted.add(rec)
+
+    def _verify(self, rec: tuple) -> None:
+        """Before the first load or store through an extent record read
+        from the image: it must lie on the device outside the superblocks
+        and the log, the rmap must hold exactly its record, every other
+        owner of its blocks must be file data counted in the refcount tree,
+        and no block of it may be free.  Anything else is a damaged file
+        (EUCLEAN for it, never a place to write): a crafted image must not
+        turn a user's write into a write over metadata or another file."""
+        ino, f, p, n, flags = rec
+        vol = self.vol
+        total = vol.total_blocks
+        where = f"extent at file block {f} (blocks {p}+{n})"
+        if n == 0 or p == 0 or p + n > total - 1 or flags & ~EXT_KNOWN:
+            raise DamagedFile(ino, f"{where} is not a valid extent of this device")
+        log_start = int(vol.sb["log_start"])
+        if p < log_start + int(vol.sb["log_blocks"]) and p + n > log_start:
+            raise DamagedFile(ino, f"{where} lies over the log")
+        free = self.alloc.free_tree.last_le((p + n - 1,))
+        if free is not None and free[0] + free[1] > p:
+            raise DamagedFile(ino, f"{where} overlaps free space ({free[0]}+{free[1]})")
+        if self.rmap.enabled:
+            if self.rmap.record(p, ino, f) != (n, _rmap_flags(flags)):
+                raise DamagedFile(ino, f"{where} has no matching rmap record")
+            sharers = np.zeros(n, dtype=np.int64)
+            for rb, owner, _off, rlen, rflags in self.rmap.owners(p, p + n - 1):
+                if owner > OWN_MAX_INO or rflags & RMAP_ATTR:
+                    raise DamagedFile(ino, f"{where} lies over {owner_name(owner)}"
+                                           f" blocks {rb}+{rlen}")
+                lo, hi = max(rb, p), min(rb + rlen, p + n)
+                sharers[lo - p:hi - p] += 1
+            for s, k, rc in self.refc.segments(p, n):
+                if (sharers[s - p:s - p + k] != (rc if rc > 1 else 1)).any():
+                    raise DamagedFile(ino, f"{where}: blocks {s}+{k} have other owners than"
+                                           f" the refcount tree counts ({rc})")
+                if rc > 1 and flags & EXT_UNWRITTEN:
+                    raise DamagedFile(ino, f"{where}: an unwritten extent is shared")
+        self._trust(rec)
 
     def last_block(self, ino: int) -> int:
         """One past the last mapped file block (0 if none)."""
@@ -118,12 +165,14 @@ class FileMap:
                     and prev[2] + prev[3] == pblk and prev[4] == flags):
                 rec = (ino, prev[1], prev[2], prev[3] + n, flags)
                 self.tree.update(rec)
+                self._trust(rec)
                 self.rmap.resize(prev[2], ino, prev[1], prev[3] + n, _rmap_flags(flags))
                 return rec
         if flags & EXT_UNWRITTEN:
             self._note_unwritten()
         rec = (ino, foff, pblk, n, flags)
         self.tree.insert(rec)
+        self._trust(rec)
         self.rmap.map(pblk, ino, foff, n, _rmap_flags(flags))
         return rec
 
@@ -136,13 +185,16 @@ class FileMap:
             sb["features"] = int(sb["features"]) | FEAT_UNWRITTEN
             self.vol.mark_dirty_sb()
 
+
     def unmap(self, ino: int, start: int, end: int, limit: int = 0) -> tuple[list, int]:
         """Remove the mapping of file blocks [start, end).  Returns the
         physical (block, count) ranges removed and the file block reached
         (== end unless `limit` extents were done first)."""
         removed = []
         reached = end
-        for k, (f, p, n) in enumerate(self.extents(ino, start, end)):
+        todo = self._iter_extents(ino, start, end)
+        todo = list(itertools.islice(todo, limit + 1)) if limit else list(todo)
+        for k, (f, p, n) in enumerate(todo):
             if limit and k >= limit:
                 reached = f
                 break
@@ -151,12 +203,14 @@ class FileMap:
             a, b = f, f + n
             if rf < a:
                 self.tree.update((ino, rf, rp, a - rf, rfl))
+                self._trust((ino, rf, rp, a - rf, rfl))
                 self.rmap.resize(rp, ino, rf, a - rf, _rmap_flags(rfl))
             else:
                 self.tree.discard((ino, rf))
                 self.rmap.unmap(rp, ino, rf)
             if b < rf + rn:
                 self.tree.insert((ino, b, rp + (b - rf), rf + rn - b, rfl))
+                self._trust((ino, b, rp + (b - rf), rf + rn - b, rfl))
                 self.rmap.map(rp + (b - rf), ino, b, rf + rn - b, _rmap_flags(rfl))
             removed.append((p, n))
         return removed, reached
@@ -318,10 +372,7 @@ class FileMap:
         (what they read as until now), then become written."""
         lo_f = max(f, off // BS)
         hi_f = min(f + k, (end + BS - 1) // BS)
-        q, n = p + (lo_f - f), hi_f - lo_f
-        if self.refc.is_shared(q, n):
-            raise Corrupted(q, f"inode {inode.ino}: unwritten extent at file block {lo_f}"
-                               " is shared")
+        q, n = p + (lo_f - f), hi_f - lo_f      # (never shared: _verify, clone)
         self._fill_new(q, lo_f, n, off, end, data, None)
         self._clear_bad(q, n)           # whole blocks stored: a recovery write
         self.set_flags(inode.ino, lo_f, hi_f, 0)
@@ -402,68 +453,57 @@ class FileMap:
             return                      # a hole or unwritten: reads as zeros
         self.write(inode, size, bytes(BS - size % BS))
 
-    def truncate_blocks(self, inode, first_block: int) -> None:
+    def truncate_blocks(self, inode, first_block: int, budget: int | None = None) -> bool:
         """Unmap and release every block of the file from first_block on, in
-        steps that each leave the file consistent."""
-        self.punch(inode, first_block, _END)
+        steps that each leave the file consistent; with `budget`, at most
+        that many extents.  True when nothing is mapped from first_block
+        on any more."""
+        return self.punch(inode, first_block, _END, budget)
 
-    def truncate_written(self, inode, first_block: int) -> None:
+    def truncate_written(self, inode, first_block: int, budget: int | None = None) -> bool:
         """Unmap and release the written blocks of the file from first_block
-        on, keeping the unwritten (preallocated) ones; in steps."""
+        on, keeping the unwritten (preallocated) ones; in steps, at most
+        `budget` extents with one.  True when no written block is left
+        there."""
+        done = 0
         while True:
-            written = [(f, n) for f, _, n, fl in self.mapping(inode.ino, first_block, _END)
-                       if not fl & EXT_UNWRITTEN][:16]
-            if not written:
-                return
-            for f, n in written:
+            # (read lazily, and only before the tree changes)
+            left = ((f, n) for f, _, n, fl in self._iter_mapping(inode.ino, first_block, _END)
+                    if not fl & EXT_UNWRITTEN)
+            if budget is not None and done >= budget:
+                return next(left, None) is None
+            step = UNMAP_STEP if budget is None else min(UNMAP_STEP, budget - done)
+            batch = list(itertools.islice(left, step))
+            if not batch:
+                return True
+            for f, n in batch:
                 removed, _ = self.unmap(inode.ino, f, f + n)
                 self.release(removed)
                 inode.blocks -= sum(k for _, k in removed)
-            first_block = written[-1][0] + written[-1][1]
+            done += len(batch)
+            first_block = batch[-1][0] + batch[-1][1]
             self.step()
 
-    # ---- preallocation and holes ---------------------------------------------
-    def holes(self, ino: int, start: int, end: int) -> list[tuple[int, int]]:
-        """The unmapped runs [a, b) of file blocks [start, end)."""
-        out = []
-        pos = start
-        for f, _, n in self.extents(ino, start, end):
-            if pos < f:
-                out.append((pos, f))
-            pos = f + n
-        if pos < end:
-            out.append((pos, end))
-        return out
-
-    def preallocate(self, inode, holes) -> None:
-        """Give each hole [a, b) of the file unwritten blocks (which read
-        as zeros: nothing is stored), in steps."""
-        ino = inode.ino
-        for a, b in holes:
-            goal = self._goal(ino, a)
-            while a < b:
-                p, k = self.alloc.alloc(b - a, goal)
-                self.map(ino, a, p, k, flags=EXT_UNWRITTEN)
-                inode.blocks += k
-                a += k
-                goal = p + k
-                self.step()
-
-    def punch(self, inode, start: int, end: int) -> None:
+    def punch(self, inode, start: int, end: int, budget: int | None = None) -> bool:
         """Unmap file blocks [start, end) and drop the file's owner count of
         their blocks (shared ones stay with their other owners), in steps
-        that each leave the file consistent."""
+        that each leave the file consistent; with `budget`, at most that
+        many extents.  True when nothing is mapped there any more."""
         if not inode.blocks:        # no blocks, no extents (check verifies it)
-            return
-        while start < end:
-            # (16 records a step: a step lists only what it unmaps)
-            stop = self.records_end(inode.ino, start, end, 16)
-            removed, _ = self.unmap(inode.ino, start, stop)
+            return True
+        done = 0
+        while True:
+            limit = UNMAP_STEP if budget is None else max(1, min(UNMAP_STEP, budget - done))
+            removed, reached = self.unmap(inode.ino, start, end, limit=limit)
             self.release(removed)
             inode.blocks -= sum(n for _, n in removed)
-            start = stop
-            if start < end:
-                self.step()
+            done += len(removed)
+            if reached == end:
+                return True
+            start = reached
+            self.step()
+            if budget is not None and done >= budget:
+                return False
 
     def shared_blocks(self, ino: int, start: int, end: int) -> int:
         """How many blocks of file blocks [start, end) are shared (written:
@@ -480,7 +520,7 @@ class FileMap:
         ino = inode.ino
         pos = start
         while pos < end:
-            step_end = self.records_end(ino, pos, end, 16)
+            step_end = pos + self.extent_span(ino, pos, end, UNMAP_STEP)
             for f, p, n, flags in self.mapping(ino, pos, step_end):
                 if flags & EXT_UNWRITTEN:
                     continue
@@ -495,38 +535,20 @@ class FileMap:
             pos = step_end
             self.step()
 
-    def records_end(self, ino: int, start: int, end: int, limit: int) -> int:
-        """A file block e, start < e <= end, such that at most `limit`
-        extent records of the file begin in [start, e): how far an
-        operation may go in one bounded step."""
-        n = 0
-        for rec in self.tree.scan(lo=(ino, start), hi=(ino,)):
-            if rec[1] >= end:
-                break
-            n += 1
-            if n > limit and rec[1] > start:
-                return rec[1]
-        return end
-
     # ---- SEEK_DATA / SEEK_HOLE -------------------------------------------------
     def _written_runs(self, ino: int, start: int):
         """(first block, end block) of the written extents meeting file
         blocks [start, ...), in order, adjacent ones joined; lazily."""
         run = None
-        prev = self.tree.last_le((ino, start))
-        recs = self.tree.scan(lo=(ino, start), hi=(ino,))
-        if prev and prev[0] == ino and prev[1] < start < prev[1] + prev[3]:
-            recs = _chain([prev], recs)
-        for rec in recs:
-            if rec[4] & EXT_UNWRITTEN:
+        for f, _, n, flags in self._iter_mapping(ino, start, _END):
+            if flags & EXT_UNWRITTEN:
                 continue
-            a, b = rec[1], rec[1] + rec[3]
-            if run and run[1] == a:
-                run = (run[0], b)
+            if run and run[1] == f:
+                run = (run[0], f + n)
                 continue
             if run:
                 yield run
-            run = (a, b)
+            run = (f, f + n)
         if run:
             yield run
 
@@ -551,22 +573,44 @@ class FileMap:
         return min(pos, size)
 
     # ---- sharing -------------------------------------------------------------
-    def clone(self, src, s_blk: int, dst, d_blk: int, nblk: int) -> None:
+    def clone(self, src, s_blk: int, dst, d_blk: int, nblk: int,
+              budget: int | None = None) -> int:
         """Make dst's file blocks [d_blk, d_blk+nblk) share src's blocks
         [s_blk, s_blk+nblk) (holes stay holes; unwritten extents, which
-        read as zeros and are never shared, become holes)."""
-        pieces = [e[:3] for e in self.mapping(src.ino, s_blk, s_blk + nblk)
-                  if not e[3] & EXT_UNWRITTEN]
-        removed, _ = self.unmap(dst.ino, d_blk, d_blk + nblk)
-        for p, n in removed:
-            for s, k in self.refc.adjust(p, n, -1):
-                self._free_data(s, k)
-        dst.blocks -= sum(n for _, n in removed)
+        read as zeros and are never shared, become holes).  With `budget`,
+        stops after about that many extents (of dst unmapped and of src
+        shared) at a block where the part done is whole.  Returns the
+        blocks done."""
+        limit = None if budget is None else max(1, budget)
+        written = (e[:3] for e in self._iter_mapping(src.ino, s_blk, s_blk + nblk)
+                   if not e[3] & EXT_UNWRITTEN)
+        pieces = list(itertools.islice(written, limit + 1 if limit else None))
+        done = nblk
+        if limit and len(pieces) > limit:
+            done = pieces[limit][0] - s_blk          # up to the first piece left out
+            pieces = pieces[:limit]
+        pos = d_blk
+        while pos < d_blk + done:                    # dst's old blocks there, in steps
+            removed, reached = self.unmap(dst.ino, pos, d_blk + done, limit=UNMAP_STEP)
+            self.release(removed)
+            dst.blocks -= sum(n for _, n in removed)
+            pos = reached
+            if limit is not None:
+                limit -= len(removed)
+                if limit <= 0 and pos < d_blk + done:
+                    done = pos - d_blk
+                    pieces = [pc for pc in pieces if pc[0] < s_blk + done]
+                    if pieces and pieces[-1][0] + pieces[-1][2] > s_blk + done:
+                        f, p, n = pieces[-1]
+                        pieces[-1] = (f, p, s_blk + done - f)
+                    break
+            self.step()
         for f, p, n in pieces:
             self.refc.adjust(p, n, +1)
             self.map(dst.ino, d_blk + (f - s_blk), p, n)
             dst.blocks += n
             self.step()
+        return done
 
     def view(self, ino: int, off: int, length: int, file_size: int):
         """The bytes [off, off+length) as a numpy array: a view on the mapping
@@ -580,8 +624,63 @@ class FileMap:
             return self.pmem.buf[o:o + length]
         return np.frombuffer(self.read(ino, off, length, file_size), dtype=np.uint8)
 
+    def _pieces(self, ino: int, b0: int, b1: int) -> list[tuple[int, int, int]]:
+        """File blocks [b0, b1) as (file block, physical block or 0 for a
+        hole, count), in order, holes (and unwritten extents, which read
+        as zeros) included."""
+        out, pos = [], b0
+        for f, p, n, flags in self._iter_mapping(ino, b0, b1):
+            if flags & EXT_UNWRITTEN:
+                continue
+            if f > pos:
+                out.append((pos, 0, f - pos))
+            out.append((f, p, n))
+            pos = f + n
+        if pos < b1:
+            out.append((pos, 0, b1 - pos))
+        return out
+
     def same_bytes(self, a, a_off: int, b, b_off: int, length: int) -> bool:
-        """Compare two ranges in place, in chunks."""
+        """Compare two ranges in place: extent by extent, where both are
+        holes without reading anything, where one is a hole by checking the
+        other for zeros (bytes past EOF in a last block are zeros too)."""
+        if a_off % BS or b_off % BS:
+            return self._same_bytes_copied(a, a_off, b, b_off, length)
+        buf = self.pmem.buf
+        nb = -(-length // BS)
+        pa = self._pieces(a.ino, a_off // BS, a_off // BS + nb)
+        pb = self._pieces(b.ino, b_off // BS, b_off // BS + nb)
+        ia = ib = 0
+        pos = 0                                   # blocks compared
+        while pos < nb:
+            fa, xa, na = pa[ia]
+            fb, xb, nb_ = pb[ib]
+            sa, sb = pos - (fa - a_off // BS), pos - (fb - b_off // BS)
+            k = min(na - sa, nb_ - sb)
+            nbytes = min(k * BS, length - pos * BS)
+            if xa or xb:
+                if xa:
+                    self._load_check(xa + sa, k)
+                if xb:
+                    self._load_check(xb + sb, k)
+                va = buf[(xa + sa) * BS:(xa + sa) * BS + nbytes] if xa else None
+                vb = buf[(xb + sb) * BS:(xb + sb) * BS + nbytes] if xb else None
+                if va is None:
+                    if np.count_nonzero(vb):
+                        return False
+                elif vb is None:
+                    if np.count_nonzero(va):
+                        return False
+                elif not np.array_equal(va, vb):
+                    return False
+            pos += k
+            if sa + k == na:
+                ia += 1
+            if sb + k == nb_:
+                ib += 1
+        return True
+
+    def _same_bytes_copied(self, a, a_off: int, b, b_off: int, length: int) -> bool:
         step = 64 << 20
         done = 0
         while done < length:
@@ -593,11 +692,45 @@ class FileMap:
             done += n
         return True
 
-    def fiemap(self, ino: int, start: int, length: int, file_size: int) -> list[FiemapExtent]:
+    def _iter_extents(self, ino: int, start: int, end: int):
+        """extents(), one at a time (see _iter_mapping)."""
+        for f, p, n, _ in self._iter_mapping(ino, start, end):
+            yield f, p, n
+
+    def _iter_mapping(self, ino: int, start: int, end: int):
+        """mapping(), one at a time, each record verified before it is
+        used (a caller that stops early reads no more of the tree than it
+        used).  The tree must not change while it runs."""
+        prev = self.tree.last_le((ino, start))
+        head = [prev] if prev and prev[0] == ino and prev[1] < start < prev[1] + prev[3] else []
+        trusted = self._trusted
+        for rec in itertools.chain(head, self.tree.scan(lo=(ino, start), hi=(ino,))):
+            f, p, n = rec[1], rec[2], rec[3]
+            if f >= end:
+                return
+            if rec not in trusted:
+                self._verify(rec)
+            if f < start:
+                f, p, n = start, p + start - f, n - (start - f)
+            yield f, p, min(n, end - f), rec[4]
+
+    def extent_span(self, ino: int, start: int, end: int, most: int) -> int:
+        """How many blocks from `start` (up to `end`) hold at most `most`
+        extents of the file (at least one block)."""
+        for k, (f, _, _) in enumerate(self._iter_extents(ino, start, end)):
+            if k == most:
+                return max(1, f - start)
+        return end - start
+
+    def fiemap(self, ino: int, start: int, length: int, file_size: int,
+               limit: int | None = None) -> list[FiemapExtent]:
+        """The extents (merged where physically contiguous with the same
+        flags) overlapping [start, start+length) inside the file, at most
+        `limit` of them: the walk stops there."""
         b0 = start // BS
-        b1 = (min(start + length, max(file_size, 0)) + BS - 1) // BS if length else b0
+        b1 = -(-min(start + length, max(file_size, 0)) // BS)
         out = []
-        for f, p, n, ext_flags in self.mapping(ino, b0, max(b1, b0)):
+        for f, p, n, ext_flags in self._iter_mapping(ino, b0, max(b1, b0)):
             for s, k, rc in self.refc.segments(p, n):
                 flags = FIEMAP_EXTENT_SHARED if rc > 1 else 0
                 if ext_flags & EXT_UNWRITTEN:
@@ -611,6 +744,10 @@ class FileMap:
                                             last.length + k * BS, flags))
                 else:
                     out.append(FiemapExtent(logical, s * BS, k * BS, flags))
+            if limit is not None and len(out) > limit:
+                break
+        if limit is not None:
+            out = out[:limit]
         if out:
             end_blk = self.last_block(ino)
             last = out[-1]

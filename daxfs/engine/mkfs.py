@@ -8,9 +8,10 @@ from .inodes import Inodes
 from .volume import Volume
 
 
-def mkfs(path: str, size: int, *, rmap: bool = True) -> None:
-    """Create (or overwrite) the image at path with a fresh filesystem."""
-    vol = Volume.create(path, size, rmap=rmap)
+def mkfs(path: str, size: int, *, rmap: bool = True, force: bool = False) -> None:
+    """Create the image at path with a fresh filesystem (an existing
+    non-empty file only with `force`: Volume.create)."""
+    vol = Volume.create(path, size, rmap=rmap, force=force)
     try:
         Inodes(vol).create(stat.S_IFDIR | 0o755, 0, 0, parent=ROOT_INO, nlink=2, ino=ROOT_INO)
         vol.alloc.settle()

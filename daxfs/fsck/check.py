@@ -28,11 +28,10 @@ import sys
 
 import numpy as np
 
-from daxfs.engine.btree import Node
-from daxfs.engine.errors import Corrupted, DaxfsError, MediaError
+from daxfs.engine.errors import Corrupted, MediaError
 from daxfs.engine.format import (BLOCK_SIZE, DT_DIR, EXT_KNOWN, EXT_UNWRITTEN, FEAT_UNWRITTEN,
                                  MAX_FILE_BYTES, OWN_AG, OWN_FS, OWN_LOG, RMAP_ATTR,
-                                 RMAP_UNWRITTEN, ROOT_INO, TREE_NAMES, own_tree)
+                                 RMAP_UNWRITTEN, ROOT_INO, own_tree)
 from daxfs.engine.journal import sealed_ok
 from daxfs.engine.superblock import secondary_bno, verify_copy
 
