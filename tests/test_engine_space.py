@@ -361,9 +361,9 @@ def test_copy_shares_whole_blocks_and_copies_the_edges(tmp_path):
 
 def test_copy_is_bounded_per_call(tmp_path, monkeypatch):
     """A large copy returns a short count; calling again finishes it."""
-    monkeypatch.setattr(fsmod, "COPY_STEP_EXTENTS", 4)
     monkeypatch.setattr(fsmod, "COPY_STEP_BYTES", 10000)
     fs = make_fs(tmp_path / "b.img")
+    fs.budget = 4                                    # (the daemon's step budget, made small)
     a = new_file(fs, b"a")
     data = bytes(random.Random(6).randbytes(40 * BS))
     for i in range(40):                              # 40 one-block extents (interleaved)

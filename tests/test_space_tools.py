@@ -378,3 +378,19 @@ def test_enospc_on_a_small_image_changes_nothing(tmp_path, mnt):
         ok(["fallocate", "-z", "-o", "0", "-l", "2M", m / "a"])
         assert read(m / "a") == bytes(2 * MiB) and read(m / "shared") == b"a" * (2 * MiB)
     check_image(image)
+
+
+def test_punch_of_many_extents_goes_in_steps(mounted):
+    """A punch over more extents than one step's budget frees them in steps
+    (other requests served in between) and frees them all."""
+    a, b = mounted / "frag", mounted / "other"
+    with open(a, "wb") as fa, open(b, "wb") as fb:
+        for i in range(400):                      # interleaved: one extent per block
+            fa.write(os.urandom(BS))
+            fa.flush()
+            fb.write(b"o" * BS)
+            fb.flush()
+    assert len(filefrag(a)) > 200
+    ok(["fallocate", "-p", "-o", "100", "-l", str(400 * BS), a])
+    assert read(a) == read(a)[:100] + bytes(400 * BS - 100) and os.stat(a).st_blocks == 8
+    assert read(b) == b"o" * (400 * BS)

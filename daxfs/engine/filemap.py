@@ -484,6 +484,33 @@ class FileMap:
             first_block = batch[-1][0] + batch[-1][1]
             self.step()
 
+    # ---- preallocation and holes ---------------------------------------------
+    def holes(self, ino: int, start: int, end: int) -> list[tuple[int, int]]:
+        """The unmapped runs [a, b) of file blocks [start, end)."""
+        out = []
+        pos = start
+        for f, _, n in self.extents(ino, start, end):
+            if pos < f:
+                out.append((pos, f))
+            pos = f + n
+        if pos < end:
+            out.append((pos, end))
+        return out
+
+    def preallocate(self, inode, holes) -> None:
+        """Give each hole [a, b) of the file unwritten blocks (which read
+        as zeros: nothing is stored), in steps."""
+        ino = inode.ino
+        for a, b in holes:
+            goal = self._goal(ino, a)
+            while a < b:
+                p, k = self.alloc.alloc(b - a, goal)
+                self.map(ino, a, p, k, flags=EXT_UNWRITTEN)
+                inode.blocks += k
+                a += k
+                goal = p + k
+                self.step()
+
     def punch(self, inode, start: int, end: int, budget: int | None = None) -> bool:
         """Unmap file blocks [start, end) and drop the file's owner count of
         their blocks (shared ones stay with their other owners), in steps
