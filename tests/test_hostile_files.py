@@ -208,3 +208,36 @@ def test_default_logs_are_per_image_and_root_only(tmp_path, mount_root):
     mnt.mkdir()
     _one_line_refusal(daxfs("mount", img, mnt, "--log", link, timeout=90), "symbolic link")
     assert victim.read_bytes() == b"keep me\n"
+
+
+# ------------------------------------------- set-id files and device nodes
+
+def _mount_line(m) -> str:
+    with open("/proc/mounts") as f:
+        return next(ln for ln in f if f" {m} " in ln)
+
+
+def test_suid_and_dev_only_for_images_only_root_could_write(tmp_path, mnt):
+    """An image root alone could have written is mounted like a kernel
+    filesystem (suid, dev); one another user owns (or could replace) gets
+    nosuid,nodev unless -o suid,dev says otherwise: a user must not get a
+    set-uid root program or a device node of his making honoured."""
+    img = make_image(tmp_path / "img", 32 << 20)
+    with mount_image(img, mnt) as m:
+        opts = _mount_line(m).split()[3].split(",")
+        assert "nosuid" not in opts and "nodev" not in opts
+    os.chown(img, 65534, 65534)
+    with mount_image(img, mnt) as m:
+        opts = _mount_line(m).split()[3].split(",")
+        assert "nosuid" in opts and "nodev" in opts
+    with mount_image(img, mnt, options="suid,dev") as m:
+        opts = _mount_line(m).split()[3].split(",")
+        assert "nosuid" not in opts and "nodev" not in opts
+    os.chown(img, 0, 0)
+    os.chmod(tmp_path, 0o777)                 # others could replace the image
+    try:
+        with mount_image(img, mnt) as m:
+            opts = _mount_line(m).split()[3].split(",")
+            assert "nosuid" in opts and "nodev" in opts
+    finally:
+        os.chmod(tmp_path, 0o700)

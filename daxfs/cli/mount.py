@@ -40,6 +40,7 @@ from daxfs import host
 from daxfs.engine import files
 from daxfs.engine.errors import DaxfsError
 from daxfs.fuse import mount as _mount
+from .common import Parser, failed
 
 log = logging.getLogger(__name__)
 
@@ -146,20 +147,34 @@ def _daemon_of(pid: int, image: str) -> bool:
 
 def _wait_for_unmounted_daemon(image: str, timeout: float) -> None:
     """umount(8) of a daxfs mount returns before its daemon has made its
-    last commit and let go of the image: a mount right after it (umount;
-    mount, as scripts and xfstests' cycle_mount do) waits for that daemon
-    to exit instead of failing with "in use".  Only a daxfs daemon of
-    this image whose mount is gone is waited for, at most `timeout`."""
+    last commit and let go of the image, and a busy mount detached lazily
+    keeps its daemon (and the image) until the last user of the old mount
+    lets go: a mount right after it (umount; mount, as scripts and
+    xfstests' cycle_mount do) waits for that daemon to exit instead of
+    failing with "in use", and says so on stderr when it starts waiting.
+    Only a daxfs daemon of this image whose mount is gone is waited for,
+    at most `timeout` (then UsageError)."""
     from daxfs.engine.pmem import image_lock_holder
-    want = host.mount_source(image)
     deadline = time.monotonic() + timeout
+    told = None
     while time.monotonic() < deadline:
         pid = image_lock_holder(image)
         if pid is None or not _daemon_of(pid, image):
             return
-        if any(m.source == want for m in host.mounts() if m.is_daxfs):
+        if host.daxfs_mount_of(image) is not None:
             return                       # still mounted: the lock error says so
+        if told != pid:
+            told = pid
+            print(f"{PROG}: waiting (at most {timeout:.0f} s) for the daemon (pid {pid}) of "
+                  f"an unmounted mount of {image} to flush and exit; if that mount was "
+                  "detached while busy, the last user of the old mount must let go first",
+                  file=sys.stderr, flush=True)
         time.sleep(0.05)
+    if told is not None:
+        raise UsageError(f"{image} is still in use by the daemon (pid {told}) of an unmounted "
+                         f"mount after {timeout:.0f} s: a process still has a file or its "
+                         "working directory on the old mount, "
+                         "or the daemon is stuck")
 
 
 def _last_error(log_path: str, offset: int) -> str:
@@ -236,7 +251,7 @@ def _foreground(image: str, mountpoint: str, options: list[str], readonly: bool,
         print(f"{PROG}: cannot mount on {mountpoint}: {exc}", file=sys.stderr, flush=True)
         return 1
     except OSError as exc:
-        print(f"{PROG}: {exc.filename or image}: {exc.strerror}", file=sys.stderr, flush=True)
+        print(failed(PROG, f"mount {exc.filename or image}", exc), file=sys.stderr, flush=True)
         return 1
     return 0
 
@@ -321,14 +336,25 @@ def _hand_umount_to_helper(mountpoint: str) -> None:
               f" ({' '.join(cmd[:3])}...: {why})", file=sys.stderr)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description="Mount a daxfs image with FUSE.")
-    p.add_argument("image", nargs="?", help="the image file")
-    p.add_argument("mountpoint", nargs="?", help="an existing directory")
+def build_parser() -> Parser:
+    p = Parser(prog=PROG, description=(
+        "Mount a daxfs image with FUSE.  The daemon starts in the background and\n"
+        "the command returns once the mount is there (or with the daemon's error\n"
+        "on one line).  The mount's source is the image's path, so `umount IMAGE`,\n"
+        "`findmnt --source IMAGE` and df name it; unmount with `daxfs umount`,\n"
+        "which waits until the image is flushed and unlocked."),
+        epilog=("Options (-o, comma-separated): ro, nosuid, nodev, noexec, noatime,\n"
+                "relatime, strictatime, nodiratime, sync, dirsync, allow_root...;\n"
+                "fstab-only words (defaults, nofail, _netdev, x-*) are ignored.  As\n"
+                "root the mount always has allow_other and default_permissions.\n"
+                "Exit status: 0 mounted (or helper installed), 1 failed (one line on\n"
+                "stderr), 2 usage."))
+    p.add_argument("image", nargs="?", metavar="IMAGE", help="the image file (daxfs mkfs)")
+    p.add_argument("mountpoint", nargs="?", metavar="MOUNTPOINT", help="an existing directory")
     p.add_argument("-o", dest="options", metavar="OPTIONS",
-                   help="comma-separated mount options (ro, nosuid, noexec, ...)")
+                   help="comma-separated mount options (see below)")
     p.add_argument("-f", "--foreground", action="store_true",
-                   help="serve in this process until unmounted")
+                   help="serve in this process until unmounted (log to stderr unless --log)")
     p.add_argument("--log", metavar="FILE",
                    help="the daemon's log (default /var/log/daxfs/IMAGENAME-HASH.log as"
                         " root, ~/.local/state/daxfs/ otherwise)")

@@ -23,7 +23,7 @@ import time
 
 from . import acl, ranges
 from .attrs import Attr, DedupeResult, DirEntry, FILE_DEDUPE_RANGE_DIFFERS, StatFs
-from .dirs import Dirs, check_name
+from .dirs import DIR_HEAD_BYTES, Dirs, check_name, entry_bytes
 from .errors import (Corrupted, DaxfsError, DamagedFile, Exists, FileTooBig, IllegalSeek,
                      InvalidArgument, IsADirectory, NoAttribute, NoData, NoDevice, NoSpace,
                      NotADirectory, NotEmpty, NotFound, NotPermitted, NotSupported,
@@ -147,6 +147,15 @@ def _query(method):
             self._shut_down(str(e))
             raise Shutdown(f"filesystem shut down: {e}") from e
     return wrapper
+
+
+def _entry_added(d, name: bytes) -> None:
+    """A directory's st_size follows its entries (dirs.entry_bytes)."""
+    d.size = max(d.size, DIR_HEAD_BYTES) + entry_bytes(name)
+
+
+def _entry_removed(d, name: bytes) -> None:
+    d.size = max(d.size - entry_bytes(name), DIR_HEAD_BYTES)
 
 
 class Filesystem:
@@ -453,10 +462,13 @@ class Filesystem:
         if default is not None and is_dir:
             self.xattrs.set(inode.ino, acl.DEFAULT, acl.encode(default))
         self.dirs.add(parent_ino, name, inode.ino, _DT.get(stat.S_IFMT(mode), 0))
+        _entry_added(parent, name)
         if is_dir:
             if parent.nlink >= LINK_MAX:
                 raise TooManyLinks("too many subdirectories")
             parent.nlink += 1
+            inode.size = DIR_HEAD_BYTES
+            self.inodes.put(inode)
         self._touch(parent)
         self.inodes.put(parent)
         return inode
@@ -515,6 +527,7 @@ class Filesystem:
             raise Exists(f"{new_name!r} exists")
         self._need_space()
         self.dirs.add(new_parent, new_name, ino, _DT.get(stat.S_IFMT(inode.mode), 0))
+        _entry_added(parent, new_name)
         inode.nlink += 1
         self._touch(inode, m=False)
         self.inodes.put(inode)
@@ -541,6 +554,7 @@ class Filesystem:
         if inode.is_dir:
             raise IsADirectory(f"{name!r} is a directory")
         self.dirs.remove(parent, ent[0], name)
+        _entry_removed(pdir, name)
         self._touch(pdir)
         self.inodes.put(pdir)
         self._drop_link(inode)
@@ -562,6 +576,7 @@ class Filesystem:
         if not self.dirs.is_empty(inode.ino):
             raise NotEmpty(f"{name!r} is not empty")
         self.dirs.remove(parent, ent[0], name)
+        _entry_removed(pdir, name)
         pdir.nlink -= 1
         self._touch(pdir)
         self.inodes.put(pdir)
@@ -730,6 +745,7 @@ class Filesystem:
             elif dino.is_dir:
                 raise IsADirectory(f"{new_name!r} is a directory")
             self.dirs.remove(new_parent, dst[0], new_name)
+            _entry_removed(ndir, new_name)
             if dino.is_dir:
                 ndir.nlink -= 1
                 dino.nlink = 0
@@ -739,7 +755,9 @@ class Filesystem:
             else:
                 self._drop_link(dino)
         self.dirs.remove(old_parent, src[0], old_name)
+        _entry_removed(odir, old_name)
         self.dirs.add(new_parent, new_name, sino.ino, src[2])
+        _entry_added(ndir, new_name)
         if sino.is_dir and new_parent != old_parent:
             sino.parent = new_parent
             odir.nlink -= 1

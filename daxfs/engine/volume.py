@@ -131,6 +131,9 @@ class Volume:
             if st.st_size and not force:
                 what = "a daxfs image" if _holds_superblock(fd) else "data that is not a daxfs image"
                 raise Exists(f"{path} already holds {what}; use --force to overwrite it")
+            # a size the host cannot hold (EFBIG) fails here, before an
+            # existing file has lost anything
+            os.ftruncate(fd, max(size, st.st_size))
             # also when overwriting a file: the image holds every file's
             # bytes, readable by anyone who may read the image
             os.fchmod(fd, 0o600)

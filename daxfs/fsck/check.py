@@ -9,6 +9,8 @@ A fixed list of named invariant checks, run in order (as S3QL's fsck):
   inodes        modes, block counts, sizes of symlinks, orphans
   directories   every entry names a live inode; link counts equal the
                 entries; every directory has one parent; no lost inodes
+  directory sizes  a directory's size is the bytes of its entries
+                (dirs.dir_sizes)
   space         every block is exactly one of free, metadata or file data;
                 free space is the complement of everything owned; the
                 superblock's free count agrees
@@ -28,10 +30,11 @@ import sys
 
 import numpy as np
 
+from daxfs.engine.dirs import DIR_HEAD_BYTES, dir_sizes, valid_name
 from daxfs.engine.errors import Corrupted, MediaError
 from daxfs.engine.format import (BLOCK_SIZE, DT_DIR, EXT_KNOWN, EXT_UNWRITTEN, FEAT_UNWRITTEN,
                                  MAX_FILE_BYTES, OWN_AG, OWN_FS, OWN_LOG, RMAP_ATTR,
-                                 RMAP_UNWRITTEN, ROOT_INO, own_tree)
+                                 RMAP_UNWRITTEN, ROOT_INO, SYMLINK_MAX, own_tree)
 from daxfs.engine.journal import sealed_ok
 from daxfs.engine.superblock import secondary_bno, verify_copy
 
@@ -39,7 +42,8 @@ log = logging.getLogger(__name__)
 
 
 class Checker:
-    CHECKS = ("superblocks", "trees", "inodes", "directories", "space", "refcount", "rmap")
+    CHECKS = ("superblocks", "trees", "inodes", "directories", "directory_sizes", "space",
+              "refcount", "rmap")
 
     def __init__(self, vol, *, progress: bool = False):
         self.vol = vol
@@ -190,6 +194,9 @@ class Checker:
             mode, nlink, size, nblocks = rec[1], rec[2], rec[5], rec[6]
             if size > MAX_FILE_BYTES:
                 self.problem(f"inode {ino}: size {size} is beyond the maximum file size")
+            elif stat.S_ISLNK(mode) and size > SYMLINK_MAX:
+                self.problem(f"inode {ino}: symbolic link of {size} bytes (at most"
+                             f" {SYMLINK_MAX})")
             if stat.S_IFMT(mode) not in (stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK, stat.S_IFIFO,
                                          stat.S_IFCHR, stat.S_IFBLK, stat.S_IFSOCK):
                 self.problem(f"inode {ino}: bad file type in mode {mode:o}")
@@ -223,6 +230,8 @@ class Checker:
         ents = self._records("dir")
         children: dict[int, list] = {}
         for parent, pos, ino, ftype, namelen, name in ents:
+            if not valid_name(name, namelen):
+                self.problem(f"directory inode {parent}: entry {name!r} is not a valid name")
             children.setdefault(parent, []).append((name, ino))
             if parent not in self.inodes:
                 self.problem(f"directory entry {name!r} in missing directory inode {parent}")
@@ -272,6 +281,17 @@ class Checker:
                     continue
             if nlink != want:
                 self.problem(f"{self._where(ino)}: link count {nlink}, should be {want}")
+
+    def check_directory_sizes(self) -> None:
+        """A live directory's size is the bytes of its entries (dirs.py)."""
+        if "dir" in self.bad_trees or "inode" in self.bad_trees:
+            return
+        sizes = dir_sizes((rec[0], rec[5]) for rec in self._records("dir"))
+        for ino, rec in self.inodes.items():
+            mode, nlink, size = rec[1], rec[2], rec[5]
+            if stat.S_ISDIR(mode) and nlink and size != sizes.get(ino, DIR_HEAD_BYTES):
+                self.problem(f"{self._where(ino)}: directory size {size}, its entries make"
+                             f" {sizes.get(ino, DIR_HEAD_BYTES)}")
 
     # ---- space ----------------------------------------------------------------
     def _meta_ranges(self) -> list[tuple[int, int, int, int, int]]:

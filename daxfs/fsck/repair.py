@@ -69,7 +69,7 @@ import numpy as np
 from daxfs.engine.alloc import POOL_HIGH, POOL_TARGET
 from daxfs.engine.btree import MAX_HEIGHT, Node
 from .check import Checker
-from daxfs.engine.dirs import name_hash
+from daxfs.engine.dirs import DIR_HEAD_BYTES, dir_sizes, name_hash
 from daxfs.engine.errors import Corrupted, MediaError, NoSpace
 from daxfs.engine.format import (BLOCK_SIZE as BS, DT_BLK, DT_CHR, DT_DIR, DT_FIFO, DT_LNK,
                                  DT_REG, DT_SOCK, EXT_KNOWN, EXT_UNWRITTEN, FEAT_UNWRITTEN,
@@ -273,6 +273,7 @@ class Repair:
         self._fix_xattrs()
         self._fix_directories()
         self._fix_counts()
+        self._fix_dir_sizes()
 
     def _counter_messages(self) -> None:
         """Superblock counters that disagree with the trees as found (the
@@ -727,8 +728,11 @@ class Repair:
                 size = last.get(ino, 0) * BS
                 say(f"{self._where(ino)}: impossible size {r[I_SIZE]} set to {size}")
                 r[I_SIZE] = size
-            if stat.S_ISLNK(r[I_MODE]) and b and r[I_SIZE] == 0:
-                r[I_SIZE] = self._symlink_len(ino)
+            if stat.S_ISLNK(r[I_MODE]) and b and (r[I_SIZE] == 0 or r[I_SIZE] > SYMLINK_MAX):
+                size = self._symlink_len(ino)
+                if r[I_SIZE]:
+                    say(f"{self._where(ino)}: symbolic link size {r[I_SIZE]} set to {size}")
+                r[I_SIZE] = size
         for ino in sorted(orphans - self.orphans):
             self.fix(f"inode {ino}: link count 0: put on the orphan list")
         for ino in sorted(self.orphans - orphans):
@@ -738,6 +742,18 @@ class Repair:
         top = max(inodes) if inodes else ROOT_INO
         if self.next_ino <= top:
             self.next_ino = top + 1
+
+    def _fix_dir_sizes(self) -> None:
+        """A live directory's size is the bytes of its entries (dirs.py);
+        after the entries are mended, so lost+found's too."""
+        sizes = dir_sizes((e[0], e[5]) for e in self.dirents)
+        for ino, r in self.inodes.items():
+            if stat.S_ISDIR(r[I_MODE]) and r[I_NLINK]:
+                want = sizes.get(ino, DIR_HEAD_BYTES)
+                if r[I_SIZE] != want:
+                    if ino not in self.created:
+                        self.fix(f"{self._where(ino)}: directory size {r[I_SIZE]} set to {want}")
+                    r[I_SIZE] = want
 
     def _symlink_len(self, ino: int) -> int:
         for e in self.extents:

@@ -103,7 +103,7 @@ def own_mount_device(image: str, mountinfo: str = host.MOUNTINFO) -> int | None:
     want = host.mount_source(image)
     try:
         found = {m.dev for m in host.mounts(mountinfo)
-                 if m.fstype.startswith("fuse") and m.source == want}
+                 if m.is_daxfs and m.source == want}
     except OSError:
         return None
     return found.pop() if len(found) == 1 else None

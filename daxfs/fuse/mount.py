@@ -3,7 +3,8 @@ and take everything down again in the right order.
 
 What this module owns
 ---------------------
-* the FUSE mount options (`fuse_options`): fsname=daxfs:IMAGE,
+* the FUSE mount options (`fuse_options`): fsname=IMAGE (the mount's
+  source is the image's path, daxfs/host.py `mount_source`),
   subtype=daxfs, default_permissions always, allow_other when root;
 * the lifecycle, built as an `AsyncExitStack` around a trio nursery (the
   way S3QL's mount.py does it): every resource registers its cleanup as
@@ -47,8 +48,19 @@ SUBTYPE = "daxfs"
 
 
 def _escape_opt(value: str) -> str:
-    """libfuse splits -o on commas; a backslash escapes the next character."""
-    return value.replace("\\", "\\\\").replace(",", "\\,")
+    """`value` as libfuse's option parser (fuse_opt.c) reads it back: it
+    splits -o on commas, a backslash escapes the next character, and a
+    backslash with three octal digits is that byte.  pyfuse3 hands options
+    over as ASCII, so every other byte (a non-ASCII path) goes as octal."""
+    out = []
+    for byte in os.fsencode(value):
+        if byte in b"\\,":
+            out.append("\\" + chr(byte))
+        elif 0x20 <= byte < 0x7F:
+            out.append(chr(byte))
+        else:
+            out.append(f"\\{byte:03o}")
+    return "".join(out)
 
 
 # Atime options the daemon applies itself (libfuse 3 refuses them).
@@ -72,6 +84,20 @@ def apply_atime_options(fs, extra) -> None:
             fs.diratime = opt == "diratime"
 
 
+def image_is_roots(image: str) -> bool:
+    """Could only root have written the image?  Owned by root, not group-
+    or world-writable, in a directory only root may change (or one with
+    the sticky bit, where others cannot replace it)."""
+    try:
+        st = os.stat(image)
+        dst = os.stat(os.path.dirname(os.path.abspath(image)))
+    except OSError:
+        return False
+    if st.st_uid != 0 or st.st_mode & 0o022:
+        return False
+    return dst.st_uid == 0 and (not dst.st_mode & 0o022 or bool(dst.st_mode & 0o1000))
+
+
 def fuse_options(image: str, extra=(), *, readonly: bool = False) -> set[str]:
     """The option set for pyfuse3.init."""
     opts = set(extra) - ENGINE_OPTIONS
@@ -83,12 +109,16 @@ def fuse_options(image: str, extra=(), *, readonly: bool = False) -> set[str]:
     opts.add("default_permissions")
     if os.geteuid() == 0:
         opts.add("allow_other")
-        # Mounted by root, a filesystem honours device nodes and set-id
-        # bits unless told otherwise (libfuse would default to nodev,nosuid)
-        if "nodev" not in opts:
-            opts.add("dev")
-        if "nosuid" not in opts:
-            opts.add("suid")
+        # Device nodes and set-id bits: honoured (as a kernel filesystem
+        # mounted by root does) only when nobody but root can have written
+        # the image; an image another user could prepare gets libfuse's
+        # nosuid,nodev.  -o suid / -o dev (or nosuid / nodev) decide
+        # explicitly either way.
+        trusted = image_is_roots(image)
+        if "nodev" not in opts and "dev" not in opts:
+            opts.add("dev" if trusted else "nodev")
+        if "nosuid" not in opts and "suid" not in opts:
+            opts.add("suid" if trusted else "nosuid")
     if readonly:
         opts.add("ro")
     return opts

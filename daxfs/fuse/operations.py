@@ -9,7 +9,11 @@ What this module owns
   where exceptions become errno values.  A `DaxfsError` answers its own
   ``.errno``; `pyfuse3.FUSEError` passes through; anything else is logged
   with its traceback and answered EIO (an exception escaping a handler would
-  end the whole mount);
+  end the whole mount).  What it logs goes through an `ErrorLog`
+  (daxfs/fuse/error_log.py): the first occurrences of each kind in full,
+  then a count per interval, so a shut-down mount hammered with requests
+  keeps a small log; a request is logged by its numbers and names
+  (`_request_text`), never by the repr of pyfuse3's objects;
 * the kernel's lookup counts (lookup/create/mkdir/mknod/symlink/link and
   readdirplus entries +1, forget -n); when a count reaches zero the engine
   is told with `fs.forget(ino)` (which queues an unlinked inode, freed by
@@ -119,6 +123,7 @@ from .control_server import Caller, ControlServer, own_mount_device
 from daxfs.engine.errors import DaxfsError, DamagedFile, TrimFirst
 from daxfs.engine.fs import STEP_BUDGET
 from daxfs.engine.ranges import MAX_BYTES
+from .error_log import ErrorLog
 from .kernel_size import KernelSizes
 
 log = logging.getLogger(__name__)
@@ -147,6 +152,25 @@ def _foreign_system_name(name: bytes) -> bool:
     return name.startswith(SYSTEM_PREFIX) and name not in acl.NAMES
 
 
+ARG_TEXT_MAX = 60       # characters of one request argument in the log
+
+
+def _request_text(args) -> str:
+    """A request's arguments for the log: numbers, names and flags, and
+    who asked (pid, uid); never the repr of pyfuse3's objects (a
+    RequestContext's is an address) nor the data of a write."""
+    parts, who = [], ""
+    for arg in args:
+        if isinstance(arg, pyfuse3.RequestContext):
+            who = f" from pid {arg.pid} uid {arg.uid}"
+        elif isinstance(arg, (bytes, bytearray, memoryview)) and len(arg) > ARG_TEXT_MAX // 2:
+            parts.append(f"<{len(arg)} bytes>")
+        elif isinstance(arg, (int, float, str, bytes)) or arg is None:
+            text = repr(arg)
+            parts.append(text if len(text) <= ARG_TEXT_MAX else text[:ARG_TEXT_MAX] + "...")
+    return f"({', '.join(parts)}){who}"
+
+
 def _boundary(*, mutates: bool = False):
     """Wrap a handler: the one place where exceptions become errno values.
 
@@ -172,10 +196,13 @@ def _boundary(*, mutates: bool = False):
             except DaxfsError as exc:
                 code = getattr(exc, "errno", None) or errno.EIO
                 if code == errno.EIO:
-                    log.warning("%s%r: %s", name, args[:2], exc)
+                    self.errors.error(f"{name}: {type(exc).__name__}", logging.WARNING,
+                                      "%s%s: %s", name, _request_text(args), exc)
                 raise pyfuse3.FUSEError(code) from None
-            except Exception:
-                log.exception("unexpected error in %s%r: answering EIO", name, args[:2])
+            except Exception as exc:
+                self.errors.error(f"{name}: {type(exc).__name__}", logging.ERROR,
+                                  "unexpected error in %s%s: answering EIO",
+                                  name, _request_text(args), exc_info=True)
                 raise pyfuse3.FUSEError(errno.EIO) from None
             finally:
                 if mutates:
@@ -251,6 +278,7 @@ class Operations(pyfuse3.Operations):
         self.locks = InodeLocks()
         self.control = ControlServer(fs)   # daxfs/fuse/control_server.py
         self.admin = AdminServer(fs)       # daxfs/control/admin.py
+        self.errors = ErrorLog(log)        # daxfs/fuse/error_log.py
 
     # ---------------------------------------------------------------- helpers
 
@@ -383,12 +411,17 @@ class Operations(pyfuse3.Operations):
         """Group commit: make every change durable once per `interval`."""
         while True:
             await trio.sleep(interval)
+            self.errors.flush()
             if self._dirty:
                 self._dirty = False
                 try:
                     self.fs.commit(durable=False)
+                except DaxfsError as exc:   # e.g. shut down
+                    self.errors.error("commit", logging.WARNING,
+                                      "background commit failed: %s", exc)
                 except Exception:
-                    log.exception("background commit failed")
+                    self.errors.error("commit", logging.ERROR, "background commit failed",
+                                      exc_info=True)
 
     async def inactive_loop(self, idle: float = INACTIVE_IDLE) -> None:
         """Free the unlinked inodes the kernel has forgotten (fs.forget
@@ -415,9 +448,11 @@ class Operations(pyfuse3.Operations):
                 try:
                     self._background_step()
                 except DaxfsError as exc:   # e.g. shut down: freed at the next mount
-                    log.warning("freeing blocks in the background: %s", exc)
+                    self.errors.error("free in background", logging.WARNING,
+                                      "freeing blocks in the background: %s", exc)
                 except Exception:
-                    log.exception("freeing blocks in the background failed")
+                    self.errors.error("free in background", logging.ERROR,
+                                      "freeing blocks in the background failed", exc_info=True)
                 self._dirty = True
                 await trio.sleep(0)
 
@@ -454,9 +489,12 @@ class Operations(pyfuse3.Operations):
             try:
                 self.fs.forget(ino)
             except DaxfsError as exc:
-                log.warning("forget(%d) at unmount: %s", ino, exc)
+                self.errors.error("forget at unmount", logging.WARNING,
+                                  "forget(%d) at unmount: %s", ino, exc)
             except Exception:
-                log.exception("forget(%d) at unmount failed", ino)
+                self.errors.error("forget at unmount", logging.ERROR,
+                                  "forget(%d) at unmount failed", ino, exc_info=True)
+        self.errors.flush(everything=True)
 
     # --------------------------------------------------------- names, inodes
 
@@ -483,9 +521,10 @@ class Operations(pyfuse3.Operations):
                     self._dirty = True
                     self._wake_background()
             except DaxfsError as exc:       # e.g. shut down: the inode is freed at next open
-                log.warning("forget(%d, %d): %s", ino, n, exc)
+                self.errors.error("forget", logging.WARNING, "forget(%d, %d): %s", ino, n, exc)
             except Exception:
-                log.exception("forget(%d, %d) failed", ino, n)
+                self.errors.error("forget", logging.ERROR, "forget(%d, %d) failed", ino, n,
+                                  exc_info=True)
 
     @_boundary()
     async def getattr(self, inode, ctx):
