@@ -23,27 +23,6 @@ from daxfs.cli import mount as cmd_mount
 
 from conftest import MiB, check_image, daxfs, force_unmount, mount_source, run
 
-HELPERS = [Path("/sbin/mount.fuse.daxfs"), Path("/sbin/umount.fuse.daxfs")]
-
-
-@pytest.fixture
-def helpers():
-    """This checkout's helpers in /sbin for the test; whatever was there
-    before is put back afterwards."""
-    saved = {p: (p.read_bytes() if p.exists() else None) for p in HELPERS}
-    res = daxfs("mount", "--install-helper", timeout=60)
-    assert res.returncode == 0, res.stderr
-    try:
-        yield HELPERS
-    finally:
-        for p, data in saved.items():
-            if data is None:
-                p.unlink(missing_ok=True)
-            else:
-                p.write_bytes(data)
-                p.chmod(0o755)
-
-
 @pytest.fixture
 def hostile_cwd(tmp_path):
     """A directory holding a `daxfs` package that must never be imported."""
@@ -63,9 +42,9 @@ def _mount(image, mnt, cwd, env=None):
 
 
 @pytest.mark.timeout(300)
-def test_umount_returns_once_the_image_is_flushed_and_unlocked(helpers, image, mnt,
+def test_umount_returns_once_the_image_is_flushed_and_unlocked(installed_helpers, image, mnt,
                                                                 hostile_cwd):
-    text = [p.read_text() for p in helpers]
+    text = [p.read_text() for p in installed_helpers]
     for t, sub in zip(text, ("mount", "umount")):
         assert " -I " in t and " -m " not in t and f" {sub} --helper " in t, t
     env = dict(os.environ, PYTHONPATH=str(hostile_cwd))
@@ -95,7 +74,7 @@ def test_umount_returns_once_the_image_is_flushed_and_unlocked(helpers, image, m
 
 
 @pytest.mark.timeout(300)
-def test_busy_umount_fails_and_lazy_umount_detaches(helpers, image, mnt):
+def test_busy_umount_fails_and_lazy_umount_detaches(installed_helpers, image, mnt):
     pids = _mount(image, mnt, "/")
     user = subprocess.Popen(["sleep", "60"], cwd=mnt)
     try:
