@@ -11,7 +11,6 @@ which the kernel does not forward) only shows what was shared.
 
 from __future__ import annotations
 
-import errno
 import os
 import re
 import subprocess
