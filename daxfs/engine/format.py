@@ -7,6 +7,8 @@ change to the format cannot happen by accident (as XFS's xfs_ondisk.h does).
 Nothing here reads or writes the device.
 """
 
+import stat
+
 import numpy as np
 
 BLOCK_SIZE = 4096
@@ -194,8 +196,13 @@ XATTR_DTYPE = _dt([
 
 ORPHAN_DTYPE = _dt([("ino", "<u8")])
 
-# Directory entry file types (as DT_* in dirent.h)
+# Directory entry file types (as DT_* in dirent.h), and the one map from a
+# mode's file type (stat.S_IFMT) to the entry type: DT_OF_FMT.
 DT_UNKNOWN, DT_FIFO, DT_CHR, DT_DIR, DT_BLK, DT_REG, DT_LNK, DT_SOCK = 0, 1, 2, 4, 6, 8, 10, 12
+DT_OF_FMT = {stat.S_IFREG: DT_REG, stat.S_IFDIR: DT_DIR, stat.S_IFLNK: DT_LNK,
+             stat.S_IFIFO: DT_FIFO, stat.S_IFCHR: DT_CHR, stat.S_IFBLK: DT_BLK,
+             stat.S_IFSOCK: DT_SOCK}
+FMT_OF_DT = {dt: fmt for fmt, dt in DT_OF_FMT.items()}
 
 # ---- size and offset assertions -------------------------------------------
 assert SB_DTYPE.itemsize == BLOCK_SIZE

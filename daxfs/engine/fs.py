@@ -29,9 +29,8 @@ from .errors import (BadFileDescriptor, Corrupted, CrossDevice, DaxfsError, Exis
                      NotADirectory, NotEmpty, NotFound, NotPermitted, NotSupported, ReadOnly,
                      PermissionDenied, Shutdown, TooManyLinks)
 from .filemap import FileMap
-from .format import (BLOCK_SIZE as BS, DT_BLK, DT_CHR, DT_DIR, DT_FIFO, DT_LNK, DT_REG,
-                     DT_SOCK, FEAT_REFLINK, LINK_MAX, MAX_FILE_BYTES, ROOT_INO, STATE_NEEDS_CHECK,
-                     SYMLINK_MAX, TIME_MAX_SEC, TIME_MIN_SEC)
+from .format import (BLOCK_SIZE as BS, DT_OF_FMT, FEAT_REFLINK, LINK_MAX, MAX_FILE_BYTES,
+                     ROOT_INO, STATE_NEEDS_CHECK, SYMLINK_MAX, TIME_MAX_SEC, TIME_MIN_SEC)
 from .inodes import Inodes
 from .orphans import Orphans
 from .volume import Volume
@@ -44,11 +43,6 @@ RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 RENAME_WHITEOUT = 4
 DEDUPE_MAX = 1 << 30          # the VFS caps one dedupe request at 1 GiB
-
-_DT = {stat.S_IFREG: DT_REG, stat.S_IFDIR: DT_DIR, stat.S_IFLNK: DT_LNK,
-       stat.S_IFIFO: DT_FIFO, stat.S_IFCHR: DT_CHR, stat.S_IFBLK: DT_BLK,
-       stat.S_IFSOCK: DT_SOCK}
-
 
 def _clamp_time(ns: int) -> int:
     """A time the inode can hold: one outside the range becomes its
@@ -384,7 +378,7 @@ class Filesystem:
             self.xattrs.set(inode.ino, acl.ACCESS, acl.encode(access))
         if default is not None and is_dir:
             self.xattrs.set(inode.ino, acl.DEFAULT, acl.encode(default))
-        self.dirs.add(parent_ino, name, inode.ino, _DT.get(stat.S_IFMT(mode), 0))
+        self.dirs.add(parent_ino, name, inode.ino, DT_OF_FMT.get(stat.S_IFMT(mode), 0))
         if is_dir:
             if parent.nlink >= LINK_MAX:
                 raise TooManyLinks("too many subdirectories")
@@ -446,7 +440,7 @@ class Filesystem:
         if self.dirs.lookup(new_parent, new_name) is not None:
             raise Exists(f"{new_name!r} exists")
         self._need_space()
-        self.dirs.add(new_parent, new_name, ino, _DT.get(stat.S_IFMT(inode.mode), 0))
+        self.dirs.add(new_parent, new_name, ino, DT_OF_FMT.get(stat.S_IFMT(inode.mode), 0))
         inode.nlink += 1
         self._touch(inode, m=False)
         self.inodes.put(inode)

@@ -71,8 +71,7 @@ from daxfs.engine.btree import MAX_HEIGHT, Node
 from .check import Checker
 from daxfs.engine.dirs import name_hash
 from daxfs.engine.errors import Corrupted, MediaError, NoSpace
-from daxfs.engine.format import (BLOCK_SIZE as BS, DT_BLK, DT_CHR, DT_DIR, DT_FIFO, DT_LNK,
-                                 DT_REG, DT_SOCK, MAX_FILE_BYTES, NODE_HDR_DTYPE, NODE_HDR_SIZE,
+from daxfs.engine.format import (BLOCK_SIZE as BS, DT_LNK, DT_OF_FMT, MAX_FILE_BYTES, NODE_HDR_DTYPE, NODE_HDR_SIZE,
                                  OWN_AG, OWN_FS, OWN_LOG, OWN_MAX_INO, RMAP_ATTR, ROOT_INO,
                                  SB_POOL_MAX, STATE_NEEDS_CHECK, SYMLINK_MAX, XATTR_INLINE_MAX,
                                  XATTR_VALUE_MAX, own_tree)
@@ -85,11 +84,7 @@ LOST_FOUND = b"lost+found"
 _MAX_FILE_BLOCKS = -(-MAX_FILE_BYTES // BS)
 _LOW = 0xFFFFFFFF
 
-_DT = {stat.S_IFREG: DT_REG, stat.S_IFDIR: DT_DIR, stat.S_IFLNK: DT_LNK,
-       stat.S_IFIFO: DT_FIFO, stat.S_IFCHR: DT_CHR, stat.S_IFBLK: DT_BLK,
-       stat.S_IFSOCK: DT_SOCK}
-_FMT_OF_DT = {v: k for k, v in _DT.items()}
-_GOOD_FMTS = set(_DT)
+_GOOD_FMTS = set(DT_OF_FMT)
 
 # inode record fields (format.INODE_DTYPE)
 I_INO, I_MODE, I_NLINK, I_UID, I_GID, I_SIZE, I_BLOCKS = 0, 1, 2, 3, 4, 5, 6
@@ -522,7 +517,7 @@ class Repair:
             if ino == ROOT_INO:
                 self.fix(f"{what} names the root directory: dropped")
                 continue
-            want = _DT[stat.S_IFMT(inodes[ino][I_MODE])]
+            want = DT_OF_FMT[stat.S_IFMT(inodes[ino][I_MODE])]
             if ftype != want:
                 self.fix(f"{what}: file type {ftype} set to {want}")
                 ent = (parent, pos, ino, want, namelen, name)
@@ -630,7 +625,7 @@ class Repair:
             seq += 1
         pos = h | seq
         used.add(pos)
-        ent = (parent, pos, ino, _DT[stat.S_IFMT(self.inodes[ino][I_MODE])], len(name), name)
+        ent = (parent, pos, ino, DT_OF_FMT[stat.S_IFMT(self.inodes[ino][I_MODE])], len(name), name)
         self.dirents.append(ent)
         self._by_name[(parent, name)] = ent
 
