@@ -167,17 +167,8 @@ def inventory(path: str) -> dict:
         total = vol.total_blocks
         nodes = {}                  # bno -> (tree, level, parent bno or None)
         for name, tree in vol.trees.items():
-            if not tree.height:
-                continue
-            stack = [(tree.root, tree.height - 1, None)]
-            while stack:
-                bno, level, parent = stack.pop()
-                nodes[bno] = (name, level, parent)
-                if level:
-                    node = tree._node(bno, level)
-                    for c in node.recs["child"][:node.n]:
-                        stack.append((int(c), level - 1, bno))
-                    node = None         # no view may outlive the mapping
+            for v in tree.walk(leaves=False):
+                nodes[v.bno] = (name, v.level, v.parent)
         sb = vol.sb
         log_start, log_blocks = int(sb["log_start"]), int(sb["log_blocks"])
         hdr = vol.pmem.block(log_start)[:LOG_HDR_SIZE].view(LOG_HDR_DTYPE)[0]

@@ -149,7 +149,7 @@ def node_blocks(path, name):
     vol = Volume.open(str(path), readonly=True)
     try:
         tree = vol.trees[name]
-        return [(n.bno, n.level) for n, _, _ in tree.walk_nodes()], tree.root
+        return [(v.bno, v.level) for v in tree.walk(leaves=False)], tree.root
     finally:
         vol.pmem.close()
 
@@ -522,8 +522,7 @@ def test_repair_never_writes_over_the_old_image_before_commit(img, base):
     vol = Volume.open(str(img), readonly=True)
     used = np.zeros(vol.total_blocks, dtype=bool)
     for name, t in vol.trees.items():
-        for n, _, _ in t.walk_nodes():
-            used[n.bno] = True
+        used[t.node_blocks()] = True
     for ino, foff, p, n, _ in vol.trees["bmap"].scan():
         used[p:p + n] = True
     for rec in vol.trees["xattr"].scan():

@@ -14,16 +14,10 @@ tree goes through add/remove/retarget here, which keep both exact, and a
 rolled-back operation must call `forget_cache()`.
 """
 
-import crc32c
-
 from .errors import Corrupted, NameTooLong
-from .format import NAME_MAX
+from .format import NAME_MAX, name_hash
 
 _LOW = 0xFFFFFFFF
-
-
-def name_hash(name: bytes) -> int:
-    return crc32c.crc32c(name) & 0x7FFFFFFF
 
 
 def check_name(name: bytes) -> None:

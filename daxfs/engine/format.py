@@ -9,6 +9,7 @@ Nothing here reads or writes the device.
 
 import stat
 
+import crc32c
 import numpy as np
 
 BLOCK_SIZE = 4096
@@ -18,6 +19,7 @@ SECTOR_SIZE = 512
 FORMAT_VERSION = 1
 MIN_IMAGE_BYTES = 16 * 1024 * 1024
 MAX_FILE_BYTES = (1 << 63) - 1
+MAX_FILE_BLOCKS = -(-MAX_FILE_BYTES // 4096)     # file blocks 0 .. MAX_FILE_BLOCKS - 1
 NAME_MAX = 255
 XATTR_NAME_MAX = 255
 XATTR_VALUE_MAX = 65536
@@ -65,6 +67,12 @@ TREE_MAGICS = {
     TREE_FREE: b"DXFS", TREE_RMAP: b"DXRM", TREE_REFC: b"DXRC",
     TREE_XATTR: b"DXXA", TREE_ORPHAN: b"DXOR",
 }
+
+def name_hash(name: bytes) -> int:
+    """The 31-bit hash that files a directory entry or an extended attribute
+    under its name: the high half of the record's `pos` key field."""
+    return crc32c.crc32c(name) & 0x7FFFFFFF
+
 
 # rmap owners.  File data is owned by its inode number (< 2**62); metadata
 # has named owners at the top of the u64 range, as XFS's XFS_RMAP_OWN_*.
