@@ -558,7 +558,8 @@ def repair_step(res: CaseResult, path: str, expect: dict, check_rc: int,
         if check_rc != 8:
             res.fail(f"repair: refused an image check could read: {err.strip()}")
         return
-    left = [ln for ln in out.splitlines() if ln and not ln.startswith("repaired: ")]
+    left = [ln for ln in out.splitlines()
+            if ln and not ln.startswith(("repaired: ", "summary: "))]
     if rc != 0 or left:
         res.fail(f"repair: exit {rc}, problems left:\n" + "\n".join(left[:20]))
         return

@@ -16,16 +16,22 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="daxfs check", description="Check a daxfs image.")
     p.add_argument("image")
     p.add_argument("--repair", action="store_true",
-                   help="rebuild what can be derived (rmap, refcount, free space, link counts)")
+                   help="repair: salvage every tree, rebuild what can be derived (rmap,"
+                   " refcount, free space, link counts), make lost inodes again, and end"
+                   " with a summary (recovered exactly / recreated with guessed"
+                   " attributes / lost)")
     p.add_argument("--quiet", "-q", action="store_true", help="print problems only")
     args = p.parse_args(argv)
     gc_tuning.tune()
     try:
         if args.repair:
-            from daxfs.fsck.repair import repair_image
-            problems, fixed = repair_image(args.image)
-            for line in fixed:
+            from daxfs.fsck.repair import repair
+            res = repair(args.image)
+            problems = res.left
+            for line in res.fixed:
                 print(f"repaired: {line}")
+            if res.summary:
+                print(f"summary: {res.summary}")
         else:
             from daxfs.fsck.check import check_image
             problems = check_image(args.image, progress=not args.quiet)

@@ -2,7 +2,8 @@
 
 A fixed list of named invariant checks, run in order (as S3QL's fsck):
 
-  superblocks   both copies present, valid and agreeing
+  superblocks   both copies present, valid and agreeing; the log and the
+                reserve pool not on a bad range
   trees         every node of every tree (BTree.walk): magic, checksum,
                 self block number, level, record order, keys inside the
                 parent's bounds, overlap high keys, record counts; and every
@@ -31,7 +32,7 @@ import sys
 
 import numpy as np
 
-from daxfs.engine.format import (BLOCK_SIZE, DT_OF_FMT, OWN_MAX_INO, RMAP_ATTR, ROOT_INO,
+from daxfs.engine.format import (BLOCK_SIZE, DT_OF_FMT, OWN_LOG, OWN_MAX_INO, RMAP_ATTR, ROOT_INO,
                                  own_tree, owner_name)
 from daxfs.engine.superblock import secondary_bno, static_owners, verify_copy
 from daxfs.engine.trees import RmapRec
@@ -74,13 +75,22 @@ class Checker:
 
     # ---- superblocks ------------------------------------------------------
     def check_superblocks(self) -> None:
-        pm = self.vol.pmem
+        """Both superblock copies valid; no block of the log or the pool on
+        a bad (poisoned) range."""
+        vol = self.vol
+        pm = vol.pmem
         for bno in (0, secondary_bno(pm.nblocks)):
             why = verify_copy(pm, bno)
             if why:
                 self.problem(f"superblock copy: {why}")
-        if self.vol.note:
-            self.problem(f"superblock: {self.vol.note}")
+        if vol.note:
+            self.problem(f"superblock: {vol.note}")
+        if pm.bad:
+            for bno, owner, _, n, _ in static_owners(vol.sb)[2:]:
+                bad = pm.bad.first_bad(bno, n)
+                if bad is not None:
+                    what = "log" if owner == OWN_LOG else "reserve pool"
+                    self.problem(f"{what}: block {bad} is on a poisoned (bad) range")
 
     # ---- trees --------------------------------------------------------------
     def check_trees(self) -> None:
