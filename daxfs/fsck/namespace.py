@@ -200,6 +200,7 @@ class Namespace:
             name = LOST_FOUND + b".%d" % k
         ino = new_ino(st)
         make_inode(st, ino, stat.S_IFDIR | 0o700, parent=ROOT_INO, nlink=2)
+        st.report.fresh.add(ino)
         self._add_entry(ROOT_INO, name, ino)
         st.paths[ino] = "/" + name.decode()
         st.fix(f"created /{name.decode()} (inode {ino})")

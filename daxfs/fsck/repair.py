@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 class RepairResult:
     left: list[str]                  # problems check still finds afterwards
     fixed: list[str]                 # one line per fix
+    found: list[str] = field(default_factory=list)   # problems check found before
     summary: str = ""                # inodes recovered / recreated / lost ("" if nothing done)
     details: dict = field(default_factory=dict)   # the report's per-inode outcomes
 
@@ -85,7 +86,7 @@ def repair(path: str) -> RepairResult:
         write.run(st)
     except NoSpace as e:
         # nothing was committed: the image is as it was
-        return RepairResult(problems + [f"repair: {e}; nothing changed"], [])
+        return RepairResult(problems + [f"repair: {e}; nothing changed"], [], problems)
     finally:
         vol.pmem.close()
     rep = st.report
@@ -93,7 +94,7 @@ def repair(path: str) -> RepairResult:
     details = {"guessed": dict(rep.guesses), "partial": dict(rep.losses),
                "lost": {i: w for i, w in rep.gone.items() if i not in st.inodes},
                "moved": set(rep.moved)}
-    return RepairResult(_check(path), fixed, rep.summary(st.inodes), details)
+    return RepairResult(_check(path), fixed, problems, rep.summary(st.inodes), details)
 
 
 def repair_image(path: str) -> tuple[list[str], list[str]]:

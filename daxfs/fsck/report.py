@@ -36,6 +36,7 @@ class Report:
         self.losses: dict[int, list[str]] = {}  # ino (kept) -> what it lost
         self.gone: dict[int, str] = {}          # ino -> why it could not be made again
         self.moved: set[int] = set()            # inodes put in /lost+found
+        self.fresh: set[int] = set()            # inodes repair made for itself (/lost+found)
 
     def fix(self, line: str) -> None:
         self.lines.append(line)
@@ -53,7 +54,7 @@ class Report:
         self.gone.setdefault(ino, why)
 
     def summary(self, final_inodes) -> str:
-        final = set(final_inodes)
+        final = set(final_inodes) - self.fresh
         guessed = final & set(self.guesses)
         partial = (final & set(self.losses)) - guessed
         exact = final - guessed - partial
