@@ -83,17 +83,17 @@ def populate(path, *, size=256 * MiB, files=5600, seed=5, close=False) -> None:
         if not stat.S_ISLNK(fs.getattr(ino).mode):
             fs.setattr(ino, atime_ns=t, mtime_ns=t + rng.randrange(10**12))
     # fragmented files: appends interleaved with other files' appends
-    frag = rng.sample(regular, 2200)
+    frag = rng.sample(regular, len(regular) * 2 // 5)
     for rnd in range(4):
         for ino in frag:
             size = fs.getattr(ino).size
             fs.write(ino, -(-size // BS) * BS, rng.randbytes(rng.choice([10, 4096])))
     # extended attributes and ACLs
-    for ino in rng.sample(regular, 1100):
+    for ino in rng.sample(regular, len(regular) // 5):
         fs.setxattr(ino, b"user.tag", b"t%d" % ino)
         if rng.random() < 0.3:
             fs.setxattr(ino, b"user.note", rng.randbytes(rng.choice([100, 5000])))
-    for ino in rng.sample(regular, 260):
+    for ino in rng.sample(regular, len(regular) // 20):
         fs.setxattr(ino, acl.ACCESS, _acl(rng.randrange(1, 3000)))
     for d in rng.sample(dirs[1:], 10):
         fs.setxattr(d, acl.DEFAULT, _acl(1234))
@@ -114,7 +114,7 @@ def populate(path, *, size=256 * MiB, files=5600, seed=5, close=False) -> None:
                 fs.unlink(parent, e.name)
                 fs.forget(e.attr.ino)
     # unlinked while open at the "crash": the orphan list
-    for k in range(620):
+    for k in range(files // 9):
         ino = fs.create(ROOT_INO, b"orphan%03d" % k, stat.S_IFREG | 0o600, 0, 0).ino
         fs.write(ino, 0, b"o" * 100)
         fs.unlink(ROOT_INO, b"orphan%03d" % k)

@@ -24,14 +24,13 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     gc_tuning.tune()
     try:
+        summary = ""
         if args.repair:
             from daxfs.fsck.repair import repair
             res = repair(args.image)
-            problems = res.left
+            problems, summary = res.left, res.summary
             for line in res.fixed:
                 print(f"repaired: {line}")
-            if res.summary:
-                print(f"summary: {res.summary}")
         else:
             from daxfs.fsck.check import check_image
             problems = check_image(args.image, progress=not args.quiet)
@@ -43,6 +42,8 @@ def main(argv=None) -> int:
         return EXIT_OPERATIONAL
     for line in problems:
         print(line)
+    if summary:
+        print(f"summary: {summary}")
     if problems:
         print(f"{args.image}: {len(problems)} problem(s) found", file=sys.stderr)
         return EXIT_ERRORS

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from .errors import Corrupted, MediaError, NeedsRepair, NotSupported
 from .format import (OWN_AG, OWN_FS, OWN_LOG, OWN_MAX_INO, TREE_ORPHAN, TREE_REFC,
                      owner_name, own_tree)
+from .trees import RmapRec
 
 # owners whose damage leaves every file readable
 _NOT_NEEDED_TO_READ = {OWN_AG, OWN_LOG, own_tree(TREE_REFC), own_tree(TREE_ORPHAN)}
@@ -58,8 +59,9 @@ def assess(fs) -> Damage | None:
             try:
                 owners = poison.owners_of(fs, bno, n, with_paths=False)
             except (Corrupted, MediaError, NotSupported):
-                owners = [poison.Owner(r[0], r[3], r[1], "metadata" if r[1] > OWN_MAX_INO
-                                       else "data") for r in poison.scan_owners(fs, bno, n)]
+                owners = [poison.Owner(r.bno, r.len, r.owner,
+                                       "metadata" if r.owner > OWN_MAX_INO else "data")
+                          for r in map(RmapRec._make, poison.scan_owners(fs, bno, n))]
         except (Corrupted, MediaError):
             dmg.add(f"blocks {bno}+{n} are poisoned and the trees that say who owns them"
                     " cannot be read", readable=False)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from .errors import Corrupted, MediaError, Shutdown
 from .format import BLOCK_SIZE as BS, OWN_FS, OWN_MAX_INO, RMAP_ATTR, owner_name, own_tree
 from .superblock import secondary_bno, static_owners
-from .trees import BmapRec, DirentRec, XattrRec
+from .trees import BmapRec, DirentRec, RmapRec, XattrRec
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def scan_owners(fs, bno: int, n: int) -> list[tuple]:
     for tree in vol.trees.values():
         owner = own_tree(tree.tid)
         fixed.extend((b, owner, 0, 1, 0) for b in tree.node_blocks())
-    out += [r for r in fixed if r[0] < end and r[0] + r[3] > bno]
+    out += [tuple(r) for r in map(RmapRec._make, fixed) if r.bno < end and r.bno + r.len > bno]
     return out
 
 

@@ -27,6 +27,7 @@ import numpy as np
 from daxfs.engine.alloc import POOL_HIGH, POOL_TARGET
 from daxfs.engine.errors import NoSpace
 from daxfs.engine.format import OWN_AG, SB_POOL_MAX, own_tree
+from daxfs.engine.trees import RmapRec
 
 
 def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
@@ -48,7 +49,7 @@ def final_records(st) -> dict[str, list]:
     """The primary and refcount records as they will be written."""
     recs = {
         "inode": [tuple(st.inodes[i]) for i in sorted(st.inodes)],
-        "dir": sorted(map(tuple, st.dirents), key=lambda e: e[:2]),
+        "dir": [tuple(e) for e in sorted(st.dirents, key=lambda e: (e.parent, e.pos))],
         "bmap": list(map(tuple, st.extents)),
         "refcount": st.refc,
         "xattr": list(map(tuple, st.xattrs)),
@@ -124,7 +125,7 @@ def plan(st) -> None:
             pool = pool[:POOL_TARGET]
         _place(st, recs, pool)
     else:
-        st.nodes, st.pool, st.recs = kept_nodes, pool, recs
+        st.nodes, st.pool, st.records = kept_nodes, pool, recs
 
 
 def _explain_derived(st, recs: dict) -> None:
@@ -168,9 +169,9 @@ def _candidates(st, strict: bool) -> list[tuple[int, int]]:
     if strict:
         rm = st.salv.get("rmap")
         if rm is not None:
-            for r in rm.records:
-                if r[0] < st.total:
-                    avoid[r[0]:r[0] + r[3]] = True
+            for r in map(RmapRec._make, rm.records):
+                if r.bno < st.total:
+                    avoid[r.bno:r.bno + r.len] = True
         fr = st.salv["free"]
         if not fr.lost:
             free = np.zeros(st.total, dtype=bool)
@@ -222,4 +223,4 @@ def _place(st, recs: dict, pool: list[int]) -> None:
     recs["free"] = free
     if has_rmap:
         recs["rmap"] = rm
-    st.nodes, st.recs = nodes, recs
+    st.nodes, st.records = nodes, recs

@@ -44,7 +44,8 @@ from daxfs.engine.format import (BLOCK_SIZE as BS, DT_BLK, DT_CHR, DT_DIR, DT_LN
                                  DT_REG, FMT_OF_DT, MAX_FILE_BYTES, OWN_MAX_INO, RMAP_ATTR,
                                  ROOT_INO, SYMLINK_MAX, name_hash)
 from daxfs.engine.superblock import static_owners
-from daxfs.engine.trees import (BmapRec, DirentRec, InodeRec, OrphanRec, RmapRec, XattrRec,
+from daxfs.engine.trees import (BmapRec, DirentRec, FreeRec, InodeRec, OrphanRec, RmapRec,
+                                XattrRec,
                                 check_bmap, check_dirent, check_xattr)
 
 from .report import show
@@ -87,7 +88,7 @@ def _counter_messages(st) -> None:
                    f" the largest in use ({top}): corrected")
     fr = st.salv["free"]
     if not fr.damaged:
-        n = sum(r[1] for r in fr.records)
+        n = sum(r.len for r in map(FreeRec._make, fr.records))
         if int(sb["free_blocks"]) != n:
             st.fix(f"superblock: free block count {int(sb['free_blocks'])}, the"
                    f" free-space tree holds {n}: corrected")
@@ -110,8 +111,8 @@ def _meta_mask(st) -> None:
     """Blocks that hold metadata for certain: superblocks, log, verified
     nodes (and the superblocks and log alone, in `fixed_meta`)."""
     fixed = np.zeros(st.total, dtype=bool)
-    for r in static_owners(st.sb, pool=[]):
-        fixed[min(r[0], st.total):min(r[0] + r[3], st.total)] = True
+    for r in map(RmapRec._make, static_owners(st.sb, pool=[])):
+        fixed[min(r.bno, st.total):min(r.bno + r.len, st.total)] = True
     meta = fixed.copy()
     for s in st.salv.values():
         if s.good:
@@ -166,7 +167,7 @@ def _recover_extents_from_rmap(st) -> None:
             if 0 < r.owner <= OWN_MAX_INO and not r.flags & RMAP_ATTR and r.len]
     if not rm.damaged:
         mirror = {(r.owner, r.offset, r.bno, r.len) for r in data}
-        kept = [e for e in st.extents if e[:4] in mirror]
+        kept = [e for e in st.extents if (e.ino, e.foff, e.pblk, e.len) in mirror]
         if len(kept) != len(st.extents):
             st.fix(f"extent maps: {len(st.extents) - len(kept)} extent record(s) in"
                    " damaged nodes disagree with the rmap: dropped")

@@ -39,6 +39,7 @@ import numpy as np
 from daxfs.engine.btree import find_nodes
 from daxfs.engine.format import OWN_AG, OWN_MAX_INO, BLOCK_SIZE as BS, own_tree
 from daxfs.engine.superblock import static_owners
+from daxfs.engine.trees import SPECS, RmapRec
 
 # where a leaf's records came from, most trusted first
 REACHED, NAMED, SCANNED = 0, 1, 2
@@ -174,10 +175,10 @@ def _named_by_rmap(st, rmap: Salvaged) -> dict[int, set[int]]:
     owners = {own_tree(t.tid): t.tid for t in st.vol.trees.values()
               if own_tree(t.tid) != OWN_AG}
     out: dict[int, set[int]] = {}
-    for r, _ in rmap.rows:
-        tid = owners.get(r[1])
+    for r in _named(rmap):
+        tid = owners.get(r.owner)
         if tid is not None:
-            out.setdefault(tid, set()).add(r[0])
+            out.setdefault(tid, set()).add(r.bno)
     return out
 
 
@@ -192,22 +193,28 @@ def _used_elsewhere(st) -> np.ndarray:
         if 0 <= b < total:
             mask[b:min(b + n, total)] = True
 
-    for r in static_owners(st.sb):
-        mark(r[0], r[3])
+    for r in map(RmapRec._make, static_owners(st.sb)):
+        mark(r.bno, r.len)
     salv = st.salv
     if "free" in salv and not salv["free"].damaged:
-        for r, _ in salv["free"].rows:
-            mark(r[0], r[1])
-    for r, _ in salv["bmap"].rows:
-        mark(r[2], r[3])
+        for r in _named(salv["free"]):
+            mark(r.start, r.len)
+    for r in _named(salv["bmap"]):
+        mark(r.pblk, r.len)
     if "rmap" in salv:
-        for r, _ in salv["rmap"].rows:
-            if 0 < r[1] <= OWN_MAX_INO:
-                mark(r[0], r[3])
-    for r, _ in salv["xattr"].rows:
-        if r[5]:
-            mark(r[5], -(-r[4] // BS))
+        for r in _named(salv["rmap"]):
+            if 0 < r.owner <= OWN_MAX_INO:
+                mark(r.bno, r.len)
+    for r in _named(salv["xattr"]):
+        if r.vblk:
+            mark(r.vblk, -(-r.vlen // BS))
     return mask
+
+
+def _named(s: Salvaged):
+    """The records salvaged so far of a tree, as its named tuples."""
+    make = SPECS[s.name].record._make
+    return (make(r) for r, _ in s.rows)
 
 
 def _unique(nkey: int, rows: list) -> list[tuple]:

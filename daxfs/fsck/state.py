@@ -43,7 +43,7 @@ class RepairState:
         self.rebuild: set[str] = set()  # trees written anew
         self.nodes: dict = {}           # tree -> its node blocks after the repair
         self.pool: list[int] = []
-        self.recs: dict = {}            # tree -> its records after the repair
+        self.records: dict = {}         # tree -> its records after the repair
 
     def fix(self, line: str) -> None:
         self.report.fix(line)

@@ -24,15 +24,15 @@ def run(st) -> None:
     vol, sb = st.vol, st.sb
     for name in sorted(st.rebuild):
         tree = vol.trees[name]
-        root, height = tree.bulk_load(st.recs[name], st.nodes[name])
+        root, height = tree.bulk_load(st.records[name], st.nodes[name])
         sb["roots"][tree.tid] = root
         sb["heights"][tree.tid] = height
         s = st.salv[name]
         if s.damaged:
             st.fix(f"{name} tree: rebuilt from the {len(s.records)} records still readable"
-                   f" ({s.describe()}); now {len(st.recs[name])} records")
+                   f" ({s.describe()}); now {len(st.records[name])} records")
     for name, tree in vol.trees.items():
-        n = len(st.recs[name])
+        n = len(st.records[name])
         if int(sb["nrecs"][tree.tid]) != n:
             if name not in st.rebuild:
                 st.fix(f"{name} tree: record count {int(sb['nrecs'][tree.tid])} set to {n}")
@@ -42,7 +42,7 @@ def run(st) -> None:
         sb["pool"][:] = 0
         sb["pool"][:len(pool)] = pool
         sb["pool_count"] = len(pool)
-    sb["free_blocks"] = sum(n for _, n in st.recs["free"])
+    sb["free_blocks"] = sum(n for _, n in st.records["free"])
     sb["next_ino"] = st.next_ino
     sb["inode_count"] = len(st.inodes)
     sb["state"] = int(sb["state"]) & ~STATE_NEEDS_CHECK
