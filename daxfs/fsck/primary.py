@@ -20,8 +20,10 @@ inodes, extent maps, extended attributes -- mended and completed.
   guessed and the report says which attributes are guesses: size from
   the extents, mode 0600 (0700 for a directory; the permission bits of
   its access ACL when it has one), owner root, the repair's time.  A
-  symbolic link whose target was lost, or a device node (its device
-  number is lost), cannot be made again: it is reported lost.
+  symbolic link whose target was lost, a device node (its device number
+  is lost), or a regular file known only by its names while its extents
+  may have been lost too (it could not be told from an empty file)
+  cannot be made again: they are reported lost.
 * Extended attributes: each must belong to an inode, have a name used
   once per inode, be filed under its name's hash (else it is refiled), and
   have its value inside the device in blocks nothing else uses.
@@ -278,10 +280,13 @@ def _recreate(st, ino: int, data_end, ftypes: list[int], holder: bool, xattrs: d
             st.report.lost(ino, "a symbolic link whose target was lost with its record")
             return
         fmt, perm, size = FMT_OF_DT[kind], 0o600, 0
+        if fmt == stat.S_IFREG and not _no_data_lost(st, ino):
+            st.report.lost(ino, "a file whose record and data were lost with unreadable nodes")
+            return
         what = {stat.S_IFREG: "an empty regular file", stat.S_IFIFO: "a FIFO",
                 stat.S_IFSOCK: "a socket"}[fmt]
         if fmt == stat.S_IFREG:
-            guesses.append("size 0 (no data known)")
+            guesses.append("size 0 (it has no data)")
     access = xattrs.get(acl.ACCESS)
     mode_from = f"mode {perm:04o}"
     if access is not None and not access.vblk and fmt != stat.S_IFLNK:
@@ -295,6 +300,14 @@ def _recreate(st, ino: int, data_end, ftypes: list[int], holder: bool, xattrs: d
     guesses += [_OWNER, _TIMES]
     make_inode(st, ino, fmt | perm, size=size)
     st.report.guessed(ino, where, what, guesses)
+
+
+def _no_data_lost(st, ino: int) -> bool:
+    """Can no extent of this inode have been lost (so that having none
+    means it had none)?  Its extent records sit in no gap of the extent
+    map, or the rmap, which mirrors them, lost nothing."""
+    rmap = st.salv.get("rmap")
+    return not st.salv["bmap"].may_lack((ino,)) or (rmap is not None and not rmap.lost)
 
 
 def symlink_len(st, ino: int) -> int:
