@@ -623,3 +623,53 @@ def test_poisoned_node(img, base):
     fs.close()
     assert BadBlocks(str(img)).ranges() == []
     assert run_check(img) == (0, [])
+
+
+def test_entry_and_xattr_under_the_wrong_hash(img, base):
+    """A directory entry and an extended attribute filed under a key whose
+    hash half is not their name's: lookups cannot find them; check says
+    so (the record checks), repair refiles them."""
+    files = base[1]
+    ino = a_file(files, xattrs=True)
+    path = files[ino][0]
+    parent_path, name = path.rsplit("/", 1)
+    with engine(img) as vol:
+        d = Dirs(vol)
+        parent = next(r[0] for r in vol.trees["dir"].scan() if r[2] == ino)
+        pos, _, ftype = d.lookup(parent, name.encode())
+        d.remove(parent, pos, name.encode())
+        vol.trees["dir"].insert((parent, 7, ino, ftype, len(name), name.encode()))
+        x = next(r for r in vol.trees["xattr"].scan(lo=(ino, 0), hi=(ino,)))
+        vol.trees["xattr"].delete(x[:2])
+        vol.trees["xattr"].insert((ino, 9) + tuple(x[2:]))
+    rc, problems = run_check(img)
+    assert any("filed under the wrong name hash" in p and repr(name.encode()) in p
+               for p in problems), problems
+    assert any("extended attribute" in p and "wrong name hash" in p for p in problems), problems
+    fixes, _ = repair_and_verify(img, files)
+    assert sum("filed under the wrong hash: moved" in f for f in fixes) == 2, fixes
+
+
+def test_size_past_the_maximum_with_an_extent_at_the_end(img, base):
+    """Issue 16's finding: a file whose last extent ends at the last file
+    block there can be and whose size is past 2**63-1: repair sets a size
+    check accepts (the maximum), never 2**63."""
+    from daxfs.engine.format import MAX_FILE_BLOCKS, MAX_FILE_BYTES
+    ino = a_file(base[1], min_size=BLOCK_SIZE)
+    with engine(img) as vol:
+        s, _ = vol.alloc.alloc(1)
+        vol.trees["bmap"].insert((ino, MAX_FILE_BLOCKS - 1, s, 1, 0))
+        vol.rmap.map(s, ino, MAX_FILE_BLOCKS - 1, 1)
+        rec = list(vol.trees["inode"].lookup((ino,)))
+        rec[5] = (1 << 63) + 4096
+        rec[6] += 1
+        vol.trees["inode"].update(tuple(rec))
+    rc, problems = run_check(img)
+    assert any("is beyond the maximum file size" in p for p in problems), problems
+    rc, lines = run_check(img, "--repair")
+    assert rc == 0, lines
+    assert any(f"set to {MAX_FILE_BYTES}" in ln for ln in lines), lines
+    assert run_check(img) == (0, [])
+    fs = Filesystem.open(str(img), readonly=True)
+    assert fs.getattr(ino).size == MAX_FILE_BYTES
+    fs.close()
