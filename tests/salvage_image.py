@@ -148,6 +148,22 @@ def node_of(path, tree: str, which: str) -> tuple[int, list[tuple]]:
         fs.close()
 
 
+def names(fs):
+    """(path, entry) of every name reachable from the root of an open
+    filesystem; each directory is listed once."""
+    stack, listed = [(ROOT_INO, "")], {ROOT_INO}
+    while stack:
+        d, dp = stack.pop()
+        for e in fs.readdir(d):
+            if e.name in (b".", b".."):
+                continue
+            p = f"{dp}/{e.name.decode()}"
+            yield p, e
+            if stat.S_ISDIR(e.attr.mode) and e.attr.ino not in listed:
+                listed.add(e.attr.ino)
+                stack.append((e.attr.ino, p))
+
+
 def snapshot(path) -> dict:
     """{ino: {"paths", "attr", "data", "xattrs"}} of every inode reachable
     from the root, and of the unlinked inodes on the orphan list."""
@@ -172,17 +188,8 @@ def snapshot(path) -> dict:
                         "xattrs": {n: fs.getxattr(ino, n) for n in fs.listxattr(ino)}}
 
         visit(ROOT_INO, "/")
-        stack = [(ROOT_INO, "")]
-        while stack:
-            d, dp = stack.pop()
-            for e in fs.readdir(d):
-                if e.name in (b".", b".."):
-                    continue
-                p = f"{dp}/{e.name.decode()}"
-                visit(e.attr.ino, p)
-                if stat.S_ISDIR(e.attr.mode) and p in out[e.attr.ino]["paths"] \
-                        and len(out[e.attr.ino]["paths"]) == 1:
-                    stack.append((e.attr.ino, p))
+        for p, e in names(fs):
+            visit(e.attr.ino, p)
         for rec in fs.vol.trees["orphan"].scan():
             if rec[0] not in out:
                 visit(rec[0], f"(orphan {rec[0]})")

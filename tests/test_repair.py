@@ -29,6 +29,7 @@ from daxfs.engine.fs import Filesystem
 from daxfs.engine.mkfs import mkfs
 from daxfs.fsck.repair import repair_image
 from daxfs.engine.volume import Volume
+from salvage_image import names
 
 TREES = ["inode", "dir", "bmap", "free", "rmap", "refcount", "xattr", "orphan"]
 
@@ -171,24 +172,16 @@ def walk(path):
     fs = Filesystem.open(str(path), readonly=True)
     try:
         out = {}
-        stack = [(ROOT_INO, "")]
-        while stack:
-            d, dp = stack.pop()
-            for ent in fs.readdir(d):
-                if ent.name in (b".", b".."):
-                    continue
-                p = f"{dp}/{ent.name.decode()}"
-                mode = ent.attr.mode
-                if stat.S_ISDIR(mode):
-                    stack.append((ent.attr.ino, p))
-                elif stat.S_ISREG(mode):
-                    ino = ent.attr.ino
-                    if ino in out:
-                        out[ino][0].append(p)
-                        continue
-                    data = fs.read(ino, 0, ent.attr.size)
-                    xa = {n: fs.getxattr(ino, n) for n in fs.listxattr(ino)}
-                    out[ino] = ([p], data, xa)
+        for p, ent in names(fs):
+            ino = ent.attr.ino
+            if not stat.S_ISREG(ent.attr.mode):
+                continue
+            if ino in out:
+                out[ino][0].append(p)
+                continue
+            data = fs.read(ino, 0, ent.attr.size)
+            xa = {n: fs.getxattr(ino, n) for n in fs.listxattr(ino)}
+            out[ino] = ([p], data, xa)
         return out
     finally:
         fs.close()
