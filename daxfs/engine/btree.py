@@ -949,6 +949,8 @@ class BTree:
         prev_last = None          # the last key of the previous leaf (a walk from the root)
         nkey, overlap, check = spec.nkey, spec.overlap, spec.check
         make = spec.record._make
+        child_at = spec.ent_dtype.names.index("child")          # (entry fields by name)
+        hi_at = spec.ent_dtype.names.index("hi") if overlap else None
         while stack:
             bno, level, parent, low, high, hi = stack.pop()
             v = NodeVisit(bno, level, parent, low, high, hi)
@@ -995,12 +997,12 @@ class BTree:
             if n and hi is not None and v.top > hi:
                 problems.append(f"block {bno}: high key {v.top} above the parent's {hi}")
             if level:
-                v.children = [r[-1] for r in rows]
+                v.children = [r[child_at] for r in rows]
                 for i in range(n - 1, -1, -1):
-                    stack.append((rows[i][-1], level - 1, bno,
+                    stack.append((rows[i][child_at], level - 1, bno,
                                   keys[i] if (i or low is not None) else None,
                                   keys[i + 1] if i + 1 < n else high,
-                                  rows[i][-2] if overlap else None))
+                                  rows[i][hi_at] if overlap else None))
             else:
                 if start is None and n:
                     if prev_last is not None and keys[0] <= prev_last:
