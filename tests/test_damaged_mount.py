@@ -75,11 +75,12 @@ def test_mount_refuses_damage_reading_needs(img, mnt):
         assert len(os.listdir(m)) > 50
 
 
-def test_mount_read_only_when_reading_is_spared(img, mnt):
+@pytest.mark.parametrize("options", [[], ["-o", "ro"]], ids=["rw", "ro"])
+def test_mount_read_only_when_reading_is_spared(img, mnt, options):
     res = daxfs("poison", "inject", img, "--metadata", "free-space-tree")
     assert res.returncode == 0, res.stderr
     log = img.parent / "ro.log"
-    res = daxfs("mount", img, mnt, "--log", log, timeout=90)
+    res = daxfs("mount", img, mnt, "--log", log, *options, timeout=90)
     try:
         assert res.returncode == 0, res.stderr
         [line] = res.stderr.strip().splitlines()

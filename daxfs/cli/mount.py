@@ -200,16 +200,18 @@ def _foreground(image: str, mountpoint: str, options: list[str], readonly: bool,
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(logging.INFO)
+    def warn(damage: str) -> None:
+        print(f"{PROG}: {damage}; mounted read-only (unmount before repairing)",
+              file=sys.stderr, flush=True)
+
     try:
         try:
-            _mount.run(image, mountpoint, options, readonly=readonly)
+            _mount.run(image, mountpoint, options, readonly=readonly, warn=warn)
         except NeedsRepair as exc:
             if readonly or not exc.readonly_ok:
                 raise
             # what is damaged is not needed to read files: serve them read-only
-            print(f"{PROG}: {exc}; mounted read-only (unmount before repairing)",
-                  file=sys.stderr, flush=True)
-            _mount.run(image, mountpoint, options, readonly=True)
+            _mount.run(image, mountpoint, options, readonly=True, warn=warn)
     except DaxfsError as exc:
         msg = str(exc) if image in str(exc) else f"{image}: {exc}"
         print(f"{PROG}: {msg}", file=sys.stderr, flush=True)
