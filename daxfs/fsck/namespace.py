@@ -26,7 +26,7 @@ from daxfs.engine.format import (BLOCK_SIZE as BS, DT_OF_FMT, MAX_FILE_BYTES, RO
                                  SYMLINK_MAX, name_hash)
 from daxfs.engine.trees import DirentRec, check_dirent
 
-from .primary import make_inode, new_ino, symlink_len
+from .primary import make_inode, mended_entry, new_ino, symlink_len
 from .report import show
 
 LOST_FOUND = b"lost+found"
@@ -62,7 +62,7 @@ class Namespace:
             # (a wrong hash is refiled and a wrong file type set, below)
             target = inodes.get(e.ino)
             want = DT_OF_FMT[stat.S_IFMT(target.mode)] if target is not None else e.ftype
-            why = check_dirent(e._replace(pos=name_hash(e.name) << 32, ftype=want), st.total)
+            why = check_dirent(mended_entry(e)._replace(ftype=want), st.total)
             if why:
                 st.fix(f"{why}: dropped")
                 continue

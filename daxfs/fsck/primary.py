@@ -234,7 +234,7 @@ def _recreate_lost_inodes(st) -> None:
     named: dict[int, list[int]] = {}
     holders = set()
     for d in st.dirents:
-        if check_dirent(d, st.total) is None:
+        if check_dirent(mended_entry(d), st.total) is None:
             if d.ino not in inodes:
                 named.setdefault(d.ino, []).append(d.ftype)
             if d.parent not in inodes:
@@ -300,6 +300,14 @@ def _recreate(st, ino: int, data_end, ftypes: list[int], holder: bool, xattrs: d
     guesses += [_OWNER, _TIMES]
     make_inode(st, ino, fmt | perm, size=size)
     st.report.guessed(ino, where, what, guesses)
+
+
+def mended_entry(d: DirentRec) -> DirentRec:
+    """A directory entry with what repair mends without a word of its own
+    (the name's length; the key's hash half, which namespace.py refiles)."""
+    if d.name and d.namelen != len(d.name):
+        d = d._replace(namelen=len(d.name))
+    return d._replace(pos=name_hash(d.name) << 32 | (d.pos & _LOW))
 
 
 def _no_data_lost(st, ino: int) -> bool:

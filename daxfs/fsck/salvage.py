@@ -39,7 +39,7 @@ import numpy as np
 from daxfs.engine.btree import find_nodes
 from daxfs.engine.format import OWN_AG, OWN_MAX_INO, BLOCK_SIZE as BS, own_tree
 from daxfs.engine.superblock import static_owners
-from daxfs.engine.trees import SPECS, RmapRec
+from daxfs.engine.trees import RmapRec, SPECS
 
 # where a leaf's records came from, most trusted first
 REACHED, NAMED, SCANNED = 0, 1, 2
@@ -79,10 +79,15 @@ class Salvaged:
         return text
 
     def may_lack(self, key: tuple) -> bool:
-        """Could a record with this key (or key prefix) have been lost?"""
+        """Could a record with this key (or with keys starting with this
+        prefix) have been lost?"""
+        n = len(key)
         for low, high in self.gaps:
-            if (low is None or key >= low[:len(key)]) and (high is None or key <= high[:len(key)]):
-                return True
+            if low is not None and key < low[:n]:
+                continue
+            if high is not None and (key > high[:n] or n == len(high) and key == high):
+                continue
+            return True
         return False
 
 
