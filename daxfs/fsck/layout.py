@@ -144,9 +144,13 @@ def _explain_derived(st, recs: dict) -> None:
         new = np.zeros(st.total, dtype=bool)
         for a, n in recs["free"]:
             new[a:a + n] = True
-        leaked, wrong = int((new & ~old).sum()), int((old & ~new).sum())
-        st.fix(f"free tree: {leaked} leaked block(s) given back, {wrong} used"
-               " block(s) no longer listed free: rebuilt")
+        given = new & ~old
+        pool = [b for b in _old_pool(st) if 0 <= b < st.total]
+        given[pool] = False             # (pool blocks dropped as unusable were not leaked)
+        leaked, wrong = int(given.sum()), int((old & ~new).sum())
+        if leaked or wrong:
+            st.fix(f"free tree: {leaked} leaked block(s) given back, {wrong} used"
+                   " block(s) no longer listed free: rebuilt")
     s = st.salv["refcount"]
     if not s.damaged and recs["refcount"] != s.records:
         st.fix(f"refcount tree: share counts wrong ({len(s.records)} records, should"
