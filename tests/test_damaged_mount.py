@@ -143,3 +143,24 @@ def test_live_poison_then_repair(img, mnt, tmp_path, tree, which):
     assert compare(want, after) == []
     res = daxfs("check", "--repair", img)
     assert res.returncode == 0 and "repaired" not in res.stdout, res.stdout
+
+
+def test_mount_refuses_a_root_that_fails_its_checksum(img, mnt):
+    """Not only poison: a tree root that fails verification is found before
+    anything is served."""
+    vol = Volume.open(str(img))
+    try:
+        root = vol.trees["dir"].root
+        vol.pmem.block(root)[300] ^= 0x10
+        vol.pmem.block(int(vol.sb["log_start"]))[:8] = 0      # (no replay mends it)
+        vol.pmem.flush_all()
+    finally:
+        vol.pmem.close()
+    res = daxfs("mount", img, mnt, timeout=90)
+    try:
+        assert res.returncode == 1 and mount_source(mnt) is None, res.stderr
+    finally:
+        if mount_source(mnt) is not None:
+            subprocess.run(["fusermount3", "-u", str(mnt)], timeout=60)
+    [line] = res.stderr.strip().splitlines()
+    assert f"dir tree: block {root}" in line and "checksum" in line and "--repair" in line, line

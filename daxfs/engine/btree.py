@@ -932,7 +932,7 @@ class BTree:
         of the tree from its root (what repair does with nodes found by a
         scan); None takes the level the node says it has."""
         spec = self.spec
-        total = self.j.pmem.nblocks
+        total = int(self.sb["total_blocks"])
         if start is None:
             height = self.height
             if not height:

@@ -155,6 +155,7 @@ def refuse_damaged(fs, image: str, readonly: bool, warn=None) -> None:
         if warn is not None:
             warn(str(err))
         return
+    fs.shut_down(str(err))          # (closed without a commit into the damage)
     fs.close()
     raise err
 
