@@ -5,8 +5,12 @@ What this module owns
 ---------------------
 * reading /proc/self/mountinfo (`mounts`, `mount_at`, `daxfs_mount_at`),
   the one place that knows its format and its escaping (`unescape`);
-* what a daxfs mount's source is (`mount_source`) and which image a source
-  names (`image_of_source`);
+* what a daxfs mount's source is (`mount_source`: the image's path, as a
+  kernel filesystem's source is its device, so `umount IMAGE`,
+  `findmnt --source IMAGE` and `df` name it), which image a source names
+  (`image_of_source`) and the daxfs mount of an image (`daxfs_mount_of`).
+  A daxfs mount is recognised by its fstype, `fuse.daxfs`, never by its
+  source;
 * finding a daemon: the FUSE daemon of an image is the process holding the
   image open or mapped and /dev/fuse open (`daemon_pids`); `alive`,
   `wait_gone`;
@@ -29,7 +33,6 @@ from dataclasses import dataclass
 
 MOUNTINFO = "/proc/self/mountinfo"
 FSTYPE = "fuse.daxfs"
-SOURCE_PREFIX = "daxfs:"
 UNMOUNT_TIMEOUT = 60.0
 COMMAND_TIMEOUT = 30.0
 
@@ -104,17 +107,26 @@ def is_mounted(mountpoint) -> bool:
     return mount_at(mountpoint) is not None
 
 
-def mount_source(image: str) -> str:
-    """The source the kernel shows for a mount of `image` (the daemon's
-    fsname).  pyfuse3 passes mount options as ASCII: an image path that is
-    not gets a generic name."""
-    source = SOURCE_PREFIX + os.path.abspath(image)
-    return source if source.isascii() else SOURCE_PREFIX.rstrip(":")
+def mount_source(image) -> str:
+    """The source the kernel shows for a mount of `image`: the image's
+    absolute path with symlinks resolved (what util-linux compares a
+    path given to umount or findmnt with)."""
+    return os.path.realpath(os.fsdecode(image))
 
 
 def image_of_source(source: str) -> str | None:
-    """The image a daxfs mount source names, or None."""
-    return source[len(SOURCE_PREFIX):] if source.startswith(SOURCE_PREFIX) else None
+    """The image the source of a daxfs mount names, or None."""
+    return source if source.startswith("/") else None
+
+
+def daxfs_mount_of(image, path: str = MOUNTINFO) -> Mount | None:
+    """The daxfs mount whose source is `image` (the image is locked by its
+    daemon, so there is at most one), or None."""
+    want = mount_source(image)
+    for m in mounts(path):
+        if m.is_daxfs and m.source == want:
+            return m
+    return None
 
 
 def fuse_connection(mountpoint) -> str | None:

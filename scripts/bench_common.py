@@ -1,7 +1,7 @@
 """Shared by scripts/bench.py and scripts/bench_engine.py: the figure record,
 medians, the terminal table, the JSON file, the PNG chart and hot-spot
-summaries of profiles.  Standard library only (the PNG is written with
-zlib/struct and a 5x7 pixel font drawn below, like daxfs/engine/devmap.py does).
+summaries of profiles.  The PNG chart is drawn with daxfs/picture.py (the
+canvas, 5x7 font and PNG writer that `daxfs map --png` uses too).
 
 A figure compares one daxfs value with one peer value, or with an absolute
 target:
@@ -29,11 +29,11 @@ import os
 import shutil
 import signal
 import statistics
-import struct
 import subprocess
 import sys
 import time
-import zlib
+
+from daxfs.picture import Canvas   # needs the checkout on sys.path (bench.py, bench_engine.py)
 
 FIELDS = ("name", "unit", "daxfs", "peer", "peer_value", "ratio", "target",
           "higher_is_better", "meets")
@@ -174,130 +174,6 @@ def read_json(path: str) -> list[dict]:
 
 
 # ---------------------------------------------------------------- PNG
-
-# A 5x7 font, drawn for this file: each glyph is 7 rows of 5 columns.
-# Lower case is drawn with the upper-case glyphs.
-_GLYPHS = {
-    "A": ".###.|#...#|#...#|#####|#...#|#...#|#...#",
-    "B": "####.|#...#|#...#|####.|#...#|#...#|####.",
-    "C": ".###.|#...#|#....|#....|#....|#...#|.###.",
-    "D": "####.|#...#|#...#|#...#|#...#|#...#|####.",
-    "E": "#####|#....|#....|####.|#....|#....|#####",
-    "F": "#####|#....|#....|####.|#....|#....|#....",
-    "G": ".###.|#...#|#....|#.###|#...#|#...#|.####",
-    "H": "#...#|#...#|#...#|#####|#...#|#...#|#...#",
-    "I": ".###.|..#..|..#..|..#..|..#..|..#..|.###.",
-    "J": "..###|...#.|...#.|...#.|...#.|#..#.|.##..",
-    "K": "#...#|#..#.|#.#..|##...|#.#..|#..#.|#...#",
-    "L": "#....|#....|#....|#....|#....|#....|#####",
-    "M": "#...#|##.##|#.#.#|#.#.#|#...#|#...#|#...#",
-    "N": "#...#|#...#|##..#|#.#.#|#..##|#...#|#...#",
-    "O": ".###.|#...#|#...#|#...#|#...#|#...#|.###.",
-    "P": "####.|#...#|#...#|####.|#....|#....|#....",
-    "Q": ".###.|#...#|#...#|#...#|#.#.#|#..#.|.##.#",
-    "R": "####.|#...#|#...#|####.|#.#..|#..#.|#...#",
-    "S": ".####|#....|#....|.###.|....#|....#|####.",
-    "T": "#####|..#..|..#..|..#..|..#..|..#..|..#..",
-    "U": "#...#|#...#|#...#|#...#|#...#|#...#|.###.",
-    "V": "#...#|#...#|#...#|#...#|#...#|.#.#.|..#..",
-    "W": "#...#|#...#|#...#|#.#.#|#.#.#|#.#.#|.#.#.",
-    "X": "#...#|#...#|.#.#.|..#..|.#.#.|#...#|#...#",
-    "Y": "#...#|#...#|.#.#.|..#..|..#..|..#..|..#..",
-    "Z": "#####|....#|...#.|..#..|.#...|#....|#####",
-    "0": ".###.|#...#|#..##|#.#.#|##..#|#...#|.###.",
-    "1": "..#..|.##..|..#..|..#..|..#..|..#..|.###.",
-    "2": ".###.|#...#|....#|...#.|..#..|.#...|#####",
-    "3": "#####|...#.|..#..|...#.|....#|#...#|.###.",
-    "4": "...#.|..##.|.#.#.|#..#.|#####|...#.|...#.",
-    "5": "#####|#....|####.|....#|....#|#...#|.###.",
-    "6": "..##.|.#...|#....|####.|#...#|#...#|.###.",
-    "7": "#####|....#|...#.|..#..|.#...|.#...|.#...",
-    "8": ".###.|#...#|#...#|.###.|#...#|#...#|.###.",
-    "9": ".###.|#...#|#...#|.####|....#|...#.|.##..",
-    " ": ".....|.....|.....|.....|.....|.....|.....",
-    ".": ".....|.....|.....|.....|.....|.##..|.##..",
-    ",": ".....|.....|.....|.....|.##..|..#..|.#...",
-    ":": ".....|.##..|.##..|.....|.##..|.##..|.....",
-    ";": ".....|.##..|.##..|.....|.##..|..#..|.#...",
-    "%": "##...|##..#|...#.|..#..|.#...|#..##|...##",
-    "-": ".....|.....|.....|#####|.....|.....|.....",
-    "+": ".....|..#..|..#..|#####|..#..|..#..|.....",
-    "/": ".....|....#|...#.|..#..|.#...|#....|.....",
-    "(": "...#.|..#..|.#...|.#...|.#...|..#..|...#.",
-    ")": ".#...|..#..|...#.|...#.|...#.|..#..|.#...",
-    "<": "...#.|..#..|.#...|#....|.#...|..#..|...#.",
-    ">": ".#...|..#..|...#.|....#|...#.|..#..|.#...",
-    "=": ".....|.....|#####|.....|#####|.....|.....",
-    "_": ".....|.....|.....|.....|.....|.....|#####",
-    "[": ".###.|.#...|.#...|.#...|.#...|.#...|.###.",
-    "]": ".###.|...#.|...#.|...#.|...#.|...#.|.###.",
-    "#": ".#.#.|.#.#.|#####|.#.#.|#####|.#.#.|.#.#.",
-    "'": "..#..|..#..|.#...|.....|.....|.....|.....",
-    '"': ".#.#.|.#.#.|.#.#.|.....|.....|.....|.....",
-    "!": "..#..|..#..|..#..|..#..|..#..|.....|..#..",
-    "?": ".###.|#...#|....#|...#.|..#..|.....|..#..",
-    "*": ".....|..#..|#.#.#|.###.|#.#.#|..#..|.....",
-    "|": "..#..|..#..|..#..|..#..|..#..|..#..|..#..",
-    "~": ".....|.....|.#...|#.#.#|...#.|.....|.....",
-    "@": ".###.|#...#|#.###|#.#.#|#.###|#....|.###.",
-    "&": ".##..|#..#.|#.#..|.#...|#.#.#|#..#.|.##.#",
-    "\u2265": "#....|.##..|...##|.##..|#....|.....|#####",   # >=
-    "\u2264": "....#|..##.|##...|..##.|....#|.....|#####",   # <=
-}
-_FONT = {ch: [[c == "#" for c in row] for row in g.split("|")] for ch, g in _GLYPHS.items()}
-
-
-class Canvas:
-    """An RGB picture in a bytearray, with rectangles and text."""
-
-    def __init__(self, width: int, height: int, bg=(255, 255, 255)):
-        self.w, self.h = width, height
-        self.px = bytearray(bytes(bg) * (width * height))
-
-    def rect(self, x0: int, y0: int, x1: int, y1: int, color) -> None:
-        x0, x1 = max(0, min(x0, x1)), min(self.w, max(x0, x1))
-        y0, y1 = max(0, min(y0, y1)), min(self.h, max(y0, y1))
-        if x0 >= x1:
-            return
-        row = bytes(color) * (x1 - x0)
-        for y in range(y0, y1):
-            o = (y * self.w + x0) * 3
-            self.px[o:o + len(row)] = row
-
-    def text(self, x: int, y: int, s: str, color=(0, 0, 0), scale: int = 1) -> int:
-        """Draw `s` with its top-left corner at (x, y); returns the end x."""
-        for ch in s:
-            g = _FONT.get(ch) or _FONT.get(ch.upper()) or _FONT["?"]
-            for r, row in enumerate(g):
-                for c, on in enumerate(row):
-                    if on:
-                        self.rect(x + c * scale, y + r * scale,
-                                  x + (c + 1) * scale, y + (r + 1) * scale, color)
-            x += 6 * scale
-        return x
-
-    @staticmethod
-    def text_width(s: str, scale: int = 1) -> int:
-        return 6 * scale * len(s)
-
-    def write(self, path: str) -> None:
-        raw = bytearray()
-        stride = self.w * 3
-        for y in range(self.h):
-            raw.append(0)
-            raw += self.px[y * stride:(y + 1) * stride]
-
-        def chunk(kind: bytes, data: bytes) -> bytes:
-            return (struct.pack(">I", len(data)) + kind + data
-                    + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
-
-        png = (b"\x89PNG\r\n\x1a\n"
-               + chunk(b"IHDR", struct.pack(">IIBBBBB", self.w, self.h, 8, 2, 0, 0, 0))
-               + chunk(b"IDAT", zlib.compress(bytes(raw), 9))
-               + chunk(b"IEND", b""))
-        with open(path, "wb") as fh:
-            fh.write(png)
-
 
 GREEN, RED, GREY, BLUE = (46, 160, 67), (214, 60, 50), (150, 150, 150), (70, 110, 200)
 BLACK, LIGHT, MID = (0, 0, 0), (235, 235, 235), (200, 200, 200)

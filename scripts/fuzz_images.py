@@ -19,6 +19,18 @@ Each case copies the image and applies one random damage:
   log       random bytes over the log's header
   mixed     two of the above
 
+and, with --semantic (or --kind NAME), damage no checksum can catch, made
+through the engine's own tree operations (every block validly sealed):
+
+  extent-meta   a file's extent points at metadata (a superblock copy, the
+                log, a tree node, a pool block)
+  extent-cross  a file's extent points at another file's blocks
+  free-overlap  the free-space tree lists a file's blocks as free
+  symlink-huge  a symlink's size says 2 GiB
+  size-huge     a file's size or block count no file can have
+  nlink-huge    a directory's link count past any limit
+  dirent-bad    a name with a '/' or a NUL in it
+
 and then requires:
 
 * `daxfs check` exits 0, 4 or 8 with no Python traceback, and names every
@@ -34,8 +46,13 @@ and then requires:
   and nothing else raises;
 * with --mount: `daxfs mount` either refuses with one clear line or serves,
   a walk of the mount (in a subprocess, with a timeout) sees the original
-  bytes or EIO, the daemon logs no traceback, and unmounting leaves no
-  mount behind.  Every subprocess has a timeout.
+  bytes or EIO (EUCLEAN for a damaged file), the daemon logs no traceback,
+  and unmounting leaves no mount behind.  Every subprocess has a timeout.
+  For semantic damage the walk also writes: over the damaged file, and a
+  new file (the allocator); afterwards no block the damaged extent points
+  at holds what was written, and every other file holds its bytes: a
+  crafted image never turns a user's write into a write over metadata or
+  another file.
 
 Prints a summary (cases, refused, served, shut down, repaired, failures with
 the case numbers to rerun with --case) and exits 1 if anything failed.
@@ -69,7 +86,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from daxfs.cli import check as cmd_check  # noqa: E402
-from daxfs.engine.errors import DaxfsError, MediaError, Shutdown  # noqa: E402
+from daxfs.engine.errors import DaxfsError, DamagedFile, MediaError, Shutdown  # noqa: E402
 from daxfs.engine.format import (BLOCK_SIZE as BS, LOG_HDR_DTYPE, LOG_HDR_SIZE, LOG_MAGIC,
                                  ROOT_INO, SB_MAGIC)  # noqa: E402
 from daxfs.engine.journal import sealed_ok  # noqa: E402
@@ -87,6 +104,9 @@ WEIGHTS = [30, 20, 15, 5, 8, 5, 17]
 # valid again: wrong metadata no checksum can catch.  Reads may then return
 # other bytes; what is required is no crash, no hang, and a clean repair.
 EXTRA_KINDS = ["resealed"]
+SEMANTIC_KINDS = ["extent-meta", "extent-cross", "free-overlap", "symlink-huge", "size-huge",
+                  "nlink-huge", "dirent-bad"]
+MARKER = b"daxfs-fuzz-write:"          # what the mounted walk writes (semantic cases)
 
 
 # =============================================================== the base image
@@ -201,6 +221,9 @@ class Damage:
         self.blocks: set[int] = set()      # metadata blocks whose bytes changed
         self.truncated_to: int | None = None
         self.resealed = False
+        self.semantic = False              # sealed damage that check must still find
+        self.target: str | None = None     # the damaged file (semantic)
+        self.victims: list[int] = []       # blocks the damage points a file at
         self.desc: list[str] = []
 
 
@@ -305,10 +328,80 @@ def apply_damage(path: str, inv: dict, rng: random.Random, kind: str, dmg: Damag
             dmg.desc.append(f"log header {b}[{lo}:{lo + 16}]")
 
 
-def damage_case(path: str, inv: dict, rng: random.Random, kind: str | None = None) -> Damage:
+def semantic_damage(path: str, inv: dict, expect: dict, rng: random.Random, dmg: Damage) -> None:
+    """Damage no checksum can catch, made with the engine's own tree
+    operations on the image (every block it writes is validly sealed)."""
+    dmg.semantic = True
+    vol = Volume.open(path)
+    try:
+        trees = vol.trees
+        files = sorted((p, e) for p, e in expect.items() if e[0] == "file" and len(e[1]) >= BS)
+        kind = dmg.kind
+        if kind in ("extent-meta", "extent-cross", "free-overlap"):
+            path_, ent = rng.choice(files)
+            ino = ent[3]
+            rec = next(iter(trees["bmap"].scan(lo=(ino, 0), hi=(ino,))))
+            _, foff, pblk, n, flags = rec
+            if kind == "extent-meta":
+                victim = rng.choice(sorted(inv["nodes"]) + inv["sbs"] + inv["pool"][:4]
+                                    + [inv["log"][0]])
+                trees["bmap"].update((ino, foff, victim, 1, flags))
+                dmg.victims = [victim]
+                dmg.desc.append(f"extent-meta: {path_} block {foff} -> metadata block {victim}")
+            elif kind == "extent-cross":
+                others = [(p, e) for p, e in files if e[3] != ino]
+                other_path, other = rng.choice(others)
+                orec = next(iter(trees["bmap"].scan(lo=(other[3], 0), hi=(other[3],))))
+                k = min(n, orec[3])
+                trees["bmap"].update((ino, foff, orec[2], k, flags))
+                dmg.victims = list(range(orec[2], orec[2] + k))
+                dmg.desc.append(f"extent-cross: {path_} -> blocks {orec[2]}+{k} of {other_path}")
+            else:
+                trees["free"].insert((pblk, n))
+                dmg.victims = list(range(pblk, pblk + n))
+                dmg.desc.append(f"free-overlap: blocks {pblk}+{n} of {path_} listed as free")
+                path_ = None
+            dmg.target = path_
+        elif kind in ("symlink-huge", "size-huge", "nlink-huge"):
+            want = {"symlink-huge": "link", "size-huge": "file", "nlink-huge": "dir"}[kind]
+            choices = sorted(p for p, e in expect.items() if e[0] == want and p != "/")
+            target = rng.choice(choices)
+            ino = ROOT_INO
+            for part in [x for x in target.split("/") if x]:
+                ino = next(r[2] for r in trees["dir"].scan(lo=(ino, 0), hi=(ino,))
+                           if r[5] == part.encode())
+            rec = list(trees["inode"].lookup((ino,)))
+            if kind == "symlink-huge":
+                rec[5] = 2 << 30
+            elif kind == "size-huge":
+                if rng.random() < 0.5:
+                    rec[5] = (1 << 63) + rng.randrange(1 << 20)
+                else:
+                    rec[6] = 1 << 62
+            else:
+                rec[2] = (1 << 32) - 1
+            trees["inode"].update(tuple(rec))
+            dmg.target = target
+            dmg.desc.append(f"{kind}: {target} (inode {ino})")
+        elif kind == "dirent-bad":
+            ents = [r for r in trees["dir"].scan()]
+            r = rng.choice(ents)
+            bad = rng.choice([b"a/b", b"x\0y", b"/"])
+            trees["dir"].update((r[0], r[1], r[2], r[3], len(bad), bad))
+            dmg.desc.append(f"dirent-bad: entry {r[5]!r} of directory {r[0]} renamed {bad!r}")
+        vol.mark_dirty_sb()
+    finally:
+        vol.close()
+
+
+def damage_case(path: str, inv: dict, rng: random.Random, kind: str | None = None,
+                expect: dict | None = None) -> Damage:
     if kind is None:
         kind = rng.choices(KINDS, WEIGHTS)[0]
     dmg = Damage(kind)
+    if kind in SEMANTIC_KINDS:
+        semantic_damage(path, inv, expect, rng, dmg)
+        return dmg
     if kind == "mixed":
         for k in rng.sample(["flip", "zero", "swap", "sbrandom", "log"], 2):
             apply_damage(path, inv, rng, k, dmg)
@@ -413,6 +506,8 @@ def check_step(res: CaseResult, path: str, inv: dict, dmg: Damage, cli: bool) ->
         if intact_sb and dmg.truncated_to is None:
             res.fail(f"check: refused although superblock {intact_sb} is intact: {err.strip()}")
         return rc
+    if dmg.semantic and rc != 4:
+        res.fail(f"check: exit {rc} for damage behind valid checksums (must find it)")
     want = expected_reports(inv, dmg)
     missed = [b for b in sorted(want) if not re.search(rf"\bblock {b}\b", out)]
     if missed:
@@ -420,7 +515,7 @@ def check_step(res: CaseResult, path: str, inv: dict, dmg: Damage, cli: bool) ->
     return rc
 
 
-ALLOWED = (Shutdown, MediaError)
+ALLOWED = (Shutdown, MediaError, DamagedFile)
 
 
 def verify_tree(res: CaseResult, fs, expect: dict, *, after_repair: bool = False,
@@ -615,10 +710,45 @@ for path, ent in sorted(expect.items()):
                 continue
         out["ok"] += 1
     except OSError as e:
-        if e.errno == errno.EIO:
+        if e.errno in (errno.EIO, errno.EUCLEAN):
             out["eio"] += 1
         else:
             out["wrong"].append(f"{path}: {errno.errorcode.get(e.errno, e.errno)}")
+print(json.dumps(out))
+"""
+
+# Semantic cases: write over the damaged file (if any) and into a new file.
+# Every answer must be success or EIO / EUCLEAN / ENOSPC (never a hang).
+WRITER = r"""
+import errno, json, os, sys
+mnt, target, marker = sys.argv[1], sys.argv[2], sys.argv[3].encode()
+out = {"wrote": [], "refused": [], "wrong": []}
+def attempt(what, fn):
+    try:
+        fn()
+        out["wrote"].append(what)
+    except OSError as e:
+        if e.errno in (errno.EIO, errno.EUCLEAN, errno.ENOSPC):
+            out["refused"].append(what)
+        else:
+            out["wrong"].append(f"{what}: {errno.errorcode.get(e.errno, e.errno)}")
+def overwrite(path, n):
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, marker * (n // len(marker) + 1), 0)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+def create(path, n):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, marker * (n // len(marker) + 1))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+if target:
+    attempt("overwrite " + target, lambda: overwrite(mnt + target, 65536))
+attempt("create /fuzz-new", lambda: create(mnt + "/fuzz-new", 2 << 20))
 print(json.dumps(out))
 """
 
@@ -640,7 +770,8 @@ def unmount(mnt: str, pids: list[int]) -> list[str]:
     return problems
 
 
-def mount_step(res: CaseResult, image: str, expect: dict, work: str, lax: bool = False) -> None:
+def mount_step(res: CaseResult, image: str, expect: dict, work: str, lax: bool = False,
+               dmg: Damage | None = None) -> None:
     from daxfs import host
     from daxfs.host import daemon_pids
     mnt = tempfile.mkdtemp(prefix="mnt-", dir=work)
@@ -694,6 +825,21 @@ def mount_step(res: CaseResult, image: str, expect: dict, work: str, lax: bool =
         if out["wrong"] and not lax:
             res.fail("mount: wrong answers: " + "; ".join(out["wrong"][:5]))
         res.stats["mount served, EIO" if out["eio"] else "mount served, all intact"] += 1
+        if dmg is not None and dmg.semantic:
+            try:
+                w = subprocess.run([sys.executable, "-c", WRITER, mnt, dmg.target or "",
+                                    MARKER.decode()],
+                                   capture_output=True, text=True, timeout=WALK_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                res.fail("mount: writing to the mount hung (timeout)")
+                return
+            if w.returncode != 0:
+                res.fail(f"mount: writer failed: {w.stderr[-2000:]}")
+                return
+            out = json.loads(w.stdout)
+            if out["wrong"]:
+                res.fail("mount: wrong answers to writes: " + "; ".join(out["wrong"]))
+            res.stats["mount writes refused" if out["refused"] else "mount writes done"] += 1
     finally:
         for p in unmount(mnt, pids):
             res.fail("mount: " + p)
@@ -704,6 +850,45 @@ def mount_step(res: CaseResult, image: str, expect: dict, work: str, lax: bool =
             if "Traceback" in text:
                 res.fail("mount: the daemon logged a traceback:\n" + text[-3000:])
             os.unlink(log)
+    if dmg is not None and dmg.semantic and not res.failures:
+        writes_stayed_home(res, image, expect, dmg)
+
+
+def writes_stayed_home(res: CaseResult, image: str, expect: dict, dmg: Damage) -> None:
+    """After a mounted session on a crafted image: no block the damage
+    pointed a file at holds what the session wrote, and every file but the
+    damaged one holds its own bytes."""
+    with open(image, "rb") as f:
+        for b in dmg.victims:
+            f.seek(b * BS)
+            if MARKER in f.read(BS):
+                res.fail(f"mount: a user's write landed in block {b}, which the damage"
+                         " pointed a file at (metadata or another file's data)")
+                return
+    try:
+        fs = Filesystem.open(image, readonly=True)
+    except DaxfsError:
+        return                           # refused now: nothing more to read
+    try:
+        for path, ent in sorted(expect.items()):
+            if ent[0] != "file" or path == dmg.target:
+                continue
+            try:
+                ino = ROOT_INO
+                for part in [x for x in path.split("/") if x]:
+                    ino = fs.lookup(ino, part.encode()).ino
+                got = fs.read(ino, 0, len(ent[1]) + BS)
+            except ALLOWED:
+                continue
+            except DaxfsError:
+                if dmg.kind == "dirent-bad":
+                    continue
+                raise
+            if got != ent[1] and MARKER in got:
+                res.fail(f"mount: {path} holds what was written to another file")
+                return
+    finally:
+        fs.close()
 
 
 # =============================================================== driver
@@ -725,7 +910,7 @@ def run_case(case: int, seed: int, base: str, inv: dict, expect: dict, work: str
     rng = random.Random(f"{seed}-{case}" + (f"-{kind}" if kind else ""))
     img = os.path.join(work, "case.img")
     shutil.copyfile(base, img)
-    dmg = damage_case(img, inv, rng, kind)
+    dmg = damage_case(img, inv, rng, kind, expect)
     res.stats[f"damage {dmg.kind}"] += 1
     pristine = os.path.join(work, "damaged.img")
     shutil.copyfile(img, pristine)
@@ -733,10 +918,14 @@ def run_case(case: int, seed: int, base: str, inv: dict, expect: dict, work: str
     signal.alarm(CASE_TIMEOUT)
     try:
         rc = check_step(res, img, inv, dmg, cli)
-        open_step(res, img, expect, lax=dmg.resealed)
+        lax = dmg.resealed or dmg.kind == "dirent-bad"
+        open_step(res, img, expect, lax=lax)
         if repair:
             shutil.copyfile(pristine, img)
-            repair_step(res, img, expect, rc, lax=dmg.resealed)
+            # a forged extent that agrees with no rmap record: repair keeps
+            # the extent maps as the truth, so the file may keep the bytes
+            # it was pointed at
+            repair_step(res, img, expect, rc, lax=lax or dmg.kind == "extent-cross")
     except _Timeout:
         res.fail(f"timed out after {CASE_TIMEOUT} s (in process)")
     finally:
@@ -744,7 +933,8 @@ def run_case(case: int, seed: int, base: str, inv: dict, expect: dict, work: str
         signal.signal(signal.SIGALRM, old)
     if mount:
         shutil.copyfile(pristine, img)
-        mount_step(res, img, expect, work, lax=dmg.resealed)
+        mount_step(res, img, expect, work, lax=dmg.resealed or dmg.kind == "dirent-bad",
+                   dmg=dmg)
     if res.failures:
         res.failures.insert(0, "damage: " + ", ".join(dmg.desc))
         if keep:
@@ -779,7 +969,10 @@ def main(argv=None) -> int:
     p.add_argument("--cli-every", type=int, default=50, metavar="K",
                    help="run `daxfs check` as a subprocess every K-th case (0: never)")
     p.add_argument("--keep", metavar="DIR", help="keep the damaged images of failing cases")
-    p.add_argument("--kind", choices=KINDS + EXTRA_KINDS, help="only this kind of damage")
+    p.add_argument("--kind", choices=KINDS + EXTRA_KINDS + SEMANTIC_KINDS,
+                   help="only this kind of damage")
+    p.add_argument("--semantic", action="store_true",
+                   help="semantic damage behind valid checksums (the kinds cycle)")
     p.add_argument("--quiet", "-q", action="store_true", help="print failures and the summary only")
     args = p.parse_args(argv)
 
@@ -798,11 +991,12 @@ def main(argv=None) -> int:
                   f"{sum(1 for e in expect.values() if e[0] == 'file')} files; "
                   f"{len(cases)} cases, seed {args.seed}", flush=True)
         for i, case in enumerate(cases):
+            kind = SEMANTIC_KINDS[case % len(SEMANTIC_KINDS)] if args.semantic else args.kind
             res = run_case(case, args.seed, base, inv, expect, work,
                            repair=not args.no_repair,
                            mount=args.mount and case % args.mount_every == 0,
                            cli=bool(args.cli_every) and case % args.cli_every == 0,
-                           keep=args.keep, kind=args.kind)
+                           keep=args.keep, kind=kind)
             stats.update(res.stats)
             if res.failures:
                 failures.append(res)
@@ -832,8 +1026,12 @@ def summary(n: int, stats: Counter, failures: list, seed: int, secs: float) -> s
         lines.append(f"  mount: refused {stats['mount refused']}, served"
                      f" {stats['mount served']} (EIO {stats['mount served, EIO']},"
                      f" all intact {stats['mount served, all intact']})")
+    if stats["mount writes done"] or stats["mount writes refused"]:
+        lines.append(f"  mounted writes: done {stats['mount writes done']}, refused (EIO,"
+                     f" EUCLEAN, ENOSPC) {stats['mount writes refused']}")
     lines.append("  damage: " + ", ".join(f"{k} {stats[f'damage {k}']}"
-                                          for k in KINDS + EXTRA_KINDS if stats[f"damage {k}"]))
+                                          for k in KINDS + EXTRA_KINDS + SEMANTIC_KINDS
+                                          if stats[f"damage {k}"]))
     if failures:
         lines.append(f"  FAILURES: {len(failures)}: cases "
                      + " ".join(str(r.case) for r in failures)

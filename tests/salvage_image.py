@@ -27,6 +27,7 @@ import random
 import stat
 
 from daxfs.engine import acl
+from daxfs.engine.dirs import DIR_HEAD_BYTES, dir_sizes
 from daxfs.engine.format import BLOCK_SIZE as BS, ROOT_INO
 from daxfs.engine.fs import Filesystem
 from daxfs.engine.mkfs import mkfs
@@ -208,21 +209,26 @@ def expected(before: dict, tree: str, lost: list[tuple]) -> dict:
     gone_inodes = {r.ino for r in lost} if tree == "inode" else set()
     lost_names = {(r.parent, r.name) for r in lost} if tree == "dir" else set()
     lost_xattrs = {(r.ino, r.name) for r in lost} if tree == "xattr" else set()
+    # a device node whose record is lost cannot be made again (its number
+    # is gone): its names go too
+    devices = {r.ino for r in lost
+               if tree == "inode" and (stat.S_ISCHR(r.mode) or stat.S_ISBLK(r.mode))}
     for ino, f in before.items():
         if ino in gone_inodes:
             continue
         xattrs = {n: v for n, v in f["xattrs"].items() if (ino, n) not in lost_xattrs}
         want[ino] = {"paths": set(f["paths"]), "attr": f["attr"], "data": f["data"],
                      "xattrs": xattrs}
-    if lost_names:
-        _renamed(before, want, lost_names)
+    if lost_names or devices:
+        _renamed(before, want, lost_names, devices)
     return want
 
 
-def _renamed(before: dict, want: dict, lost_names: set) -> None:
-    """The paths after the entries `lost_names` ((parent, name)) are gone:
-    an inode with no entry left goes to /lost+found/INO, with what is below
-    it (as repair and xfs_repair do)."""
+def _renamed(before: dict, want: dict, lost_names: set, gone: set) -> None:
+    """The paths after the entries `lost_names` ((parent, name)) and those
+    naming the inodes `gone` are gone: an inode with no entry left goes to
+    /lost+found/INO, with what is below it (as repair and xfs_repair do);
+    directory sizes follow their entries."""
     by_path = {p: ino for ino, f in before.items() for p in f["paths"]}
     entries = []                    # (parent ino, name, ino)
     for p, ino in by_path.items():
@@ -230,11 +236,11 @@ def _renamed(before: dict, want: dict, lost_names: set) -> None:
             continue
         parent = by_path.get(p.rsplit("/", 1)[0] or "/")
         name = p.rsplit("/", 1)[1].encode()
-        if (parent, name) not in lost_names:
+        if (parent, name) not in lost_names and ino not in gone:
             entries.append((parent, name, ino))
     named = {ino for _, _, ino in entries}
     for ino, f in before.items():
-        if ino != ROOT_INO and ino not in named and not any(
+        if ino != ROOT_INO and ino not in named and ino not in gone and not any(
                 p.startswith("(orphan") for p in f["paths"]):
             entries.append(("lost+found", str(ino).encode(), ino))
     children: dict = {}
@@ -253,6 +259,16 @@ def _renamed(before: dict, want: dict, lost_names: set) -> None:
     for ino, w in want.items():
         if not any(p.startswith("(orphan") for p in w["paths"]):
             w["paths"] = paths.get(ino, set())
+    # a directory's size is the bytes of its entries (dirs.py): the ones it
+    # lost, and the root's new /lost+found
+    if "lost+found" in children:
+        entries.append((ROOT_INO, b"lost+found", None))
+    sizes = dir_sizes((parent, name) for parent, name, _ in entries if parent != "lost+found")
+    for ino, w in want.items():
+        if stat.S_ISDIR(w["attr"][0]):
+            a = list(w["attr"])
+            a[4] = sizes.get(ino, DIR_HEAD_BYTES)
+            w["attr"] = tuple(a)
 
 
 def compare(want: dict, after: dict, *, exact_paths=True) -> list[str]:

@@ -16,6 +16,7 @@ Every subprocess is bounded by a timeout.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -828,12 +829,53 @@ print(json.dumps(res))
 '''
 
 
+@contextlib.contextmanager
+def xattr_store_mount(tmp_path):
+    """A FUSE mount of type fuse.daxfs that keeps every xattr as it is set
+    (the pyfuse3 passthrough peer over a directory): a stand-in daemon that
+    stores control requests instead of running them."""
+    src, mnt = tmp_path / "store", tmp_path / "mnt"
+    src.mkdir()
+    mnt.mkdir()
+    proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "peers" / "passthrough.py"),
+                             str(src), str(mnt), "--subtype", "daxfs"])
+    try:
+        deadline = time.monotonic() + 30
+        while host.daxfs_mount_at(mnt) is None:
+            assert proc.poll() is None and time.monotonic() < deadline, "passthrough did not mount"
+            time.sleep(0.05)
+        yield mnt
+    finally:
+        host.force_unmount(mnt, [proc.pid], 30)
+        proc.wait(timeout=30)
+
+
 def test_library_speaks_the_protocol(preload_lib, tmp_path):
-    """With a hand-set probe, a file system that stores xattrs plays the
-    daemon: the library's requests are left behind as xattrs, in exactly
+    """With a hand-set probe, a fuse.daxfs mount that stores xattrs plays
+    the daemon: the library's requests are left behind as xattrs, in exactly
     the bytes control.py decodes; answers set by hand are read back."""
-    d = tmp_path / "fs"
-    d.mkdir()
+    with xattr_store_mount(tmp_path) as d:
+        _speaks_the_protocol(preload_lib, d)
+
+
+def test_forged_probe_off_daxfs_is_ignored(preload_lib, tmp_path):
+    """On ext4, a destination carrying user.daxfs.probe does not make the
+    library speak the protocol: cp --reflink=always fails as it does
+    without the library, instead of "succeeding" with an empty copy."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.write_bytes(os.urandom(3 * 4096))
+    dst.write_bytes(b"")
+    for p in (src, dst):
+        os.setxattr(p, control.PROBE_NAME, control.PROBE_VALUE)
+    env = dict(os.environ, LD_PRELOAD=str(preload_lib), DAXFS_FAKE_XFS="1")
+    res = subprocess.run(["cp", "--reflink=always", str(src), str(dst)], capture_output=True,
+                         text=True, timeout=TIMEOUT, env=env)
+    assert res.returncode != 0 and "Operation not supported" in res.stderr, res.stderr
+    assert control.CLONE_NAME.decode() not in os.listxattr(dst)
+    assert dst.read_bytes() == b""
+
+
+def _speaks_the_protocol(preload_lib, d):
     src_data = os.urandom(3 * 4096 + 100)
     (d / "src").write_bytes(src_data)
     (d / "dst").write_bytes(b"")
@@ -1077,6 +1119,7 @@ def main():
     ops = Fake()
     opts = set(pyfuse3.default_options)
     opts.add("fsname=fakedaxfs")
+    opts.add("subtype=daxfs")
     opts.add("default_permissions")
     pyfuse3.init(ops, MNT, opts)
     ops.dev = host.mount_at(MNT).dev
@@ -1297,11 +1340,12 @@ def test_mount_cli_reflink_and_dedupe(fake_mount):
     assert (m / "new1").read_bytes() == SRC_DATA[4096:12288]
     proc = run_cli("reflink", "/etc/hostname", m / "dst")
     assert proc.returncode == 1
-    assert proc.stderr == "daxfs reflink: /etc/hostname: Invalid cross-device link\n"
+    assert proc.stderr == (f"daxfs reflink: cannot clone /etc/hostname into {m}/dst: the files "
+                           "are on different mounts; SRC and DST must be on the same mount\n")
     proc = run_cli("dedupe", m / "src", m / "same", m / "diff", m / "missing",
                    "--length", 8 * 4096)
     assert proc.stdout.splitlines() == [f"{m}/same: {8 * 4096} bytes deduped", f"{m}/diff: differs"]
-    assert proc.stderr == f"daxfs dedupe: {m}/missing: No such file or directory\n"
+    assert proc.stderr == f"daxfs dedupe: cannot open {m}/missing: no such file or directory\n"
     assert proc.returncode == 1
 
 
@@ -1327,27 +1371,32 @@ def test_cli_errors_are_one_line(tmp_path):
     src.write_bytes(b"abc")
     proc = run_cli("reflink", tmp_path / "missing", tmp_path / "out")
     assert (proc.returncode, proc.stderr) == (
-        1, f"daxfs reflink: {tmp_path}/missing: No such file or directory\n")
+        1, f"daxfs reflink: cannot open {tmp_path}/missing for reading: "
+           "no such file or directory\n")
     assert not (tmp_path / "out").exists()
     # cross-device (ext4 vs tmpfs): the kernel's own FICLONE answer
     proc = run_cli("reflink", src, "/dev/shm/daxfs-test-never-created")
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1
-    assert proc.stderr.startswith(f"daxfs reflink: {src}: ")
+    assert proc.stderr.startswith(f"daxfs reflink: cannot clone {src} into ")
+    assert "[Errno" not in proc.stderr
     assert not os.path.exists("/dev/shm/daxfs-test-never-created")   # created, then removed
     proc = run_cli("reflink", src, tmp_path)
-    assert (proc.returncode, proc.stderr) == (1, f"daxfs reflink: {tmp_path}: Is a directory\n")
+    assert (proc.returncode, proc.stderr) == (
+        1, f"daxfs reflink: cannot open {tmp_path} for writing: it is a directory\n")
     proc = run_cli("reflink", src)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     proc = run_cli("reflink", src, tmp_path / "x", "--length", "-5")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     proc = run_cli("dedupe", tmp_path / "missing", src)
     assert (proc.returncode, proc.stderr) == (
-        1, f"daxfs dedupe: {tmp_path}/missing: No such file or directory\n")
+        1, f"daxfs dedupe: cannot open {tmp_path}/missing for reading: "
+           "no such file or directory\n")
     proc = run_cli("exec")
     assert proc.returncode == 2 and proc.stderr.startswith("usage: daxfs exec")
     proc = run_cli("exec", "--", "/nonexistent/tool")
     assert (proc.returncode, proc.stderr) == (
-        127, "daxfs exec: /nonexistent/tool: No such file or directory\n")
+        127, "daxfs exec: cannot run /nonexistent/tool: no such file or directory; "
+             "is it installed and on PATH?\n")
 
 
 def test_exec_environment(tmp_path):

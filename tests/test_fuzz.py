@@ -60,7 +60,7 @@ def _report(results):
     return "\n".join(out)
 
 
-@pytest.mark.parametrize("kind", F.KINDS + F.EXTRA_KINDS)
+@pytest.mark.parametrize("kind", F.KINDS + F.EXTRA_KINDS + F.SEMANTIC_KINDS)
 def test_engine(work, kind):
     d, base, inv, expect = work
     results = [F.run_case(case, SEED, base, inv, expect, str(d), repair=True, mount=False,
@@ -91,6 +91,19 @@ needs_fuse = pytest.mark.skipif(not os.path.exists("/dev/fuse") or not shutil.wh
 @needs_fuse
 @pytest.mark.parametrize("kind", MOUNT_KINDS)
 def test_mount(work, kind):
+    d, base, inv, expect = work
+    r = F.run_case(0, SEED, base, inv, expect, str(d), repair=False, mount=True,
+                   cli=False, keep=None, kind=kind)
+    assert not r.failures, _report([r])
+    assert r.stats["mount served"] + r.stats["mount refused"] == 1, r.stats
+
+
+@needs_fuse
+@pytest.mark.parametrize("kind", F.SEMANTIC_KINDS)
+def test_mount_crafted(work, kind):
+    """Damage behind valid checksums (issue 16.4), mounted: the daemon
+    neither dies nor hangs, reads give the file's bytes or EUCLEAN/EIO,
+    and a user's writes never land on the blocks the damage points at."""
     d, base, inv, expect = work
     r = F.run_case(0, SEED, base, inv, expect, str(d), repair=False, mount=True,
                    cli=False, keep=None, kind=kind)

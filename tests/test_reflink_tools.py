@@ -458,9 +458,9 @@ def test_own_mount_device(tmp_path):
     info = tmp_path / "mountinfo"
     info.write_text(
         "22 1 0:21 / /proc rw - proc proc rw\n"
-        "40 22 0:55 / /mnt/a rw - fuse.daxfs daxfs:/img/a\\040b rw,user_id=0\n"
-        "41 22 0:56 / /mnt/b rw - fuse.daxfs daxfs:/img/b rw,user_id=0\n"
-        "42 22 0:57 / /mnt/c rw - ext4 daxfs:/img/c rw\n")
+        "40 22 0:55 / /mnt/a rw - fuse.daxfs /img/a\\040b rw,user_id=0\n"
+        "41 22 0:56 / /mnt/b rw - fuse.daxfs /img/b rw,user_id=0\n"
+        "42 22 0:57 / /mnt/c rw - ext4 /img/c rw\n")
     assert own_mount_device("/img/a b", str(info)) == os.makedev(0, 55)
     assert own_mount_device("/img/b", str(info)) == os.makedev(0, 56)
     assert own_mount_device("/img/c", str(info)) is None

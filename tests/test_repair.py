@@ -579,17 +579,19 @@ def test_repair_without_rmap(tmp_path):
 
 
 def test_impossible_file_size(img, base):
-    """A size no file can have (beyond 2**63-1): the engine refuses the inode
-    (a metadata error, not a crash); repair sets it from the extents."""
+    """A size no file can have (beyond 2**63-1): the engine refuses that
+    inode (EUCLEAN for it, not a crash, and no shutdown: the rest is
+    served); repair sets it from the extents."""
     ino = a_file(base[1], min_size=BLOCK_SIZE)
     with engine(img) as vol:
         rec = list(vol.trees["inode"].lookup((ino,)))
         rec[5] = (1 << 64) - 5
         vol.trees["inode"].update(tuple(rec))
     fs = Filesystem.open(str(img), readonly=True)
-    from daxfs.engine.errors import Shutdown
-    with pytest.raises(Shutdown):
+    from daxfs.engine.errors import DamagedFile
+    with pytest.raises(DamagedFile):
         fs.getattr(ino)
+    assert fs.getattr(1).ino == 1 and not fs.shutdown_reason
     fs.close()
     rc, problems = run_check(img)
     assert any(f"inode {ino}: size {(1 << 64) - 5} is beyond" in p for p in problems), problems

@@ -29,7 +29,7 @@ import pytest
 from conftest import ROOT, run
 from daxfs.control import protocol as control
 from daxfs.control import client as rc
-from daxfs.control.admin import LIST, MAP, POISON, REPORT
+from daxfs.control.admin import LIST, MAP, NAMES, POISON, REPORT
 
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
 BS = 4096
@@ -40,7 +40,7 @@ pytestmark = pytest.mark.timeout(300)
 NOBODY_SNIPPET = r"""
 import errno, json, os, sys
 from daxfs.control import protocol as control, client as rc
-from daxfs.control.admin import LIST, MAP, POISON, REPORT
+from daxfs.control.admin import LIST, MAP, NAMES, POISON, REPORT
 m, secret_ino, hidden_ino, inherited = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 out = {}
 def t(what, fn):
@@ -90,10 +90,11 @@ t("poison", lambda: os.setxattr(m, POISON, b"0 4096"))
 t("poison metadata", lambda: os.setxattr(m, POISON, b"inode-tree"))
 t("report", lambda: os.getxattr(m, REPORT))
 t("poison list", lambda: os.getxattr(m, LIST))
-t("map", lambda: os.getxattr(m, MAP + b"0"))
+t("map", lambda: os.getxattr(m, MAP + b"0.0"))
+t("names", lambda: os.getxattr(m, NAMES + b"0.0"))
 # the same on a file of its own, where the kernel lets every request through
 t("poison via own file", lambda: os.setxattr(pub + "/own", POISON, b"0 4096"))
-t("map via own file", lambda: os.getxattr(pub + "/own", MAP + b"0"))
+t("map via own file", lambda: os.getxattr(pub + "/own", MAP + b"0.0"))
 print(json.dumps(out))
 """
 
@@ -152,7 +153,7 @@ def test_unprivileged_user(mounted):
         "link secret": {"EPERM"},
         # the mount's root is 0755: the kernel refuses before the daemon sees it
         "poison": {"EACCES", "EPERM"}, "poison metadata": {"EACCES", "EPERM"},
-        "report": {"EPERM"}, "poison list": {"EPERM"}, "map": {"EPERM"},
+        "report": {"EPERM"}, "poison list": {"EPERM"}, "map": {"EPERM"}, "names": {"EPERM"},
         "poison via own file": {"EPERM"}, "map via own file": {"EPERM"},
     }
     wrong = {k: (got.get(k), sorted(map(str, v))) for k, v in want.items() if got.get(k) not in v}
@@ -279,6 +280,7 @@ def _malformed(m, s, d):
     assert _errno_of(os.removexattr, d, control.CLONE_NAME) == ENODATA
 
     # FIEMAP names: exactly those parse_fiemap_name accepts are answered
+    # (a start at or past the largest file size with EFBIG, as fiemap_prep)
     prefix = control.FIEMAP_PREFIX
     names = [prefix, prefix + b"1.2", prefix + b"-1.5.0", prefix + b"01.5.0",
              prefix + b"0.0.0", prefix + b"0.5.2", prefix + b"0.5.4294967297",
@@ -291,8 +293,8 @@ def _malformed(m, s, d):
               for _ in range(200)]
     for name in names:
         try:
-            control.parse_fiemap_name(name)
-            want = 0
+            start = control.parse_fiemap_name(name)[0]
+            want = 0 if start < (1 << 63) - 1 else errno.EFBIG
         except control.InvalidArgument:
             want = EINVAL
         got = _errno_of(os.getxattr, d, name)
@@ -307,7 +309,9 @@ def _malformed(m, s, d):
         assert got == EINVAL, f"poison {value[:40]!r}: {errno.errorcode.get(got, got)}"
     assert _errno_of(os.setxattr, m, b"user.daxfs.admin.nope", b"0 1") == EINVAL
     for name in (MAP + b"x", MAP + b"-1", MAP + b"+1", MAP + b"1_0", MAP, MAP + b" 5",
-                 MAP + b"9" * 30, b"user.daxfs.admin.nope"):
+                 MAP + b"9" * 30, MAP + b"0", MAP + b"0.0.0", MAP + b"0.-1", MAP + b"0.9" * 30,
+                 NAMES, NAMES + b"1", NAMES + b"1.x", NAMES + b"-1.0", NAMES + b"1.2.3",
+                 b"user.daxfs.admin.nope"):
         got = _errno_of(os.getxattr, m, name)
         assert got == EINVAL, f"{name!r}: {errno.errorcode.get(got, got)}"
     assert json.loads(os.getxattr(m, LIST)) == []

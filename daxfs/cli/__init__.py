@@ -16,13 +16,14 @@ COMMANDS = {
     "reflink": "share a file's extents with another file (clone)",
     "dedupe": "share identical ranges between files after comparing them",
     "poison": "inject or list media errors (bad ranges) on the device",
-    "map": "print the physical layout of the device, like GETFSMAP",
+    "map": "print (and draw) the physical layout of the device, like GETFSMAP",
 }
 
 
 def usage() -> str:
     lines = ["usage: daxfs COMMAND [ARGS...]", "", "commands:"]
     lines += [f"  {name:<8} {text}" for name, text in COMMANDS.items()]
+    lines += ["", "`daxfs COMMAND --help` says what a command does, its options and exit status."]
     return "\n".join(lines)
 
 

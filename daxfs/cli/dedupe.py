@@ -7,7 +7,8 @@ other file systems.  Owns only the command line.
 The range is deduplicated in pieces of at most 1 GiB (the kernel's limit per
 call).  For each destination one line on stdout: ``DST: N bytes deduped``
 or ``DST: differs`` (data differs: not an error).  Errors are one line each
-on stderr, ``daxfs dedupe: DST: message``, and make the exit status 1.
+on stderr, ``daxfs dedupe: cannot WHAT: why; what to do``, and make the
+exit status 1.
 --length 0 (the default) means from --src-offset to the end of SRC.
 """
 
@@ -16,20 +17,31 @@ from __future__ import annotations
 import os
 import sys
 
+
 from daxfs.control import protocol as control
-from .reflink import _Parser, parse_size
 from daxfs.control.client import dedupe
+from .common import BYTES_HELP, Parser, failed, range_arguments, sharing_hints
+
+PROG = "daxfs dedupe"
+
+HINTS = sharing_hints("dedupe", "every DST", "the end of both files")
 
 
 def parser():
-    p = _Parser(prog="daxfs dedupe",
-                description="Share identical ranges of SRC and each DST after comparing them.")
-    p.add_argument("src", metavar="SRC")
-    p.add_argument("dsts", metavar="DST", nargs="+")
-    p.add_argument("--src-offset", type=parse_size, default=0, metavar="N")
-    p.add_argument("--dst-offset", type=parse_size, default=0, metavar="N")
-    p.add_argument("--length", type=parse_size, default=0, metavar="N",
-                   help="bytes to compare; 0 (default): to the end of SRC")
+    p = Parser(prog=PROG, description=(
+        "Compare a range of SRC with the same range of each DST and, where the\n"
+        "bytes are identical, make DST share SRC's blocks (FIDEDUPERANGE): the\n"
+        "space is freed and the file contents stay exactly as they were.  For each\n"
+        "DST one line on stdout: 'DST: N bytes deduped' or 'DST: differs' (not an\n"
+        "error).  To dedupe whole trees use duperemove through daxfs exec\n"
+        "(daxfs exec -- duperemove -dr -b 4096 DIR)."),
+        epilog="Offsets and lengths are " + BYTES_HELP + "\n"
+               "Exit status: 0 done (also when ranges differ), 1 an error (one line\n"
+               "per error on stderr), 2 usage.")
+    p.add_argument("src", metavar="SRC", help="the file whose blocks are kept")
+    p.add_argument("dsts", metavar="DST", nargs="+", help="files that share them where identical")
+    range_arguments(p, "where it starts in each DST (default 0)",
+                    "bytes to compare; 0 (default): from --src-offset to the end of SRC")
     return p
 
 
@@ -42,7 +54,7 @@ def main(argv) -> int:
     try:
         src_fd = os.open(args.src, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as e:
-        print(f"daxfs dedupe: {args.src}: {e.strerror}", file=sys.stderr)
+        print(failed(PROG, f"open {args.src} for reading", e), file=sys.stderr)
         return 1
     fds: dict[str, int] = {}
     try:
@@ -53,7 +65,7 @@ def main(argv) -> int:
             try:
                 fds[name] = os.open(name, os.O_RDONLY | os.O_CLOEXEC)
             except OSError as e:
-                print(f"daxfs dedupe: {name}: {e.strerror}", file=sys.stderr)
+                print(failed(PROG, f"open {name}", e), file=sys.stderr)
                 status = 1
         done = {name: 0 for name in fds}
         outcome: dict[str, str] = {}
@@ -65,7 +77,8 @@ def main(argv) -> int:
                 results = dedupe(src_fd, args.src_offset + pos, n,
                                  [(fds[name], args.dst_offset + pos) for name in pending])
             except OSError as e:
-                print(f"daxfs dedupe: {args.src}: {e.strerror}", file=sys.stderr)
+                print(failed(PROG, f"dedupe {args.src}", e, HINTS.get(e.errno, "")),
+                      file=sys.stderr)
                 return 1
             still = []
             for name, r in zip(pending, results):
@@ -77,7 +90,9 @@ def main(argv) -> int:
                     outcome[name] = "differs"
                 else:
                     outcome[name] = f"error {-r.status}"
-                    print(f"daxfs dedupe: {name}: {os.strerror(-r.status)}", file=sys.stderr)
+                    e = OSError(-r.status, os.strerror(-r.status))
+                    print(failed(PROG, f"dedupe {args.src} into {name}", e,
+                                 HINTS.get(-r.status, "")), file=sys.stderr)
                     status = 1
             pending = still
             pos += n

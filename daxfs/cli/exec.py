@@ -23,11 +23,40 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .common import failed
+
 PRELOAD_DIR = Path(__file__).resolve().parent.parent / "control" / "preload"
 LIBRARY = PRELOAD_DIR / "libdaxfs_preload.so"
 BUILD_TIMEOUT = 120
 
 USAGE = "usage: daxfs exec [--] COMMAND [ARGS...]"
+
+HELP = USAGE + """
+
+Run COMMAND with daxfs's LD_PRELOAD library, so that the ioctls the kernel
+never forwards to a FUSE filesystem reach the daxfs daemon: FICLONE and
+FICLONERANGE (reflink), FIDEDUPERANGE (dedupe) and FS_IOC_FIEMAP (extent
+maps).  On files elsewhere the library falls through to the real ioctl.
+COMMAND replaces this process: its exit status, signals and terminal are
+its own.
+
+Tools that need it:
+  cp --reflink=always SRC DST             FICLONE
+  duperemove -dr -b 4096 DIR              FIEMAP, FIDEDUPERANGE (duperemove
+                                          skips files under its 128 KiB
+                                          default block size without -b)
+  filefrag -v FILE                        FIEMAP ("shared" extents)
+  xfs_io -c "reflink SRC" / "dedupe" / "fiemap"   (with DAXFS_FAKE_XFS=0)
+Programs that only read and write, and copy_file_range (plain cp), reach
+the daemon through the kernel and need nothing.
+
+Environment: DAXFS_FAKE_XFS=1 (the default here) makes statfs report XFS's
+magic on daxfs mounts, which duperemove needs; xfs_io then asks for XFS
+geometry and gives up, so run it with DAXFS_FAKE_XFS=0.  The library is
+built with make on first use if missing (scripts/setup.sh builds it).
+
+Exit status: COMMAND's own; 127 if COMMAND is not found, 126 if it cannot
+be run, 1 if the library cannot be built, 2 usage."""
 
 
 class BuildError(Exception):
@@ -88,7 +117,7 @@ def environment(lib: Path, base=None) -> dict[str, str]:
 def main(argv) -> int:
     argv = list(argv)
     if argv and argv[0] in ("-h", "--help"):
-        print(USAGE)
+        print(HELP)
         return 0
     if argv and argv[0] == "--":
         argv = argv[1:]
@@ -106,6 +135,7 @@ def main(argv) -> int:
     try:
         os.execvpe(argv[0], argv, env)
     except OSError as e:
-        print(f"daxfs exec: {argv[0]}: {e.strerror}", file=sys.stderr)
+        hint = "is it installed and on PATH?" if e.errno == errno.ENOENT else ""
+        print(failed("daxfs exec", f"run {argv[0]}", e, hint), file=sys.stderr)
         return 127 if e.errno == errno.ENOENT else 126
     return 1  # not reached

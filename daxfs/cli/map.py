@@ -1,46 +1,88 @@
-"""`daxfs map IMAGE|MOUNTPOINT [--png FILE]`: the physical layout of the
-device, like `xfs_io -c fsmap`: byte offset, length, owner (inode and path
-or metadata kind), file offset, shared and poisoned flags."""
+"""`daxfs map IMAGE|MOUNTPOINT [--png FILE] [--no-free]`: the physical layout
+of the device, like `xfs_io -c fsmap`: byte offset, length, owner (inode and
+path or metadata kind), file offset, shared and poisoned flags; and with
+--png a picture of it (daxfs/cli/map_picture.py).
 
-import argparse
+Owns the command line: an image is read directly (daxfs/engine/devmap.py),
+a mount from its daemon in pieces (daxfs/control/admin.py `client_map`)."""
+
 import os
 import sys
+import time
 
+from daxfs import host
 from daxfs.control import admin
 from daxfs.engine import devmap
 from daxfs.engine.errors import DaxfsError
+from .common import CommandError, Parser, failed, target_kind
+
+PROG = "daxfs map"
+
+DESCRIPTION = """\
+Print the physical layout of the device, like xfs_io's fsmap: one line per
+range, in device order, with its byte offset and length, its owner (inode
+and path, or the kind of metadata), the offset in the file, and whether
+it is shared (reflink, dedupe) or poisoned (a bad range).  A mounted image
+is read from its daemon in small pieces, so the mount keeps serving."""
+
+EPILOG = """\
+--png FILE draws the map: a grid of cells in device order with the scale
+(bytes per cell) and device offsets, a title, and a legend: the largest
+files one colour each, other files, each kind of metadata, free space,
+shared blocks (white dot) and poisoned blocks (red: a cell with any
+poisoned block is red at any scale, and its row is marked "< bad").
+
+Exit status: 0 done, 1 failed (one line on stderr), 2 usage."""
+
+
+def read_map(target: str):
+    """(records, total_blocks, image, mountpoint or None) of TARGET."""
+    if target_kind(target) in ("mount", "file"):
+        root = admin.mount_root(target)
+        found = host.daxfs_mount_at(root)
+        image = host.image_of_source(found.source) if found else None
+        recs, total = admin.client_map(root)
+        return recs, total, image or root, root
+    from daxfs.engine.fs import Filesystem
+    fs = Filesystem.open(target, readonly=True)
+    try:
+        return devmap.records(fs), fs.vol.total_blocks, os.path.abspath(target), None
+    finally:
+        fs.close()
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="daxfs map", description="Print the device's layout.")
-    p.add_argument("target", help="image or mountpoint")
-    p.add_argument("--png", metavar="FILE", help="also draw the device as a picture")
-    p.add_argument("--no-free", action="store_true", help="leave free space out")
+    p = Parser(prog=PROG, description=DESCRIPTION, epilog=EPILOG)
+    p.add_argument("target", metavar="IMAGE|MOUNTPOINT",
+                   help="an image file, or the mount point of a daxfs mount")
+    p.add_argument("--png", metavar="FILE", help="also draw the map as a PNG picture")
+    p.add_argument("--no-free", action="store_true", help="leave free space out of the listing")
     args = p.parse_args(argv)
     try:
-        if os.path.isdir(args.target):
-            recs, total = admin.client_map(admin.mount_root(args.target))
-        else:
-            from daxfs.engine.fs import Filesystem
-            fs = Filesystem.open(args.target, readonly=True)
-            try:
-                recs, total = devmap.records(fs), fs.vol.total_blocks
-            finally:
-                fs.close()
+        recs, total, image, mountpoint = read_map(args.target)
+    except CommandError as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return 1
     except DaxfsError as e:
-        print(f"daxfs map: {e}", file=sys.stderr)
+        print(f"{PROG}: {e}", file=sys.stderr)
         return 1
     except OSError as e:
-        print(f"daxfs map: {args.target}: {e.strerror}", file=sys.stderr)
+        hint = "only root may read the map of a mount" if e.errno in (1, 13) else ""
+        print(failed(PROG, f"read the map of {args.target}", e, hint), file=sys.stderr)
         return 1
-    print(f"{'device offset':>14} {'length':>12}  {'owner':<40} {'file offset':<18} flags")
-    for r in recs:
-        if args.no_free and r.what == "free":
-            continue
-        print(r.line())
+    lines = [f"{'device offset':>14} {'length':>12}  {'owner':<40} {'file offset':<18} flags"]
+    lines += [r.line() for r in recs if not (args.no_free and r.what == "free")]
+    sys.stdout.write("\n".join(lines) + "\n")
     if args.png:
-        devmap.write_png(recs, total, args.png)
-        print(f"picture written to {args.png}")
+        from .map_picture import draw, human
+        canvas, lay = draw(recs, total, image, mountpoint=mountpoint, when=time.time())
+        try:
+            canvas.write(args.png)
+        except OSError as e:
+            print(failed(PROG, f"write {args.png}", e), file=sys.stderr)
+            return 1
+        print(f"picture written to {args.png} ({canvas.w}x{canvas.h} px, "
+              f"1 cell = {human(lay.per * 4096)})")
     return 0
 
 

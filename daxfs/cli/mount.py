@@ -21,6 +21,7 @@ The mount itself (options, lifecycle, signals) is daxfs/fuse/mount.py's.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import os
 import stat
@@ -29,7 +30,10 @@ import sys
 import time
 
 from daxfs import host
+from daxfs.engine import files
+from daxfs.engine.errors import DaxfsError, NeedsRepair
 from daxfs.fuse import mount as _mount
+from .common import Parser, failed
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +41,7 @@ PROG = "daxfs mount"
 HELPER_PATH = "/sbin/mount.fuse.daxfs"
 HELPER_MARK = "# written by: daxfs mount --install-helper"
 READY_TIMEOUT = 60.0
+LOG_DIR = "/var/log/daxfs"
 
 # Options libfuse understands that we pass through.
 FUSE_FLAGS = {
@@ -94,7 +99,32 @@ def _check_environment(image: str, mountpoint: str) -> None:
 
 
 def _default_log(image: str) -> str:
-    return f"/tmp/daxfs-{os.path.basename(image)}.log"
+    """The daemon's log when none is given: in a directory only its owner
+    (root: /var/log/daxfs) may write, one per image (its name and a hash of
+    its absolute path: two images of the same name never share a log)."""
+    if os.geteuid() == 0:
+        base = LOG_DIR
+    else:
+        state = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+        base = os.path.join(state, "daxfs")
+    os.makedirs(base, mode=0o700, exist_ok=True)
+    st = os.lstat(base)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise UsageError(f"{base}: the log directory is not a directory that only its owner"
+                         " writes; give --log FILE")
+    digest = hashlib.sha256(os.fsencode(os.path.abspath(image))).hexdigest()[:12]
+    return os.path.join(base, f"{os.path.basename(image)}-{digest}.log")
+
+
+def _open_log(path: str) -> int:
+    """The log, appended to; never a symlink, FIFO or device (files.py)."""
+    try:
+        return files.open_regular(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600,
+                                  what="log")
+    except DaxfsError as e:
+        raise UsageError(str(e)) from None
+    except OSError as e:
+        raise UsageError(f"{path}: cannot open the log: {e.strerror}") from None
 
 
 def _daemon_of(pid: int, image: str) -> bool:
@@ -109,20 +139,34 @@ def _daemon_of(pid: int, image: str) -> bool:
 
 def _wait_for_unmounted_daemon(image: str, timeout: float) -> None:
     """umount(8) of a daxfs mount returns before its daemon has made its
-    last commit and let go of the image: a mount right after it (umount;
-    mount, as scripts and xfstests' cycle_mount do) waits for that daemon
-    to exit instead of failing with "in use".  Only a daxfs daemon of
-    this image whose mount is gone is waited for, at most `timeout`."""
+    last commit and let go of the image, and a busy mount detached lazily
+    keeps its daemon (and the image) until the last user of the old mount
+    lets go: a mount right after it (umount; mount, as scripts and
+    xfstests' cycle_mount do) waits for that daemon to exit instead of
+    failing with "in use", and says so on stderr when it starts waiting.
+    Only a daxfs daemon of this image whose mount is gone is waited for,
+    at most `timeout` (then UsageError)."""
     from daxfs.engine.pmem import image_lock_holder
-    want = host.mount_source(image)
     deadline = time.monotonic() + timeout
+    told = None
     while time.monotonic() < deadline:
         pid = image_lock_holder(image)
         if pid is None or not _daemon_of(pid, image):
             return
-        if any(m.source == want for m in host.mounts() if m.is_daxfs):
+        if host.daxfs_mount_of(image) is not None:
             return                       # still mounted: the lock error says so
+        if told != pid:
+            told = pid
+            print(f"{PROG}: waiting (at most {timeout:.0f} s) for the daemon (pid {pid}) of "
+                  f"an unmounted mount of {image} to flush and exit; if that mount was "
+                  "detached while busy, the last user of the old mount must let go first",
+                  file=sys.stderr, flush=True)
         time.sleep(0.05)
+    if told is not None:
+        raise UsageError(f"{image} is still in use by the daemon (pid {told}) of an unmounted "
+                         f"mount after {timeout:.0f} s: a process still has a file or its "
+                         "working directory on the old mount, "
+                         "or the daemon is stuck")
 
 
 def _log_lines(log_path: str, offset: int) -> list[str]:
@@ -161,7 +205,7 @@ def _spawn(image: str, mountpoint: str, options: str | None, log_path: str,
         cmd += ["-o", options]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [_package_root(), env.get("PYTHONPATH")]))
-    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    fd = _open_log(log_path)
     offset = os.lseek(fd, 0, os.SEEK_END)
     try:
         child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd,
@@ -192,14 +236,16 @@ def _spawn(image: str, mountpoint: str, options: str | None, log_path: str,
 
 def _foreground(image: str, mountpoint: str, options: list[str], readonly: bool,
                 log_path: str | None) -> int:
-    from daxfs.engine.errors import DaxfsError, NeedsRepair
-
-    handler = logging.FileHandler(log_path) if log_path else logging.StreamHandler(sys.stderr)
+    if log_path:
+        handler = logging.StreamHandler(os.fdopen(_open_log(log_path), "a", buffering=1))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(
         "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(logging.INFO)
+
     def warn(damage: str) -> None:
         print(f"{PROG}: {damage}; mounted read-only (unmount before repairing)",
               file=sys.stderr, flush=True)
@@ -220,7 +266,7 @@ def _foreground(image: str, mountpoint: str, options: list[str], readonly: bool,
         print(f"{PROG}: cannot mount on {mountpoint}: {exc}", file=sys.stderr, flush=True)
         return 1
     except OSError as exc:
-        print(f"{PROG}: {exc.filename or image}: {exc.strerror}", file=sys.stderr, flush=True)
+        print(failed(PROG, f"mount {exc.filename or image}", exc), file=sys.stderr, flush=True)
         return 1
     return 0
 
@@ -244,16 +290,28 @@ def install_helper(path: str = HELPER_PATH) -> str:
     return path
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description="Mount a daxfs image with FUSE.")
-    p.add_argument("image", nargs="?", help="the image file")
-    p.add_argument("mountpoint", nargs="?", help="an existing directory")
+def build_parser() -> Parser:
+    p = Parser(prog=PROG, description=(
+        "Mount a daxfs image with FUSE.  The daemon starts in the background and\n"
+        "the command returns once the mount is there (or with the daemon's error\n"
+        "on one line).  The mount's source is the image's path, so `umount IMAGE`,\n"
+        "`findmnt --source IMAGE` and df name it; unmount with `daxfs umount`,\n"
+        "which waits until the image is flushed and unlocked."),
+        epilog=("Options (-o, comma-separated): ro, nosuid, nodev, noexec, noatime,\n"
+                "relatime, strictatime, nodiratime, sync, dirsync, allow_root...;\n"
+                "fstab-only words (defaults, nofail, _netdev, x-*) are ignored.  As\n"
+                "root the mount always has allow_other and default_permissions.\n"
+                "Exit status: 0 mounted (or helper installed), 1 failed (one line on\n"
+                "stderr), 2 usage."))
+    p.add_argument("image", nargs="?", metavar="IMAGE", help="the image file (daxfs mkfs)")
+    p.add_argument("mountpoint", nargs="?", metavar="MOUNTPOINT", help="an existing directory")
     p.add_argument("-o", dest="options", metavar="OPTIONS",
-                   help="comma-separated mount options (ro, nosuid, noexec, ...)")
+                   help="comma-separated mount options (see below)")
     p.add_argument("-f", "--foreground", action="store_true",
-                   help="serve in this process until unmounted")
+                   help="serve in this process until unmounted (log to stderr unless --log)")
     p.add_argument("--log", metavar="FILE",
-                   help="the daemon's log (default /tmp/daxfs-IMAGENAME.log)")
+                   help="the daemon's log (default /var/log/daxfs/IMAGENAME-HASH.log as"
+                        " root, ~/.local/state/daxfs/ otherwise)")
     p.add_argument("--timeout", type=float, default=READY_TIMEOUT, help=argparse.SUPPRESS)
     p.add_argument("--install-helper", nargs="?", const=HELPER_PATH, metavar="PATH",
                    help=f"write the mount(8) helper (default {HELPER_PATH}) and exit")

@@ -8,10 +8,12 @@
 TARGET is an image (offsets on the device; the handler runs at the next
 mount), a mountpoint (offsets on the device; the live daemon handles it at
 once), or a file on a daxfs mount (offsets in the file, resolved to its
-physical blocks through FIEMAP).
+physical blocks through FIEMAP).  scripts/inject_poison.py is
+`daxfs poison inject`.
 """
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -19,24 +21,15 @@ import sys
 from daxfs.control import admin
 from daxfs.engine.errors import DaxfsError
 from daxfs.engine.format import BLOCK_SIZE as BS
+from .common import BYTES_HELP, CommandError, Parser, byte_count, failed, target_kind
 
 PROG = "daxfs poison"
 
-
-def _kind(target: str) -> str:
-    if os.path.isdir(target):
-        try:
-            os.getxattr(target, b"user.daxfs.probe")
-            return "mount"
-        except OSError:
-            raise SystemExit(f"{PROG}: {target}: a directory that is not on a daxfs mount")
-    if not os.path.isfile(target):
-        raise SystemExit(f"{PROG}: {target}: no such image, mountpoint or file")
-    try:
-        os.getxattr(target, b"user.daxfs.probe")
-        return "file"
-    except OSError:
-        return "image"
+HINTS = {
+    errno.EINVAL: "the range must lie inside the device (`daxfs map` shows its size)",
+    errno.EPERM: "only root may inject media errors or read the daemon's reports",
+    errno.EACCES: "only root may inject media errors or read the daemon's reports",
+}
 
 
 def _print_report(rep: dict) -> None:
@@ -53,7 +46,7 @@ def _metadata(text: str) -> str:
 
 
 def inject(args) -> int:
-    kind = _kind(args.target)
+    kind = target_kind(args.target)
     if args.block is not None:
         if args.block < 0 or args.offset is not None or args.length is not None:
             print(f"{PROG} inject: --block takes a block number, without --offset/--length",
@@ -63,6 +56,9 @@ def inject(args) -> int:
     if args.metadata is None and (args.offset is None or args.length is None):
         print(f"{PROG} inject: give --offset and --length, --block N, or --metadata KIND",
               file=sys.stderr)
+        return 2
+    if args.metadata is None and args.length == 0:
+        print(f"{PROG} inject: --length must be at least 1 byte", file=sys.stderr)
         return 2
     if kind == "image":
         from daxfs.engine import poison
@@ -76,12 +72,14 @@ def inject(args) -> int:
                 bno = args.offset // BS
                 n = -(-(args.offset + args.length) // BS) - bno
             if bno + n > fs.vol.total_blocks:
-                print(f"{PROG}: range is beyond the end of the device", file=sys.stderr)
+                print(f"{PROG}: bytes {bno * BS}+{n * BS} are beyond the end of the device "
+                      f"({fs.vol.total_blocks * BS} bytes)", file=sys.stderr)
                 return 1
             owners = poison.owners_of(fs, bno, n)
+            total = fs.vol.total_blocks
         finally:
             fs.close()
-        BadBlocks(args.target).add(bno, n)
+        BadBlocks(args.target, total).add(bno, n)
         print(f"marked blocks {bno}+{n} (bytes {bno * BS}+{n * BS}) bad on {args.target};"
               " the filesystem handles it at the next mount")
         for o in owners:
@@ -116,7 +114,7 @@ def inject(args) -> int:
 
 
 def listing(args) -> int:
-    kind = _kind(args.target)
+    kind = target_kind(args.target)
     if kind == "image":
         from daxfs.engine import poison
         from daxfs.engine.fs import Filesystem
@@ -140,33 +138,62 @@ def listing(args) -> int:
     return 0
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog=PROG, description="Inject or list media errors.")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    i = sub.add_parser("inject", help="mark a range bad and run the failure handler")
-    i.add_argument("target", help="image, mountpoint, or a file on a daxfs mount")
-    i.add_argument("--offset", type=int, help="first byte (device, or file for a file target)")
-    i.add_argument("--length", type=int, help="bytes")
+def parser() -> Parser:
+    p = Parser(prog=PROG, description=(
+        "Inject or list media errors (bad ranges) on the device, as a pmem device's\n"
+        "badblocks list would report them.  On a mount the daemon runs its failure\n"
+        "handler at once: the rmap names every owner of the range; files that own\n"
+        "it (every sharer) get EIO on those bytes (SIGBUS through mmap), metadata\n"
+        "shuts the filesystem down, free space is cleared.  On an unmounted image\n"
+        "the range is recorded in IMAGE.badblocks and handled at the next mount."),
+        epilog=("TARGET is an image file, the mount point of a daxfs mount (offsets on\n"
+                "the device), or a file on a daxfs mount (offsets in that file).\n"
+                "Offsets and lengths are " + BYTES_HELP + "\n"
+                "scripts/inject_poison.py is the same as `daxfs poison inject`.\n"
+                "Exit status: 0 done, 1 failed (one line on stderr), 2 usage."))
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="inject|list")
+    i = sub.add_parser("inject", help="mark a range bad and run the failure handler",
+                       formatter_class=p.formatter_class, epilog=p.epilog, description=(
+                           "Mark a range bad.  Give --offset and --length, --block, or"
+                           " --metadata."))
+    i.add_argument("target", metavar="TARGET",
+                   help="image, mount point, or a file on a daxfs mount")
+    i.add_argument("--offset", type=byte_count, metavar="BYTES",
+                   help="first bad byte: on the device, or in the file for a file TARGET "
+                        "(the whole 4 KiB blocks it touches go bad)")
+    i.add_argument("--length", type=byte_count, metavar="BYTES", help="how many bytes")
     i.add_argument("--metadata", metavar="KIND[:WHICH]", type=_metadata,
                    help="poison one block of metadata instead: KIND is one of "
-                   + ", ".join(sorted(admin.METADATA_KINDS))
-                   + "; for a tree, WHICH picks the node: root (the default), leaf (the"
-                   " middle leaf in key order) or interior (the middle interior node"
-                   " below the root; the tree must have one)")
+                        + ", ".join(sorted(admin.METADATA_KINDS))
+                        + "; for a tree, WHICH picks the node: root (the default), leaf (the"
+                        " middle leaf in key order) or interior (the middle interior node"
+                        " below the root; the tree must have one)")
     i.add_argument("--block", type=int, metavar="N",
-                   help="poison block N (of the device; of the file for a file target):"
-                   " the same as --offset N*4096 --length 4096")
-    ls = sub.add_parser("list", help="every bad range with its owners")
-    ls.add_argument("target", help="image or mountpoint")
-    ls.add_argument("--json", action="store_true")
-    args = p.parse_args(argv)
+                   help="poison block N (of the device; of the file for a file TARGET):"
+                        " the same as --offset N*4096 --length 4096")
+    ls = sub.add_parser("list", help="every bad range with its owners",
+                        formatter_class=p.formatter_class, description=(
+                            "Every bad range of the device with its owners (inode, path, "
+                            "offset in the file,\nor the kind of metadata)."))
+    ls.add_argument("target", metavar="TARGET", help="image or mount point")
+    ls.add_argument("--json", action="store_true", help="print JSON instead of text")
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    what = (f"inject a media error on {args.target}" if args.cmd == "inject"
+            else f"list the bad ranges of {args.target}")
     try:
         return inject(args) if args.cmd == "inject" else listing(args)
+    except CommandError as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return 1
     except DaxfsError as e:
         print(f"{PROG}: {e}", file=sys.stderr)
         return 1
     except OSError as e:
-        print(f"{PROG}: {args.target}: {e.strerror}", file=sys.stderr)
+        print(failed(PROG, what, e, HINTS.get(e.errno, "")), file=sys.stderr)
         return 1
 
 

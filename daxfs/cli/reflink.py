@@ -2,7 +2,8 @@
 clone (share) a range of SRC into DST, creating DST if it does not exist,
 through the control protocol (daxfs/control/client.py) — or the kernel's
 FICLONERANGE on other file systems.  Owns only the command line: argument
-parsing, opening the files, one-line error messages.
+parsing, opening the files, one-line error messages (what failed, on what,
+why and what to do).
 
 Sizes accept a K, M, G or T suffix (powers of 1024).  --length 0 (the
 default) clones to the source's end of file.  If DST was created here and
@@ -11,51 +12,36 @@ the clone fails, DST is removed again.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 from daxfs.control.client import clone
+from .common import BYTES_HELP, Parser, failed, range_arguments, sharing_hints
 
-_SUFFIXES = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+PROG = "daxfs reflink"
 
-
-def parse_size(text: str) -> int:
-    """A non-negative byte count, with an optional K/M/G/T suffix."""
-    t = text.strip().lower()
-    scale = 1
-    if t and t[-1] in _SUFFIXES:
-        scale, t = _SUFFIXES[t[-1]], t[:-1]
-    try:
-        value = int(t, 0) * scale
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"negative size: {text!r}")
-    return value
+HINTS = sharing_hints("reflink", "DST", "SRC's end of file")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        self.print_usage(sys.stderr)
-        print(f"{self.prog}: {message}", file=sys.stderr)
-        raise SystemExit(2)
-
-
-def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="daxfs reflink",
-                description="Share a range of SRC's extents with DST (a clone).")
-    p.add_argument("src", metavar="SRC")
-    p.add_argument("dst", metavar="DST")
-    p.add_argument("--src-offset", type=parse_size, default=0, metavar="N")
-    p.add_argument("--dst-offset", type=parse_size, default=0, metavar="N")
-    p.add_argument("--length", type=parse_size, default=0, metavar="N",
-                   help="bytes to clone; 0 (default): to the end of SRC")
+def parser() -> Parser:
+    p = Parser(prog=PROG, description=(
+        "Share a range of SRC's extents with DST (a clone, like FICLONERANGE or\n"
+        "cp --reflink=always): no bytes are copied, and a later write to either\n"
+        "file copies only the blocks it touches.  DST is created if it does not\n"
+        "exist (and removed again if the clone fails).  On a daxfs mount the clone\n"
+        "goes to the daemon through its control protocol; on XFS or btrfs the\n"
+        "kernel's FICLONERANGE is used."),
+        epilog="Offsets and lengths are " + BYTES_HELP + "\n"
+               "Exit status: 0 cloned, 1 refused or failed (one line on stderr), 2 usage.")
+    p.add_argument("src", metavar="SRC", help="the file whose blocks are shared")
+    p.add_argument("dst", metavar="DST", help="the file that gets them")
+    range_arguments(p, "where it goes in DST (default 0)",
+                    "bytes to clone; 0 (default): to the end of SRC")
     return p
 
 
-def _fail(name: str, e: OSError) -> int:
-    print(f"daxfs reflink: {name}: {e.strerror or e}", file=sys.stderr)
+def _fail(what: str, e: OSError, hint: str = "") -> int:
+    print(failed(PROG, what, e, hint), file=sys.stderr)
     return 1
 
 
@@ -67,7 +53,7 @@ def main(argv) -> int:
     try:
         src_fd = os.open(args.src, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as e:
-        return _fail(args.src, e)
+        return _fail(f"open {args.src} for reading", e)
     created = False
     try:
         try:
@@ -77,9 +63,9 @@ def main(argv) -> int:
                 dst_fd = os.open(args.dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
                 created = True
             except OSError as e:
-                return _fail(args.dst, e)
+                return _fail(f"create {args.dst}", e)
         except OSError as e:
-            return _fail(args.dst, e)
+            return _fail(f"open {args.dst} for writing", e)
         try:
             clone(src_fd, dst_fd, args.src_offset, args.dst_offset, args.length)
         except OSError as e:
@@ -88,7 +74,7 @@ def main(argv) -> int:
                     os.unlink(args.dst)
                 except OSError:
                     pass
-            return _fail(args.src, e)
+            return _fail(f"clone {args.src} into {args.dst}", e, HINTS.get(e.errno, ""))
         finally:
             os.close(dst_fd)
     finally:

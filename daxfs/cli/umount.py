@@ -1,25 +1,27 @@
-"""`daxfs umount MOUNTPOINT`: unmount a daxfs mount and wait until its daemon
-has flushed and unlocked the image.
+"""`daxfs umount MOUNTPOINT|IMAGE`: unmount a daxfs mount and wait until its
+daemon has flushed and unlocked the image.
 
 What this module owns
 ---------------------
-* finding the daemon of a mount (its image from the mount's source, the
-  daemon from the image: daxfs/host.py);
+* finding the mount (at MOUNTPOINT, or the one whose source is IMAGE) and
+  its daemon (its image from the mount's source, the daemon from the
+  image: daxfs/host.py);
 * the unmount itself: ``fusermount3 -u``; if the mount is busy, a lazy
   detach (``umount -l`` as root, ``fusermount3 -u -z`` otherwise) with a
-  message saying the daemon finishes when the last user lets go;
+  message saying that the daemon keeps the image in use until the last
+  user of the old mount lets go;
 * waiting for the daemon to exit, so that on return the image is
   consistent and free for `daxfs check` or another mount.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
 
 from daxfs import host
+from .common import Parser
 
 PROG = "daxfs umount"
 CMD_TIMEOUT = 30.0
@@ -29,26 +31,39 @@ def _run(cmd) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=CMD_TIMEOUT)
 
 
-def unmount(mountpoint: str, timeout: float = 60.0) -> int:
-    mountpoint = os.path.abspath(mountpoint)
-    found = host.daxfs_mount_at(mountpoint)
+def find_mount(target: str) -> host.Mount | None:
+    """The daxfs mount at `target`, or the mount of the image `target`."""
+    path = os.path.abspath(target)
+    found = host.daxfs_mount_at(path)
+    if found is None and os.path.isfile(path):
+        found = host.daxfs_mount_of(path)
+    return found
+
+
+def unmount(target: str, timeout: float = 60.0) -> int:
+    found = find_mount(target)
     if found is None:
-        print(f"{PROG}: {mountpoint} is not a daxfs mount", file=sys.stderr)
+        print(f"{PROG}: {target} is not a daxfs mount (nor an image mounted somewhere)",
+              file=sys.stderr)
         return 1
+    mountpoint = found.mountpoint
     image = host.image_of_source(found.source)
     pids = host.daemon_pids(image) if image else []
 
     res = _run(["fusermount3", "-u", mountpoint])
     if res.returncode != 0 and host.daxfs_mount_at(mountpoint) is not None:
-        reason = (res.stderr.strip().splitlines() or ["unmount failed"])[-1]
-        print(f"{PROG}: {reason}; detaching lazily: the daemon flushes and exits "
-              f"when the last user of {mountpoint} lets go", file=sys.stderr)
         lazy = ["umount", "-l", mountpoint] if os.geteuid() == 0 \
             else ["fusermount3", "-u", "-z", mountpoint]
         res = _run(lazy)
         if res.returncode != 0:
-            print(f"{PROG}: {' '.join(lazy)}: {res.stderr.strip()}", file=sys.stderr)
+            print(f"{PROG}: {mountpoint} is busy and could not be detached either: "
+                  f"{res.stderr.strip() or ' '.join(lazy) + ' failed'}", file=sys.stderr)
             return 1
+        daemon = f"its daemon (pid {pids[0]})" if pids else "its daemon"
+        print(f"{PROG}: {mountpoint} is busy (a process has a file or its working "
+              f"directory there): detached it lazily; {daemon} keeps {image or 'the image'} "
+              f"in use until the last user of the old mount lets go, then flushes and exits",
+              file=sys.stderr)
         return 0
     left = host.wait_gone(pids, timeout)
     if left:
@@ -59,8 +74,16 @@ def unmount(mountpoint: str, timeout: float = 60.0) -> int:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog=PROG, description="Unmount a daxfs mount.")
-    p.add_argument("mountpoint")
+    p = Parser(
+        prog=PROG, description=(
+            "Unmount a daxfs mount and wait until its daemon has flushed and unlocked\n"
+            "the image (then `daxfs check IMAGE` or another mount may use it).  A busy\n"
+            "mount (a process has a file or its working directory there) is detached\n"
+            "lazily: the image stays in use until the last user of the old mount lets\n"
+            "go; a `daxfs mount` of it meanwhile waits and says so."),
+        epilog="Exit status: 0 unmounted (or detached), 1 failed (one line on stderr), 2 usage.")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT|IMAGE",
+                   help="the mount point, or the image file that is mounted")
     p.add_argument("--timeout", type=float, default=60.0,
                    help="seconds to wait for the daemon to exit (default 60)")
     args = p.parse_args(argv)

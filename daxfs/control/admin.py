@@ -10,9 +10,16 @@ directory and for root only:
       file's pages
   getxattr(ROOT, "user.daxfs.admin.report")       the last handler report (JSON)
   getxattr(ROOT, "user.daxfs.admin.poison-list")  every bad range with owners (JSON)
-  getxattr(ROOT, "user.daxfs.admin.map.<block>")  device map records from a
-      block on (JSON: {"records": [...], "next": block or null}), in pieces
-      that fit an xattr value
+  getxattr(ROOT, "user.daxfs.admin.map.<block>.<skip>")  at most MAP_PIECE
+      device map records from that block on, leaving out the first <skip>
+      that start there (JSON: {"rows": [[bno, nblocks, owner, flags,
+      offset], ...], "next": [block, skip] or null, "total_blocks": N};
+      "map.0.0" is the first piece): a piece costs the daemon what its own
+      records cost (daxfs/engine/devmap.py `piece`)
+  getxattr(ROOT, "user.daxfs.admin.names.<parent>.<pos>")  directory entries
+      from that key on (JSON: {"entries": [[parent, ino, name], ...],
+      "next": [parent, pos] or null}; "names.0.0" is the first piece): what
+      the map's reader names the files with
 
 Both sides live here: `serve_get`/`serve_set` for the daemon (called by
 fuse_ops.py), `client_*` helpers for the commands.
@@ -20,6 +27,7 @@ fuse_ops.py), `client_*` helpers for the commands.
 
 import json
 import os
+import re
 
 from daxfs.engine.errors import InvalidArgument, NotPermitted
 from daxfs.engine.format import BLOCK_SIZE as BS, TREE_NAMES
@@ -29,7 +37,12 @@ POISON = PREFIX + b"poison"
 REPORT = PREFIX + b"report"
 LIST = PREFIX + b"poison-list"
 MAP = PREFIX + b"map."
-MAP_PIECE = 300
+NAMES = PREFIX + b"names."
+MAP_PIECE = 600         # records per map piece (a row is at most ~70 bytes of JSON)
+NAMES_BUDGET = 40000    # bytes of names per names piece
+# "<offset> <length>": ASCII decimal digits only (str.isdigit takes any
+# script's digits), at most 20 of them: numbers bounded before int()
+_RANGE_REQUEST = re.compile(rb"([0-9]{1,20}) ([0-9]{1,20})")
 VALUE_MAX = 60000
 
 METADATA_KINDS = {"superblock": None, "superblock2": None, "log": None}
@@ -113,20 +126,19 @@ class AdminServer:
         if name != POISON:
             raise InvalidArgument(f"unknown admin request {name!r}")
         from daxfs.engine import poison
-        try:
-            parts = value.decode().split()
-        except UnicodeDecodeError:
-            raise InvalidArgument("malformed poison request") from None
-        if len(parts) == 1 and is_metadata_request(parts[0]):
-            bno, n = metadata_block(self.fs, parts[0]), 1
-        elif len(parts) == 2 and all(p.isdigit() for p in parts):
-            off, length = int(parts[0]), int(parts[1])
+        value = bytes(value)
+        m = _RANGE_REQUEST.fullmatch(value)
+        if m is not None:
+            off, length = int(m.group(1)), int(m.group(2))
             if length <= 0:
                 raise InvalidArgument("length must be positive")
             bno = off // BS
             n = -(-(off + length) // BS) - bno
+        elif value.isascii() and is_metadata_request(value.decode()):
+            bno, n = metadata_block(self.fs, value.decode()), 1
         else:
-            raise InvalidArgument("poison request is '<offset> <length>' or a metadata kind")
+            raise InvalidArgument("poison request is '<offset> <length>' (decimal bytes)"
+                                  " or a metadata kind (KIND or KIND:root|leaf|interior)")
         rep = poison.inject(self.fs, bno, n)
         self.last_report = report_dict(rep)
         return rep.data_inodes
@@ -142,21 +154,30 @@ class AdminServer:
         if name == LIST:
             return json.dumps([report_dict(r) for r in poison.listing(self.fs)]).encode()[:VALUE_MAX]
         if name.startswith(MAP):
-            digits = name[len(MAP):]
-            if not digits.isdigit() or len(digits) > 20:   # no sign, "_" or spaces
-                raise InvalidArgument("map request needs a block number")
-            start = int(digits)
-            recs = devmap.records(self.fs, start, MAP_PIECE + 1)
-            nxt = None
-            if len(recs) > MAP_PIECE:
-                nxt = recs[MAP_PIECE].bno
-                recs = recs[:MAP_PIECE]
-                if nxt <= start:
-                    nxt = start + 1
-            body = {"records": devmap.to_dicts(recs), "next": nxt,
+            parts = name[len(MAP):].split(b".")
+            if len(parts) != 2:
+                raise InvalidArgument("map request needs <block>.<skip>")
+            start, skip = (_number(p, "map request needs numbers") for p in parts)
+            recs, nxt = devmap.piece(self.fs, start, skip, MAP_PIECE)
+            body = {"rows": [r.row() for r in recs], "next": nxt,
                     "total_blocks": self.fs.vol.total_blocks}
-            return json.dumps(body).encode()
+            return json.dumps(body, separators=(",", ":")).encode()
+        if name.startswith(NAMES):
+            parts = name[len(NAMES):].split(b".")
+            if len(parts) != 2:
+                raise InvalidArgument("names request needs <parent>.<pos>")
+            key = tuple(_number(p, "names request needs numbers") for p in parts)
+            entries, nxt = devmap.dir_entries(self.fs, key, NAMES_BUDGET)
+            return json.dumps({"entries": entries, "next": nxt},
+                              separators=(",", ":")).encode()
         raise InvalidArgument(f"unknown admin request {name!r}")
+
+
+def _number(digits: bytes, why: str) -> int:
+    """A request's number: decimal digits only (no sign, "_" or spaces)."""
+    if not digits.isdigit() or len(digits) > 20:
+        raise InvalidArgument(why)
+    return int(digits)
 
 
 # ---- client side --------------------------------------------------------------
@@ -182,13 +203,25 @@ def client_list(root: str) -> list[dict]:
 
 
 def client_map(root: str):
+    """The map of the mount at `root`, read piece by piece, with paths:
+    (records, total_blocks)."""
     from daxfs.engine import devmap
-    start = 0
-    out = []
-    total = 0
-    while start is not None:
-        body = json.loads(os.getxattr(root, MAP + str(start).encode()))
-        out += devmap.from_dicts(body["records"])
+    recs: list = []
+    cursor, total = (0, 0), 0
+    while cursor is not None:
+        body = json.loads(os.getxattr(root, MAP + b"%d.%d" % tuple(cursor)))
+        recs.extend(devmap.MapRecord.from_row(row) for row in body["rows"])
         total = body["total_blocks"]
-        start = body["next"]
-    return out, total
+        cursor = body["next"]
+    recs = devmap.merge(recs)
+    if any(r.is_file for r in recs):
+        devmap.fill_paths(recs, _client_names(root))
+    return recs, total
+
+
+def _client_names(root: str):
+    key = (0, 0)
+    while key is not None:
+        body = json.loads(os.getxattr(root, NAMES + b"%d.%d" % tuple(key)))
+        yield from body["entries"]
+        key = body["next"]

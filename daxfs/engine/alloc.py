@@ -16,13 +16,19 @@ btree blocks, busy extents and the space reserve.
   committed metadata still points at).
 * A reserve of blocks is kept back from ordinary allocations so that unlink,
   rmdir and truncate (which may split trees) always succeed on a full device.
+* The free-space tree of an image is not trusted blindly: before the first
+  allocation from a free extent read from the image, the rmap tree must
+  have no record inside it (a crafted image could list a root-only file's
+  blocks as free, and a new file would get them); the extents verified, and
+  every range this mount frees itself, are remembered as trusted.  The pool
+  blocks in the superblock are checked against the rmap once at open.
 """
 
 import bisect
 import logging
 
 from .errors import Corrupted, NoSpace
-from .format import OWN_AG, own_tree
+from .format import OWN_AG, own_tree, owner_name
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +50,8 @@ class Allocator:
         self._settling = False
         self.reserve = max(POOL_HIGH * 2, vol.total_blocks // 100)
         self._rotor = 0
+        self._trusted_s: list[int] = []      # free ranges known not to be owned:
+        self._trusted_e: list[int] = []      # sorted, disjoint [s, e)
 
     # ---- counters -------------------------------------------------------------
     @property
@@ -144,6 +152,43 @@ class Allocator:
                         return a, min(want, b - a), (s, n)
         return None
 
+    # ---- trusting the free-space tree ---------------------------------------------
+    def _is_trusted(self, s: int, e: int) -> bool:
+        i = bisect.bisect_right(self._trusted_s, s) - 1
+        return i >= 0 and self._trusted_e[i] >= e
+
+    def _trust(self, s: int, e: int) -> None:
+        ts, te = self._trusted_s, self._trusted_e
+        i = bisect.bisect_left(te, s)
+        j = bisect.bisect_right(ts, e)
+        if i < j:
+            s, e = min(s, ts[i]), max(e, te[j - 1])
+        ts[i:j] = [s]
+        te[i:j] = [e]
+
+    def _verify_free(self, rs: int, rn: int) -> None:
+        """A free extent read from the image: the rmap must own none of it
+        (pending changes included: blocks freed by the running transaction
+        are free while their rmap records wait for the commit)."""
+        if self.rmap.enabled:
+            owned = self.rmap.owners(rs, rs + rn - 1) if rn else []
+            if owned:
+                b, owner = owned[0][0], owned[0][1]
+                raise Corrupted(rs, f"free-space tree lists blocks {rs}+{rn} as free, but block"
+                                    f" {max(b, rs)} belongs to {owner_name(owner)}")
+        self._trust(rs, rs + rn)
+
+    def verify_pool(self) -> None:
+        """At open: every pool block must be the pool's in the rmap, and
+        nobody else's."""
+        if not self.rmap.enabled:
+            return
+        for b in self.pool_blocks():
+            owners = self.rmap.tree.overlaps(b, b)
+            if b <= 0 or b >= self.vol.total_blocks - 1 or \
+                    [(r[0], r[1], r[3]) for r in owners] != [(b, OWN_AG, 1)]:
+                raise Corrupted(b, f"reserve pool block {b} is not the pool's in the rmap")
+
     def _take(self, s: int, n: int, r=None) -> None:
         """Remove [s, s+n) from the free-space tree (it must be free).  `r`,
         if the caller has it, is the free record holding [s, s+n)."""
@@ -152,6 +197,8 @@ class Allocator:
             r = tree.last_le((s,))
         if r is None or r[0] + r[1] < s + n:
             raise Corrupted(0, f"allocating blocks {s}+{n} that are not free")
+        if not self._is_trusted(s, s + n):
+            self._verify_free(r[0], r[1])
         self.vol.pmem.back(s, n)            # (BackingFull before anything changed)
         rs, rl = r
         re = rs + rl
@@ -191,6 +238,7 @@ class Allocator:
         else:
             tree.insert((s, n))
         self._add_free(n)
+        self._trust(fs_, fe_)
         if busy:
             i = bisect.bisect_left(self._busy_s, fs_)
             self._busy_s.insert(i, fs_)

@@ -26,6 +26,14 @@ class Attr(NamedTuple):
     ctime_ns: int
     btime_ns: int
     generation: int = 0
+    damaged: bool = False  # a stand-in for an inode whose record is damaged (readdir)
+
+    @classmethod
+    def stand_in(cls, ino: int, file_type: int) -> "Attr":
+        """What readdir lists for an entry whose inode is damaged: the name
+        stays visible (ls works for everyone); opening or stat'ing it
+        fails with EUCLEAN."""
+        return cls(ino, file_type, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, True)
 
     @property
     def st_blocks(self) -> int:

@@ -1,16 +1,34 @@
 """The physical layout of the device, like XFS's GETFSMAP (`xfs_io -c fsmap`):
 every range with its owner (inode and path, or metadata kind), file offset,
-and shared / poisoned flags; and a PNG picture of it.
+and shared / poisoned flags.  Only the records: drawing them is the
+`daxfs map` command's (daxfs/cli/map_picture.py).
 
-Built from the rmap (one in-order scan) and the free-space tree; without the
-rmap the same records come from poison.scan_owners' full walk.
+The records come from the rmap and the free-space tree, read lazily from a
+starting block and put in block order (`_ordered`), so that a piece of the
+map costs what its own records cost: a live daemon serves the map in
+pieces (`piece`, daxfs/control/admin.py) and holds the filesystem only for
+one piece per request.  Records are in (block, owner, file offset) order
+and a piece goes on from a cursor (block, records of that block already
+read); records are split where their sharing or poisoned state
+changes, and neighbours with the same owner and state are joined again
+(`merge`, which the reader of pieces applies to their concatenation).
+Paths come from the directory tree: `dir_entries` reads it in pieces too,
+poison.paths_of names the inodes.  Without the rmap the records come from
+poison.scan_owners' full walk (what a filesystem without rmap must do).
+
+`records(fs)` is the whole map at once (an unmounted image).
 """
 
-import struct
-import zlib
-from dataclasses import asdict, dataclass
+from __future__ import annotations
 
-from .format import BLOCK_SIZE as BS, OWN_AG, OWN_FS, OWN_LOG, OWN_MAX_INO, RMAP_ATTR, owner_name
+import heapq
+import itertools
+from dataclasses import dataclass
+
+from .errors import Corrupted, MediaError
+from .format import BLOCK_SIZE as BS, OWN_MAX_INO, RMAP_ATTR, owner_name
+
+FREE_OWNER = -1
 
 
 @dataclass
@@ -18,7 +36,7 @@ class MapRecord:
     bno: int
     nblocks: int
     owner: int          # inode, metadata owner code, or -1 for free space
-    what: str           # "free", "data", "xattr" or the metadata kind
+    what: str           # "free", "data", "xattr" or the metadata kind (format.owner_name)
     offset: int = 0     # byte offset in the file, for data
     shared: bool = False
     poisoned: bool = False
@@ -35,53 +53,135 @@ class MapRecord:
             who, where = self.what, ""
         return (f"{self.bno * BS:>14} {self.nblocks * BS:>12}  {who:<40} {where:<18} {flags}").rstrip()
 
+    @property
+    def is_file(self) -> bool:
+        return self.what in ("data", "xattr")
 
-def records(fs, start: int = 0, limit: int = 0) -> list[MapRecord]:
-    """Map records in block order from block `start` (at most `limit`)."""
-    vol = fs.vol
-    if vol.rmap.pending() and not fs.readonly:
-        fs.commit()                     # the deferred rmap changes into the tree
-    if vol.has_rmap:
-        raw = [r for r in vol.trees["rmap"].scan(lo=(start, 0, 0))]
-        prev = vol.trees["rmap"].overlaps(start, start) if start else []
-        raw = sorted(set(prev) | set(raw))
-    else:
-        from .poison import scan_owners
-        raw = sorted(scan_owners(fs, start, vol.total_blocks - start))
-    frees = [r for r in vol.trees["free"].scan()]
-    out = []
-    for s, n in frees:
-        if s + n > start:
-            out.append(MapRecord(s, n, -1, "free"))
-    refc = vol.refcount
-    bad = vol.pmem.bad
-    for bno, owner, off, n, flags in raw:
-        if owner <= OWN_MAX_INO:
-            kind = "xattr" if flags & RMAP_ATTR else "data"
-            if kind == "data":
-                for s, k, rc in refc.segments(bno, n):
-                    out.append(MapRecord(s, k, owner, kind, (off + s - bno) * BS, rc > 1))
-                continue
-            out.append(MapRecord(bno, n, owner, kind))
+    # a compact row for the admin protocol: [bno, nblocks, owner, flags, offset]
+    def row(self) -> list:
+        flags = (1 if self.what == "xattr" else 0) | (2 if self.shared else 0) \
+            | (4 if self.poisoned else 0)
+        return [self.bno, self.nblocks, self.owner, flags, self.offset]
+
+    @classmethod
+    def from_row(cls, row) -> "MapRecord":
+        bno, n, owner, flags, offset = (int(v) for v in row)
+        if owner == FREE_OWNER:
+            what = "free"
+        elif owner <= OWN_MAX_INO:
+            what = "xattr" if flags & 1 else "data"
         else:
-            out.append(MapRecord(bno, n, owner, _meta_kind(owner)))
-    out.sort(key=lambda r: (r.bno, r.owner))
-    if bad:
-        split = []
-        for r in out:
-            split.extend(_split_bad(r, bad))
-        out = split
-    out = _merge(out)
-    if limit:
-        out = out[:limit]
-    _paths(fs, out)
+            what = owner_name(owner)
+        return cls(bno, n, owner, what, offset, bool(flags & 2), bool(flags & 4))
+
+
+# ---- the records, in block order -------------------------------------------------
+
+def records(fs, *, paths: bool = True) -> list[MapRecord]:
+    """The whole map, in block order."""
+    _settle(fs)
+    out = merge(_ordered(fs, 0))
+    if paths:
+        try:
+            fill_paths(out, dir_entries_all(fs))
+        except (Corrupted, MediaError):
+            pass                        # a damaged directory tree: no names
     return out
 
 
-def _merge(recs: list[MapRecord]) -> list[MapRecord]:
+def piece(fs, start: int, skip: int, limit: int) -> tuple[list[MapRecord], tuple | None]:
+    """At most `limit` records from block `start` on, the first `skip` of
+    those that start at `start` left out (a reader's cursor: `start, skip`
+    never splits a record); without paths.  Returns them and the cursor of
+    the next piece (None at the end)."""
+    _settle(fs)
+    taken: list[MapRecord] = []
+    at, same = start, skip             # the last block taken, records taken there
+    for r in _ordered(fs, start):
+        if skip:
+            skip -= 1
+            continue
+        if len(taken) >= limit:
+            return merge(taken), (r.bno, same if r.bno == at else 0)
+        taken.append(r)
+        same = same + 1 if r.bno == at else 1
+        at = r.bno
+    return merge(taken), None
+
+
+def _settle(fs) -> None:
+    if fs.vol.rmap.pending() and not fs.readonly:
+        fs.commit()                     # the deferred rmap changes into the tree
+
+
+def _ordered(fs, start: int):
+    """The map's records that start at block `start` or later, in (block,
+    owner, file offset) order, made lazily: a record is yielded once no record still to
+    be read can start before it."""
+    vol = fs.vol
+    bad = list(vol.pmem.bad.ranges()) if vol.pmem.bad else []
+    refc = vol.refcount
+    heap: list = []
+    seq = itertools.count()
+    for src in heapq.merge(_raw_owned(fs, start), _raw_free(fs, start), key=lambda r: r[0]):
+        while heap and heap[0][0] < src[0]:
+            yield heapq.heappop(heap)[-1]
+        for r in _pieces(src, refc, bad):
+            if r.bno >= start:
+                heapq.heappush(heap, (r.bno, r.owner, r.offset, next(seq), r))
+    while heap:
+        yield heapq.heappop(heap)[-1]
+
+
+def _raw_owned(fs, start: int):
+    """(bno, owner, offset, nblocks, flags) of every owned range that ends
+    after `start`, in block order."""
+    vol = fs.vol
+    if not vol.has_rmap:
+        from .poison import scan_owners
+        yield from sorted(scan_owners(fs, start, vol.total_blocks - start))
+        return
+    tree = vol.trees["rmap"]
+    if start:
+        yield from sorted(r for r in tree.overlaps(start, start) if r[0] < start)
+    yield from tree.scan(lo=(start, 0, 0))
+
+
+def _raw_free(fs, start: int):
+    """(bno, FREE_OWNER, 0, nblocks, 0) of every free extent that ends after
+    `start`, in block order."""
+    tree = fs.vol.trees["free"]
+    if start:
+        prev = tree.last_le((start,))
+        if prev is not None and prev[0] < start < prev[0] + prev[1]:
+            yield (prev[0], FREE_OWNER, 0, prev[1], 0)
+    for s, n in tree.scan(lo=(start,)):
+        yield (s, FREE_OWNER, 0, n, 0)
+
+
+def _pieces(src, refc, bad) -> list[MapRecord]:
+    """One raw range as map records: split where sharing changes (file
+    data) and where a bad range begins or ends."""
+    bno, owner, off, n, flags = src
+    if owner == FREE_OWNER:
+        recs = [MapRecord(bno, n, owner, "free")]
+    elif owner <= OWN_MAX_INO:
+        if flags & RMAP_ATTR:
+            recs = [MapRecord(bno, n, owner, "xattr")]
+        else:
+            recs = [MapRecord(s, k, owner, "data", (off + s - bno) * BS, rc > 1)
+                    for s, k, rc in refc.segments(bno, n)]
+    else:
+        recs = [MapRecord(bno, n, owner, owner_name(owner))]
+    if bad:
+        recs = [p for r in recs for p in _split_bad(r, bad)]
+    return recs
+
+
+def merge(recs) -> list[MapRecord]:
     """Join neighbours with the same owner and flags (per-block metadata
-    records read better as runs)."""
-    out = []
+    records read better as runs); also joins pieces read one after another."""
+    out: list[MapRecord] = []
     for r in recs:
         if out:
             last = out[-1]
@@ -94,20 +194,10 @@ def _merge(recs: list[MapRecord]) -> list[MapRecord]:
     return out
 
 
-def _meta_kind(owner: int) -> str:
-    if owner == OWN_FS:
-        return "superblock"
-    if owner == OWN_LOG:
-        return "log"
-    if owner == OWN_AG:
-        return "free-space/rmap btree, reserve pool"
-    return owner_name(owner)
-
-
 def _split_bad(r: MapRecord, bad) -> list[MapRecord]:
     out = []
     pos, end = r.bno, r.bno + r.nblocks
-    for b, n in bad.ranges():
+    for b, n in bad:
         lo, hi = max(b, pos), min(b + n, end)
         if lo >= hi:
             continue
@@ -125,77 +215,35 @@ def _piece(r: MapRecord, s: int, e: int, poisoned: bool) -> MapRecord:
     return MapRecord(s, e - s, r.owner, r.what, off, r.shared, poisoned, r.path)
 
 
-def _paths(fs, recs: list[MapRecord]) -> None:
-    from .poison import Owner, _fill_paths
-    owners = [Owner(r.bno, r.nblocks, r.owner, r.what) for r in recs if r.what in ("data", "xattr")]
-    _fill_paths(fs, owners)
-    by_ino = {o.owner: o.paths for o in owners}
+# ---- paths ----------------------------------------------------------------------
+
+def dir_entries(fs, after: tuple | None, budget: int) -> tuple[list[tuple], tuple | None]:
+    """Directory entries (parent, ino, name) from key `after` (None: the
+    first) on, names decoded, until about `budget` bytes of names; and the
+    key to go on from (None at the end)."""
+    out, used = [], 0
+    lo = tuple(after) if after else None
+    for parent, pos, ino, _, _, name in fs.vol.trees["dir"].scan(lo=lo):
+        if used >= budget:
+            return out, (parent, pos)
+        text = name.decode(errors="replace")
+        out.append((parent, ino, text))
+        used += len(text) + 32
+    return out, None
+
+
+def dir_entries_all(fs):
+    for parent, _, ino, _, _, name in fs.vol.trees["dir"].scan():
+        yield parent, ino, name
+
+
+def fill_paths(recs: list[MapRecord], entries) -> None:
+    """Set the path of every file record from the directory entries."""
+    from .poison import paths_of
+    want = {r.owner for r in recs if r.is_file}
+    if not want:
+        return
+    joined = {ino: ", ".join(paths) for ino, paths in paths_of(entries, want).items()}
     for r in recs:
-        if r.what in ("data", "xattr"):
-            r.path = ", ".join(by_ino.get(r.owner, []))
-
-
-def to_dicts(recs) -> list[dict]:
-    return [asdict(r) for r in recs]
-
-
-def from_dicts(items) -> list[MapRecord]:
-    return [MapRecord(**d) for d in items]
-
-
-# ---- picture -----------------------------------------------------------------
-PALETTE = [(66, 135, 245), (245, 166, 35), (126, 211, 33), (189, 16, 224), (80, 227, 194),
-           (248, 231, 28), (144, 19, 254), (74, 144, 226), (208, 2, 27), (65, 117, 5)]
-FREE = (235, 235, 235)
-META = (90, 90, 90)
-SHARED = (255, 255, 255)
-POISON = (230, 0, 0)
-
-
-def write_png(recs, total_blocks: int, path: str, width: int = 128) -> None:
-    """One pixel row of `width` cells per chunk of the device; files get a
-    colour each, metadata dark grey, free light grey, shared cells a white
-    dot, poisoned cells red."""
-    cells = min(total_blocks, width * 128)
-    per = -(-total_blocks // cells)
-    height = -(-cells // width)
-    img = [[FREE] * width for _ in range(height)]
-    marks = {}
-    for r in recs:
-        if r.what == "free":
-            continue
-        colour = META if r.what not in ("data", "xattr") else PALETTE[r.owner % len(PALETTE)]
-        for c in range(r.bno // per, min(cells, -(-(r.bno + r.nblocks) // per))):
-            img[c // width][c % width] = colour
-            if r.poisoned:
-                marks[c] = POISON
-            elif r.shared and c not in marks:
-                marks[c] = SHARED
-    scale = 6
-    rows = []
-    for y in range(height):
-        for sy in range(scale):
-            row = bytearray([0])
-            for x in range(width):
-                c = y * width + x
-                col = img[y][x]
-                mark = marks.get(c)
-                for sx in range(scale):
-                    px = col
-                    if mark and (1 < sx < 4 and 1 < sy < 4):
-                        px = mark
-                    if mark == POISON:
-                        px = POISON
-                    row += bytes(px)
-            rows.append(bytes(row))
-    raw = b"".join(rows)
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + \
-            struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width * scale,
-                                                              height * scale, 8, 2, 0, 0, 0))
-    png += chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
-    with open(path, "wb") as f:
-        f.write(png)
+        if r.is_file:
+            r.path = joined.get(r.owner, "")

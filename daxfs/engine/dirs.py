@@ -1,5 +1,9 @@
 """What directory-entry records mean: names in a directory.
 
+A directory's st_size follows its entries (`entry_bytes`, kept up to date
+by fs.py on every add and remove, recomputed by check and repair with
+`dir_sizes`).
+
 Key (parent inode, pos) with pos = hash31(name) << 32 | collision index, so
 the entries of one directory are contiguous, a lookup is one short range
 query, and pos is a stable readdir cookie.  Names are up to 255 bytes and
@@ -14,10 +18,33 @@ tree goes through add/remove/retarget here, which keep both exact, and a
 rolled-back operation must call `forget_cache()`.
 """
 
+import logging
+
 from .errors import Corrupted, NameTooLong
-from .format import NAME_MAX, name_hash
+from .format import NAME_MAX, name_hash, valid_name  # noqa: F401 (also the engine's API)
 
 _LOW = 0xFFFFFFFF
+
+# A directory's st_size is the bytes of its entries, counted as XFS counts
+# a short-form directory: a 6-byte header, and per entry its name plus 8
+# bytes (name length, offset, file type, inode number).  So `ls -l` shows
+# what XFS shows for a small directory, an empty one included.
+DIR_HEAD_BYTES = 6
+DIRENT_HEAD_BYTES = 8
+
+
+def entry_bytes(name: bytes) -> int:
+    """What one entry adds to its directory's st_size."""
+    return DIRENT_HEAD_BYTES + len(name)
+
+
+def dir_sizes(entries) -> dict[int, int]:
+    """Each directory's st_size from (parent, name) of every entry; a
+    directory with no entry is DIR_HEAD_BYTES."""
+    sizes: dict[int, int] = {}
+    for parent, name in entries:
+        sizes[parent] = sizes.get(parent, DIR_HEAD_BYTES) + entry_bytes(name)
+    return sizes
 
 
 def check_name(name: bytes) -> None:
@@ -28,6 +55,7 @@ def check_name(name: bytes) -> None:
 
 
 CACHE_MAX = 131072
+log = logging.getLogger(__name__)
 
 
 class Dirs:
@@ -93,8 +121,15 @@ class Dirs:
         self._remember(parent, name, (pos, ino, ftype))
 
     def entries(self, parent: int, from_pos: int = 0):
-        """(pos, name, ino, ftype) in cookie order, from pos on."""
+        """(pos, name, ino, ftype) in cookie order, from pos on.  A record
+        whose name no directory may hold (a crafted image: a '/' or a NUL
+        in it) is left out, with a log line: the kernel would refuse the
+        whole listing (EIO) for it."""
         for rec in self.tree.scan(lo=(parent, from_pos), hi=(parent,)):
+            if not valid_name(rec[5], rec[4]):
+                log.warning("directory %d: entry %r is not a valid name: not listed (run"
+                            " daxfs check --repair)", parent, rec[5])
+                continue
             yield rec[1], rec[5], rec[2], rec[3]
 
     def is_empty(self, parent: int) -> bool:

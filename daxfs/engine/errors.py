@@ -137,6 +137,32 @@ class Corrupted(DaxfsError):
         super().__init__(f"block {block}: {check}")
 
 
+class DamagedFile(DaxfsError):
+    """One file's on-disk record or extents are inconsistent (an impossible
+    size, an extent over metadata, free space or another file's blocks):
+    that file fails with EUCLEAN, as XFS's EFSCORRUPTED, and is never
+    written through; the rest of the filesystem carries on.  Unmount and
+    run `daxfs check --repair`."""
+    errno = _errno.EUCLEAN
+
+    def __init__(self, ino: int, check: str):
+        self.ino = ino
+        self.check = check
+        super().__init__(f"inode {ino}: {check} (run daxfs check --repair)")
+
+
+class TrimFirst(DaxfsError):
+    """The file still has blocks past its end waiting to be freed in steps
+    (a truncation done in bounded steps), and this operation would bring
+    them inside the file: the caller runs `Filesystem.trim_step(ino)` until
+    it returns True, then retries."""
+    errno = _errno.EAGAIN
+
+    def __init__(self, ino: int):
+        self.ino = ino
+        super().__init__(f"inode {ino}: blocks past the end of the file are still being freed")
+
+
 class Shutdown(DaxfsError):
     """The filesystem shut down after a metadata error; unmount and run check."""
     errno = _errno.EIO
@@ -155,6 +181,17 @@ class NeedsRepair(DaxfsError):
 
 class NotAnImage(DaxfsError):
     """The file is not a daxfs image."""
+    errno = _errno.EINVAL
+
+
+class UnsafeFile(DaxfsError):
+    """A file daxfs was to open beside an image (or make) is a symlink, a
+    FIFO, a device or too large: root refuses to touch it."""
+    errno = _errno.EPERM
+
+
+class BadSideFile(DaxfsError):
+    """A file beside the image (its bad-block list) is malformed."""
     errno = _errno.EINVAL
 
 

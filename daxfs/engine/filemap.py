@@ -13,13 +13,17 @@ zero; a newly allocated block is fully written (data or zeros) before the
 commit that maps it.
 """
 
+import itertools
+
 import numpy as np
 
 from .attrs import FIEMAP_EXTENT_LAST, FIEMAP_EXTENT_SHARED, FiemapExtent
-from .errors import Corrupted, MediaError, NoSpace
-from .format import BLOCK_SIZE as BS
+from .errors import DamagedFile, MediaError, NoSpace
+from .format import BLOCK_SIZE as BS, OWN_MAX_INO, RMAP_ATTR, owner_name
 
 _END = (1 << 64) - 1
+TRUSTED_MAX = 1 << 18        # extent records remembered as verified
+UNMAP_STEP = 16              # extents unmapped between consistent points
 _UNKNOWN = object()
 
 
@@ -33,6 +37,7 @@ class FileMap:
         self.pmem = vol.pmem
         self.journal = vol.journal
         self.step = step or (lambda: None)
+        self._trusted: set[tuple] = set()    # extent records verified or written here
 
     # ---- mapping ------------------------------------------------------------
     def extents(self, ino: int, start: int, end: int) -> list[tuple[int, int, int]]:
@@ -42,7 +47,8 @@ class FileMap:
 
     def _extents(self, ino: int, start: int, end: int):
         """extents(), and the file's record with the greatest key <= start
-        (None if the file has none)."""
+        (None if the file has none).  Every record used is verified first
+        (`_verify`)."""
         out = []
         near = self.tree.around((ino, start), (ino, end - 1))
         if near is None:                    # (the extents span leaves)
@@ -52,7 +58,10 @@ class FileMap:
             prev, after = near
         if prev and prev[0] != ino:
             prev = None
+        trusted = self._trusted
         if prev and prev[1] < start < prev[1] + prev[3]:
+            if prev not in trusted:
+                self._verify(prev)
             f, p, n = prev[1], prev[2], prev[3]
             cut = start - f
             out.append((start, p + cut, min(n - cut, end - start)))
@@ -62,13 +71,53 @@ class FileMap:
             f, p, n = rec[1], rec[2], rec[3]
             if f >= end:
                 break
+            if rec not in trusted:
+                self._verify(rec)
             out.append((f, p, min(n, end - f)))
-        total = self.vol.total_blocks
-        for f, p, n in out:
-            if p == 0 or p + n > total:
-                raise Corrupted(p, f"inode {ino}: extent at file block {f} points outside"
-                                   f" the device (block {p}+{n})")
         return out, prev
+
+    def _trust(self, rec: tuple) -> None:
+        """A record this mount wrote itself: no need to verify it."""
+        trusted = self._trusted
+        if len(trusted) >= TRUSTED_MAX:
+            trusted.clear()
+        trusted.add(rec)
+
+    def _verify(self, rec: tuple) -> None:
+        """Before the first load or store through an extent record read
+        from the image: it must lie on the device outside the superblocks
+        and the log, the rmap must hold exactly its record, every other
+        owner of its blocks must be file data counted in the refcount tree,
+        and no block of it may be free.  Anything else is a damaged file
+        (EUCLEAN for it, never a place to write): a crafted image must not
+        turn a user's write into a write over metadata or another file."""
+        ino, f, p, n, flags = rec
+        vol = self.vol
+        total = vol.total_blocks
+        where = f"extent at file block {f} (blocks {p}+{n})"
+        if n == 0 or p == 0 or p + n > total - 1 or flags:
+            raise DamagedFile(ino, f"{where} is not a valid extent of this device")
+        log_start = int(vol.sb["log_start"])
+        if p < log_start + int(vol.sb["log_blocks"]) and p + n > log_start:
+            raise DamagedFile(ino, f"{where} lies over the log")
+        free = self.alloc.free_tree.last_le((p + n - 1,))
+        if free is not None and free[0] + free[1] > p:
+            raise DamagedFile(ino, f"{where} overlaps free space ({free[0]}+{free[1]})")
+        if self.rmap.enabled:
+            if self.rmap.record(p, ino, f) != (n, 0):
+                raise DamagedFile(ino, f"{where} has no matching rmap record")
+            sharers = np.zeros(n, dtype=np.int64)
+            for rb, owner, _off, rlen, rflags in self.rmap.owners(p, p + n - 1):
+                if owner > OWN_MAX_INO or rflags & RMAP_ATTR:
+                    raise DamagedFile(ino, f"{where} lies over {owner_name(owner)}"
+                                           f" blocks {rb}+{rlen}")
+                lo, hi = max(rb, p), min(rb + rlen, p + n)
+                sharers[lo - p:hi - p] += 1
+            for s, k, rc in self.refc.segments(p, n):
+                if (sharers[s - p:s - p + k] != (rc if rc > 1 else 1)).any():
+                    raise DamagedFile(ino, f"{where}: blocks {s}+{k} have other owners than"
+                                           f" the refcount tree counts ({rc})")
+        self._trust(rec)
 
     def last_block(self, ino: int) -> int:
         """One past the last mapped file block (0 if none)."""
@@ -89,10 +138,12 @@ class FileMap:
                     and prev[2] + prev[3] == pblk and prev[4] == 0):
                 rec = (ino, prev[1], prev[2], prev[3] + n, 0)
                 self.tree.update(rec)
+                self._trust(rec)
                 self.rmap.resize(prev[2], ino, prev[1], prev[3] + n)
                 return rec
         rec = (ino, foff, pblk, n, 0)
         self.tree.insert(rec)
+        self._trust(rec)
         self.rmap.map(pblk, ino, foff, n)
         return rec
 
@@ -102,7 +153,9 @@ class FileMap:
         (== end unless `limit` extents were done first)."""
         removed = []
         reached = end
-        for k, (f, p, n) in enumerate(self.extents(ino, start, end)):
+        todo = self._iter_extents(ino, start, end)
+        todo = list(itertools.islice(todo, limit + 1)) if limit else list(todo)
+        for k, (f, p, n) in enumerate(todo):
             if limit and k >= limit:
                 reached = f
                 break
@@ -111,12 +164,14 @@ class FileMap:
             a, b = f, f + n
             if rf < a:
                 self.tree.update((ino, rf, rp, a - rf, 0))
+                self._trust((ino, rf, rp, a - rf, 0))
                 self.rmap.resize(rp, ino, rf, a - rf)
             else:
                 self.tree.discard((ino, rf))
                 self.rmap.unmap(rp, ino, rf)
             if b < rf + rn:
                 self.tree.insert((ino, b, rp + (b - rf), rf + rn - b, 0))
+                self._trust((ino, b, rp + (b - rf), rf + rn - b, 0))
                 self.rmap.map(rp + (b - rf), ino, b, rf + rn - b)
             removed.append((p, n))
         return removed, reached
@@ -325,34 +380,62 @@ class FileMap:
             return
         self.write(inode, size, bytes(BS - size % BS))
 
-    def truncate_blocks(self, inode, first_block: int) -> None:
+    def truncate_blocks(self, inode, first_block: int, budget: int | None = None) -> bool:
         """Unmap and release every block of the file from first_block on, in
-        steps that each leave the file consistent."""
+        steps that each leave the file consistent; with `budget`, at most
+        that many extents.  True when nothing is mapped from first_block
+        on any more."""
         if not inode.blocks:        # no blocks, no extents (check verifies it)
-            return
+            return True
+        done = 0
         while True:
-            removed, reached = self.unmap(inode.ino, first_block, _END, limit=16)
+            limit = UNMAP_STEP if budget is None else max(1, min(UNMAP_STEP, budget - done))
+            removed, reached = self.unmap(inode.ino, first_block, _END, limit=limit)
             self.release(removed)
             inode.blocks -= sum(n for _, n in removed)
+            done += len(removed)
             if reached == _END:
-                return
+                return True
             self.step()
+            if budget is not None and done >= budget:
+                return False
 
     # ---- sharing -------------------------------------------------------------
-    def clone(self, src, s_blk: int, dst, d_blk: int, nblk: int) -> None:
+    def clone(self, src, s_blk: int, dst, d_blk: int, nblk: int,
+              budget: int | None = None) -> int:
         """Make dst's file blocks [d_blk, d_blk+nblk) share src's blocks
-        [s_blk, s_blk+nblk) (holes stay holes)."""
-        pieces = self.extents(src.ino, s_blk, s_blk + nblk)
-        removed, _ = self.unmap(dst.ino, d_blk, d_blk + nblk)
-        for p, n in removed:
-            for s, k in self.refc.adjust(p, n, -1):
-                self._free_data(s, k)
-        dst.blocks -= sum(n for _, n in removed)
+        [s_blk, s_blk+nblk) (holes stay holes).  With `budget`, stops after
+        about that many extents (of dst unmapped and of src shared) at a
+        block where the part done is whole.  Returns the blocks done."""
+        limit = None if budget is None else max(1, budget)
+        pieces = list(itertools.islice(self._iter_extents(src.ino, s_blk, s_blk + nblk),
+                                       limit + 1 if limit else None))
+        done = nblk
+        if limit and len(pieces) > limit:
+            done = pieces[limit][0] - s_blk          # up to the first piece left out
+            pieces = pieces[:limit]
+        pos = d_blk
+        while pos < d_blk + done:                    # dst's old blocks there, in steps
+            removed, reached = self.unmap(dst.ino, pos, d_blk + done, limit=UNMAP_STEP)
+            self.release(removed)
+            dst.blocks -= sum(n for _, n in removed)
+            pos = reached
+            if limit is not None:
+                limit -= len(removed)
+                if limit <= 0 and pos < d_blk + done:
+                    done = pos - d_blk
+                    pieces = [pc for pc in pieces if pc[0] < s_blk + done]
+                    if pieces and pieces[-1][0] + pieces[-1][2] > s_blk + done:
+                        f, p, n = pieces[-1]
+                        pieces[-1] = (f, p, s_blk + done - f)
+                    break
+            self.step()
         for f, p, n in pieces:
             self.refc.adjust(p, n, +1)
             self.map(dst.ino, d_blk + (f - s_blk), p, n)
             dst.blocks += n
             self.step()
+        return done
 
     def view(self, ino: int, off: int, length: int, file_size: int):
         """The bytes [off, off+length) as a numpy array: a view on the mapping
@@ -366,8 +449,60 @@ class FileMap:
             return self.pmem.buf[o:o + length]
         return np.frombuffer(self.read(ino, off, length, file_size), dtype=np.uint8)
 
+    def _pieces(self, ino: int, b0: int, b1: int) -> list[tuple[int, int, int]]:
+        """File blocks [b0, b1) as (file block, physical block or 0 for a
+        hole, count), in order, holes included."""
+        out, pos = [], b0
+        for f, p, n in self._iter_extents(ino, b0, b1):
+            if f > pos:
+                out.append((pos, 0, f - pos))
+            out.append((f, p, n))
+            pos = f + n
+        if pos < b1:
+            out.append((pos, 0, b1 - pos))
+        return out
+
     def same_bytes(self, a, a_off: int, b, b_off: int, length: int) -> bool:
-        """Compare two ranges in place, in chunks."""
+        """Compare two ranges in place: extent by extent, where both are
+        holes without reading anything, where one is a hole by checking the
+        other for zeros (bytes past EOF in a last block are zeros too)."""
+        if a_off % BS or b_off % BS:
+            return self._same_bytes_copied(a, a_off, b, b_off, length)
+        buf = self.pmem.buf
+        nb = -(-length // BS)
+        pa = self._pieces(a.ino, a_off // BS, a_off // BS + nb)
+        pb = self._pieces(b.ino, b_off // BS, b_off // BS + nb)
+        ia = ib = 0
+        pos = 0                                   # blocks compared
+        while pos < nb:
+            fa, xa, na = pa[ia]
+            fb, xb, nb_ = pb[ib]
+            sa, sb = pos - (fa - a_off // BS), pos - (fb - b_off // BS)
+            k = min(na - sa, nb_ - sb)
+            nbytes = min(k * BS, length - pos * BS)
+            if xa or xb:
+                if xa:
+                    self._load_check(xa + sa, k)
+                if xb:
+                    self._load_check(xb + sb, k)
+                va = buf[(xa + sa) * BS:(xa + sa) * BS + nbytes] if xa else None
+                vb = buf[(xb + sb) * BS:(xb + sb) * BS + nbytes] if xb else None
+                if va is None:
+                    if np.count_nonzero(vb):
+                        return False
+                elif vb is None:
+                    if np.count_nonzero(va):
+                        return False
+                elif not np.array_equal(va, vb):
+                    return False
+            pos += k
+            if sa + k == na:
+                ia += 1
+            if sb + k == nb_:
+                ib += 1
+        return True
+
+    def _same_bytes_copied(self, a, a_off: int, b, b_off: int, length: int) -> bool:
         step = 64 << 20
         done = 0
         while done < length:
@@ -379,11 +514,40 @@ class FileMap:
             done += n
         return True
 
-    def fiemap(self, ino: int, start: int, length: int, file_size: int) -> list[FiemapExtent]:
+    def _iter_extents(self, ino: int, start: int, end: int):
+        """extents(), one at a time, each record verified before it is
+        used (a caller that stops early reads no more of the tree than it
+        used).  The tree must not change while it runs."""
+        prev = self.tree.last_le((ino, start))
+        head = [prev] if prev and prev[0] == ino and prev[1] < start < prev[1] + prev[3] else []
+        trusted = self._trusted
+        for rec in itertools.chain(head, self.tree.scan(lo=(ino, start), hi=(ino,))):
+            f, p, n = rec[1], rec[2], rec[3]
+            if f >= end:
+                return
+            if rec not in trusted:
+                self._verify(rec)
+            if f < start:
+                f, p, n = start, p + start - f, n - (start - f)
+            yield f, p, min(n, end - f)
+
+    def extent_span(self, ino: int, start: int, end: int, most: int) -> int:
+        """How many blocks from `start` (up to `end`) hold at most `most`
+        extents of the file (at least one block)."""
+        for k, (f, _, _) in enumerate(self._iter_extents(ino, start, end)):
+            if k == most:
+                return max(1, f - start)
+        return end - start
+
+    def fiemap(self, ino: int, start: int, length: int, file_size: int,
+               limit: int | None = None) -> list[FiemapExtent]:
+        """The extents (merged where physically contiguous with the same
+        flags) overlapping [start, start+length) inside the file, at most
+        `limit` of them: the walk stops there."""
         b0 = start // BS
-        b1 = (min(start + length, max(file_size, 0)) + BS - 1) // BS if length else b0
+        b1 = -(-min(start + length, max(file_size, 0)) // BS)
         out = []
-        for f, p, n in self.extents(ino, b0, max(b1, b0)):
+        for f, p, n in self._iter_extents(ino, b0, max(b1, b0)):
             for s, k, rc in self.refc.segments(p, n):
                 flags = FIEMAP_EXTENT_SHARED if rc > 1 else 0
                 logical = (f + (s - p)) * BS
@@ -395,6 +559,10 @@ class FileMap:
                                             last.length + k * BS, flags))
                 else:
                     out.append(FiemapExtent(logical, s * BS, k * BS, flags))
+            if limit is not None and len(out) > limit:
+                break
+        if limit is not None:
+            out = out[:limit]
         if out:
             end_blk = self.last_block(ino)
             last = out[-1]

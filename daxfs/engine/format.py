@@ -74,6 +74,12 @@ def name_hash(name: bytes) -> int:
     return crc32c.crc32c(name) & 0x7FFFFFFF
 
 
+def valid_name(name: bytes, namelen: int) -> bool:
+    """Is a name read from a directory record one a directory may hold?"""
+    return 0 < namelen <= NAME_MAX and len(name) == namelen and b"/" not in name \
+        and b"\0" not in name and name not in (b".", b"..")
+
+
 # rmap owners.  File data is owned by its inode number (< 2**62); metadata
 # has named owners at the top of the u64 range, as XFS's XFS_RMAP_OWN_*.
 OWN_MAX_INO = (1 << 62) - 1

@@ -12,8 +12,8 @@ import time
 
 from .attrs import Attr
 from .delayed import Delayed, apply_in_steps
-from .errors import Corrupted, NoSpace, NotFound
-from .format import BLOCK_SIZE, MAX_FILE_BYTES, OWN_MAX_INO
+from .errors import Corrupted, DamagedFile, NoSpace, NotFound
+from .format import BLOCK_SIZE, LINK_MAX, MAX_FILE_BYTES, OWN_MAX_INO, SYMLINK_MAX
 
 _FIELDS = ("ino", "mode", "nlink", "uid", "gid", "size", "blocks", "atime", "mtime",
            "ctime", "btime", "rdev", "parent", "flags", "generation")
@@ -54,6 +54,23 @@ class Inode:
 
 
 CACHE_MAX = 65536
+_FILE_TYPES = frozenset((stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK, stat.S_IFIFO, stat.S_IFCHR,
+                         stat.S_IFBLK, stat.S_IFSOCK))
+
+
+def check_record(rec: tuple) -> None:
+    """An inode record read from the image is hostile until checked: every
+    number later used as a size, a count or an allocation bound is bounded
+    here (DamagedFile: EUCLEAN for this inode only)."""
+    ino, mode, nlink, size, blocks = rec[0], rec[1], rec[2], rec[5], rec[6]
+    if stat.S_IFMT(mode) not in _FILE_TYPES:
+        raise DamagedFile(ino, f"bad file type in mode {mode:o}")
+    if size > MAX_FILE_BYTES or blocks > MAX_FILE_BYTES // BLOCK_SIZE + 1:
+        raise DamagedFile(ino, f"impossible size {size} or block count {blocks}")
+    if stat.S_ISLNK(mode) and size > SYMLINK_MAX:
+        raise DamagedFile(ino, f"symbolic link of {size} bytes (at most {SYMLINK_MAX})")
+    if stat.S_ISDIR(mode) and nlink > LINK_MAX + 2:
+        raise DamagedFile(ino, f"directory with {nlink} links")
 
 
 class Inodes(Delayed):
@@ -99,8 +116,8 @@ class Inodes(Delayed):
         rec = self.tree.lookup((ino,)) if cur is None else cur[0]
         if rec is None:
             raise NotFound(f"inode {ino} does not exist")
-        if rec[5] > MAX_FILE_BYTES or rec[6] > MAX_FILE_BYTES // BLOCK_SIZE:
-            raise Corrupted(0, f"inode {ino}: impossible size {rec[5]} or block count {rec[6]}")
+        if cur is None:
+            check_record(rec)       # (records of this mount are sound by construction)
         inode = Inode.from_rec(rec)
         if len(self._cache) >= CACHE_MAX:
             self._cache.clear()

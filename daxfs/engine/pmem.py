@@ -113,14 +113,15 @@ class Pmem:
     """A mapped image file: the device every other layer stores into."""
 
     def __init__(self, path: str, *, readonly: bool = False, private: bool = False,
-                 lock: bool = True):
+                 lock: bool = True, fd: int | None = None):
+        """`fd`: the image already open (mkfs), owned from here on."""
         self.path = path
         self.readonly = readonly
         self.private = private
         self._view_holders = []
         flags = os.O_RDONLY if readonly else os.O_RDWR
         try:
-            self.fd = os.open(path, flags | os.O_CLOEXEC)
+            self.fd = os.open(path, flags | os.O_CLOEXEC) if fd is None else fd
         except FileNotFoundError:
             raise NotAnImage(f"{path}: no such file") from None
         except IsADirectoryError:
@@ -156,10 +157,10 @@ class Pmem:
             if readonly:
                 self.buf = self.buf.view()
                 self.buf.flags.writeable = False
+            self.bad = BadBlocks(path, self.nblocks)
         except BaseException:
             self._release()
             raise
-        self.bad = BadBlocks(path)
         self._can_back = _fallocate is not None
         self._backed: set[int] = set()        # BACK_CHUNK chunks given host space
 

@@ -117,27 +117,38 @@ def _fill_paths(fs, owners: list[Owner]) -> None:
     want = {o.owner for o in owners if o.kind != "metadata"}
     if not want:
         return
-    names: dict[int, list[str]] = {}
-    parents: dict[int, tuple[int, bytes]] = {}
     try:
-        for d in map(DirentRec._make, fs.vol.trees["dir"].scan()):
-            if d.ino in want:
-                names.setdefault(d.ino, []).append((d.parent, d.name))
-            parents.setdefault(d.ino, (d.parent, d.name))
+        found = paths_of(((d.parent, d.ino, d.name) for d in
+                          map(DirentRec._make, fs.vol.trees["dir"].scan())), want)
     except (Corrupted, MediaError):
         return
+    for o in owners:
+        o.paths = found.get(o.owner, [])
 
-    def path_of(parent: int, name: bytes) -> str:
-        parts = [name.decode(errors="replace")]
+
+def paths_of(entries, want) -> dict[int, list[str]]:
+    """The paths of the inodes in `want` (every hard link), from the
+    directory entries (parent, ino, name) of the whole tree in any order;
+    names are bytes or already decoded."""
+    names: dict[int, list[tuple[int, str]]] = {}
+    parents: dict[int, tuple[int, str]] = {}
+    for parent, ino, name in entries:
+        if isinstance(name, bytes):
+            name = name.decode(errors="replace")
+        if ino in want:
+            names.setdefault(ino, []).append((parent, name))
+        parents.setdefault(ino, (parent, name))
+
+    def path_of(parent: int, name: str) -> str:
+        parts = [name]
         seen = 0
         while parent != 1 and parent in parents and seen < 4096:
             parent, nm = parents[parent]
-            parts.append(nm.decode(errors="replace"))
+            parts.append(nm)
             seen += 1
         return "/" + "/".join(reversed(parts))
 
-    for o in owners:
-        o.paths = [path_of(p, nm) for p, nm in names.get(o.owner, [])]
+    return {ino: [path_of(p, nm) for p, nm in links] for ino, links in names.items()}
 
 
 # ---- the failure handler ---------------------------------------------------------

@@ -121,6 +121,18 @@ class Rmap(Delayed):
         self.map(bno, new, 0, 1)
 
     # ---- queries -------------------------------------------------------------
+    def record(self, bno: int, owner: int, offset: int) -> tuple[int, int] | None:
+        """(len, flags) of the record with exactly this key, pending
+        changes included, or None."""
+        key = (bno, owner, offset)
+        v = self._pending.get(key, ABSENT)
+        if v is ABSENT:
+            rec = self.tree.lookup(key)
+            return None if rec is None else (rec[3], rec[4])
+        if v == _GONE:
+            return None
+        return (v >> 1 & _LEN_MASK, v >> 41)
+
     def owners(self, lo: int, hi: int) -> list[tuple]:
         """Every record overlapping blocks [lo, hi] as (bno, owner, offset, len, flags)."""
         if self.tree is None:

@@ -24,11 +24,12 @@ from collections import namedtuple
 
 from .btree import TreeSpec
 from .format import (BLOCK_SIZE, BMAP_DTYPE, DIRENT_DTYPE, DT_OF_FMT, EXT_NONE, FMT_OF_DT,
-                     FREE_DTYPE, INODE_DTYPE, MAX_FILE_BLOCKS, MAX_FILE_BYTES, NAME_MAX,
+                     FREE_DTYPE, INODE_DTYPE, MAX_FILE_BLOCKS, MAX_FILE_BYTES,
                      ORPHAN_DTYPE, OWN_AG, OWN_FS, OWN_LOG, OWN_MAX_INO, REFC_DTYPE, RMAP_ATTR,
                      RMAP_DTYPE, SYMLINK_MAX, TREE_BMAP, TREE_DIR, TREE_FREE, TREE_INODE,
                      TREE_NAMES, TREE_ORPHAN, TREE_REFC, TREE_RMAP, TREE_XATTR, XATTR_DTYPE,
-                     XATTR_INLINE_MAX, XATTR_NAME_MAX, XATTR_VALUE_MAX, name_hash, own_tree)
+                     XATTR_INLINE_MAX, XATTR_NAME_MAX, XATTR_VALUE_MAX, name_hash, own_tree,
+                     valid_name)
 
 
 def record_type(name: str, dtype):
@@ -79,9 +80,8 @@ def check_dirent(r: DirentRec, total_blocks: int) -> str | None:
     if not _ino_ok(r.parent):
         return f"directory entry {name!r} in impossible directory inode {r.parent}"
     what = f"directory {r.parent}: entry {name!r}"
-    if not _name_ok(name, r.namelen, NAME_MAX) or b"/" in name or b"\0" in name \
-            or name in (b".", b".."):
-        return f"{what}: invalid name (length {r.namelen})"
+    if not valid_name(name, r.namelen):
+        return f"{what} is not a valid name (length {r.namelen})"
     if not _ino_ok(r.ino):
         return f"{what} names impossible inode {r.ino}"
     if r.ftype not in FMT_OF_DT:

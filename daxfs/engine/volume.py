@@ -17,7 +17,8 @@ import numpy as np
 
 from .alloc import Allocator, POOL_TARGET
 from .btree import BTree
-from .errors import Corrupted, InvalidArgument
+from . import files
+from .errors import Corrupted, Exists, InvalidArgument, UnsafeFile
 from .format import (BLOCK_SIZE, FEAT_REFLINK, FEAT_RMAP, FIRST_INO, FORMAT_VERSION,
                      MIN_IMAGE_BYTES, SB_DTYPE, SB_MAGIC)
 from .journal import Journal, replay
@@ -36,6 +37,23 @@ def _back_fixed(pmem: Pmem, log_start: int, log_blocks: int) -> None:
     """Host space for the superblocks and the log (Pmem.back)."""
     pmem.back(0, log_start + log_blocks)
     pmem.back(secondary_bno(pmem.nblocks))
+
+
+def _open_target(path: str, force: bool) -> int:
+    """The image file mkfs writes, opened without following a symlink."""
+    try:
+        fd = files.open_regular(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600, what="image")
+    except FileExistsError:
+        fd = files.open_regular(path, os.O_RDWR, what="image")
+    if os.fstat(fd).st_nlink > 1:
+        os.close(fd)
+        raise UnsafeFile(f"{path}: the file has other names (hard links); refusing to"
+                         " overwrite it")
+    return fd
+
+
+def _holds_superblock(fd: int) -> bool:
+    return os.pread(fd, len(SB_MAGIC), 0) == SB_MAGIC
 
 
 class Volume:
@@ -94,23 +112,37 @@ class Volume:
             raise
 
     @classmethod
-    def create(cls, path: str, size: int, *, rmap: bool = True, private: bool = False) -> "Volume":
+    def create(cls, path: str, size: int, *, rmap: bool = True, private: bool = False,
+               force: bool = False) -> "Volume":
+        """Make a new filesystem in the file at `path` (created if missing).
+        An existing non-empty file is overwritten only with `force`; the
+        target is never followed as a symlink, must be a regular file with
+        no other names (a hard link to another file is refused), and is
+        opened once: what is checked is what is written."""
         if size < MIN_IMAGE_BYTES:
             raise InvalidArgument(f"size {size} is below the minimum of {MIN_IMAGE_BYTES} bytes (16 MiB)")
         if size > MAX_IMAGE_BYTES:
             raise InvalidArgument(f"size {size} is above the maximum of {MAX_IMAGE_BYTES} bytes")
         size -= size % BLOCK_SIZE
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = _open_target(path, force)
         try:
             lock_for_create(fd, path)        # never truncate an image in use
+            st = os.fstat(fd)
+            if st.st_size and not force:
+                what = "a daxfs image" if _holds_superblock(fd) else "data that is not a daxfs image"
+                raise Exists(f"{path} already holds {what}; use --force to overwrite it")
+            # a size the host cannot hold (EFBIG) fails here, before an
+            # existing file has lost anything
+            os.ftruncate(fd, max(size, st.st_size))
             # also when overwriting a file: the image holds every file's
             # bytes, readable by anyone who may read the image
             os.fchmod(fd, 0o600)
             os.ftruncate(fd, 0)
             os.ftruncate(fd, size)
-        finally:
+            pmem = Pmem(path, private=private, fd=fd)
+        except BaseException:
             os.close(fd)
-        pmem = Pmem(path, private=private)
+            raise
         try:
             total = pmem.nblocks
             log_start, log_blocks = layout(total)

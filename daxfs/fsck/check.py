@@ -13,6 +13,8 @@ A fixed list of named invariant checks, run in order (as S3QL's fsck):
                 symlinks, orphans, the superblock's counters
   directories   every entry names a live inode; link counts equal the
                 entries; every directory has one parent; no lost inodes
+  directory sizes  a directory's size is the bytes of its entries
+                (dirs.dir_sizes)
   space         every block is exactly one of free, metadata or file data;
                 free space is the complement of everything owned; the
                 superblock's free count agrees
@@ -32,6 +34,7 @@ import sys
 
 import numpy as np
 
+from daxfs.engine.dirs import DIR_HEAD_BYTES, dir_sizes
 from daxfs.engine.format import (BLOCK_SIZE, DT_OF_FMT, OWN_LOG, OWN_MAX_INO, RMAP_ATTR, ROOT_INO,
                                  own_tree, owner_name)
 from daxfs.engine.superblock import secondary_bno, static_owners, verify_copy
@@ -43,7 +46,8 @@ MAX_LINES = 20          # record-check lines per tree before "N more"
 
 
 class Checker:
-    CHECKS = ("superblocks", "trees", "inodes", "directories", "space", "refcount", "rmap")
+    CHECKS = ("superblocks", "trees", "inodes", "directories", "directory_sizes", "space",
+              "refcount", "rmap")
 
     def __init__(self, vol, *, progress: bool = False):
         self.vol = vol
@@ -236,6 +240,17 @@ class Checker:
                     continue
             if nlink != want:
                 self.problem(f"{self._where(ino)}: link count {nlink}, should be {want}")
+
+    def check_directory_sizes(self) -> None:
+        """A live directory's size is the bytes of its entries (dirs.py)."""
+        if "dir" in self.bad_trees or "inode" in self.bad_trees:
+            return
+        sizes = dir_sizes((e.parent, e.name) for e in self._records("dir"))
+        for ino, rec in self.inodes.items():
+            want = sizes.get(ino, DIR_HEAD_BYTES)
+            if stat.S_ISDIR(rec.mode) and rec.nlink and rec.size != want:
+                self.problem(f"{self._where(ino)}: directory size {rec.size}, its entries make"
+                             f" {want}")
 
     # ---- space ----------------------------------------------------------------
     def _meta_ranges(self) -> list[RmapRec]:

@@ -13,7 +13,9 @@
   /lost+found, named by their inode number, as xfs_repair does.
 * Link counts, parent pointers and block counts are recounted; a size no
   file can have is set from the extents (never above the maximum file
-  size); every inode with no link goes on the orphan list.
+  size), a symbolic link's from its target, a directory's from its
+  entries (dirs.dir_sizes); every inode with no link goes on the orphan
+  list.
 
 Reads and writes `state.inodes`, `dirents`, `orphans`; reads `extents`.
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import stat
 
+from daxfs.engine.dirs import DIR_HEAD_BYTES, dir_sizes
 from daxfs.engine.format import (BLOCK_SIZE as BS, DT_OF_FMT, MAX_FILE_BYTES, ROOT_INO,
                                  SYMLINK_MAX, name_hash)
 from daxfs.engine.trees import DirentRec, check_dirent
@@ -37,6 +40,7 @@ def run(st) -> None:
     ns.fix_entries()
     ns.connect()
     ns.fix_counts()
+    ns.fix_dir_sizes()
 
 
 class Namespace:
@@ -291,3 +295,16 @@ class Namespace:
         top = max(inodes) if inodes else ROOT_INO
         if st.next_ino <= top:
             st.next_ino = top + 1
+
+    def fix_dir_sizes(self) -> None:
+        """A live directory's size is the bytes of its entries (dirs.py);
+        after the entries are mended, so lost+found's too."""
+        st = self.st
+        sizes = dir_sizes((e.parent, e.name) for e in st.dirents)
+        for ino, r in self.inodes.items():
+            if stat.S_ISDIR(r.mode) and r.nlink:
+                want = sizes.get(ino, DIR_HEAD_BYTES)
+                if r.size != want:
+                    if ino not in st.created:
+                        st.fix(f"{st.where(ino)}: directory size {r.size} set to {want}")
+                    self.inodes[ino] = r._replace(size=want)

@@ -77,15 +77,17 @@ from __future__ import annotations
 
 import stat
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 from daxfs import host
 from daxfs.control import protocol as control
 from daxfs.engine import acl
-from daxfs.engine.attrs import DedupeResult
+from daxfs.engine.attrs import FILE_DEDUPE_RANGE_DIFFERS, DedupeResult
+from daxfs.engine.format import BLOCK_SIZE
 from daxfs.fuse.callers import Caller, check_source_fd, may_read
-from daxfs.engine.errors import (BadFileDescriptor, CrossDevice, DaxfsError, InvalidArgument,
-                                 IsADirectory, NoAttribute, NotFound, PermissionDenied)
+from daxfs.engine.errors import (BadFileDescriptor, Corrupted, CrossDevice, DaxfsError,
+                                 InvalidArgument, IsADirectory, NoAttribute, NoSpace, NotFound,
+                                 PermissionDenied)
 
 __all__ = ["Action", "ControlServer", "own_mount_device"]
 
@@ -101,7 +103,7 @@ def own_mount_device(image: str, mountinfo: str = host.MOUNTINFO) -> int | None:
     want = host.mount_source(image)
     try:
         found = {m.dev for m in host.mounts(mountinfo)
-                 if m.fstype.startswith("fuse") and m.source == want}
+                 if m.is_daxfs and m.source == want}
     except OSError:
         return None
     return found.pop() if len(found) == 1 else None
@@ -109,15 +111,24 @@ def own_mount_device(image: str, mountinfo: str = host.MOUNTINFO) -> int | None:
 
 @dataclass
 class Action:
-    """A checked setxattr request: invalidate `before`, `perform()`,
-    invalidate `after`, reply."""
+    """A checked setxattr request: hold `before` (inode_locks), invalidate
+    `before`, run `steps()` (a generator: one bounded step of the engine's
+    work per item, the caller lets other requests in between), invalidate
+    `after`, reply.  `perform()` runs every step at once."""
 
     before: tuple[int, ...]
     after: tuple[int, ...]
-    _run: Callable[[], object]
+    steps: Callable[[], Iterator[None]]
 
     def perform(self):
-        return self._run()
+        """Every step at once; the request's outcome (the bytes cloned, the
+        DedupeResult)."""
+        steps = self.steps()
+        while True:
+            try:
+                next(steps)
+            except StopIteration as stop:
+                return stop.value
 
 
 def _unique(*inos: int) -> tuple[int, ...]:
@@ -156,8 +167,8 @@ class ControlServer:
         start, length, _flags = control.parse_fiemap_name(name)
         # FIEMAP_FLAG_SYNC: the data is in the mapping already (the client
         # wrote back the kernel's dirty pages before asking).
-        extents = self.fs.fiemap(ino, start, length)
-        return control.encode_fiemap(extents[:control.FIEMAP_MAX_EXTENTS_PER_CALL])
+        extents = self.fs.fiemap(ino, start, length, control.FIEMAP_MAX_EXTENTS_PER_CALL)
+        return control.encode_fiemap(extents)
 
     # ----------------------------------------------------------- setxattr
 
@@ -217,22 +228,71 @@ class ControlServer:
         if not stat.S_ISREG(src.mode) or not stat.S_ISREG(dst.mode):
             raise InvalidArgument("can only clone regular files")
 
-    def _clone(self, caller: Caller, ino: int, req: control.Request) -> int:
+    def _clone(self, caller: Caller, ino: int, req: control.Request) -> Iterator[None]:
+        """The clone in steps (the engine's step budget of extents each).
+        Writers are not held back meanwhile (the kernel holds their pages,
+        see inode_locks.py), so the range is settled first: a partial last
+        block at the source's EOF goes in the first step, with the checks
+        of the whole request; the whole blocks before it follow, each step
+        a clone of an aligned range well inside both files."""
         # again after the adapter's await: the files may have changed
         self._check_readable(caller, req.src_ino)
         self._check_types(req.src_ino, ino)
+        count = self.fs.remap_count(req.src_ino, req.src_off, ino, req.dst_off, req.length)
+        whole = count - count % BLOCK_SIZE
         # uid 0 stands for CAP_FSETID (root keeps the set-id bits)
-        return self.fs.clone_range(req.src_ino, req.src_off, ino, req.dst_off, req.length,
-                                   fsetid=caller.uid == 0, in_group=caller.in_group)
+        privs = {"fsetid": caller.uid == 0, "in_group": caller.in_group}
+        if whole < count:
+            self.fs.clone_range(req.src_ino, req.src_off + whole, ino, req.dst_off + whole,
+                                count - whole, **privs)
+            if whole:
+                yield
+        done = 0
+        while done < whole:
+            n = self.fs.clone_range(req.src_ino, req.src_off + done, ino, req.dst_off + done,
+                                    whole - done, **privs)
+            if n == 0:
+                break                       # (the source shrank meanwhile)
+            done += n
+            if done < whole:
+                yield
+        return count
 
-    def _dedupe(self, caller: Caller, ino: int, req: control.Request) -> DedupeResult:
+    def _dedupe(self, caller: Caller, ino: int, req: control.Request) -> Iterator[None]:
+        """Compare and share piece by piece (the engine's dedupe_step: each
+        piece compared and shared in one go, holes compared as holes).  The
+        outcome goes to the result table (per destination, as FIDEDUPERANGE
+        reports it); pieces shared before one that differs stay shared
+        (their bytes were the same)."""
         self.results.drop(caller.pid, ino)
         self._check_readable(caller, req.src_ino)
         length = min(req.length, control.DEDUPE_MAX_LENGTH)
-        results = self.fs.dedupe_range(req.src_ino, req.src_off, length,
-                                       [(ino, req.dst_off)])
-        if len(results) != 1:
-            raise DaxfsError(f"engine gave {len(results)} dedupe results for one")
-        result = results[0]
+        fs = self.fs
+        try:
+            count = fs.remap_count(req.src_ino, req.src_off, ino, req.dst_off, length, True)
+        except (Corrupted, NoSpace):
+            raise
+        except DaxfsError as e:
+            return self._result(caller, ino, DedupeResult(-e.errno, 0))
+        done = 0
+        while done < count:
+            try:
+                n, same = fs.dedupe_step(req.src_ino, req.src_off + done, ino,
+                                         req.dst_off + done, count - done)
+            except (Corrupted, NoSpace):
+                raise
+            except DaxfsError as e:         # (a file changed size meanwhile)
+                return self._result(caller, ino, DedupeResult(-e.errno, 0))
+            if not same:
+                return self._result(caller, ino, DedupeResult(FILE_DEDUPE_RANGE_DIFFERS, 0))
+            if n == 0:
+                break
+            done += n
+            if done < count:
+                yield
+        # the length asked for, even if shortened (vfs_dedupe_file_range)
+        return self._result(caller, ino, DedupeResult(0, length))
+
+    def _result(self, caller: Caller, ino: int, result: DedupeResult) -> DedupeResult:
         self.results.store(caller.pid, ino, result)
         return result

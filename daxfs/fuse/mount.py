@@ -3,7 +3,8 @@ and take everything down again in the right order.
 
 What this module owns
 ---------------------
-* the FUSE mount options (`fuse_options`): fsname=daxfs:IMAGE,
+* the FUSE mount options (`fuse_options`): fsname=IMAGE (the mount's
+  source is the image's path, daxfs/host.py `mount_source`),
   subtype=daxfs, default_permissions always, allow_other when root;
 * the lifecycle, built as an `AsyncExitStack` around a trio nursery (the
   way S3QL's mount.py does it): every resource registers its cleanup as
@@ -47,8 +48,19 @@ SUBTYPE = "daxfs"
 
 
 def _escape_opt(value: str) -> str:
-    """libfuse splits -o on commas; a backslash escapes the next character."""
-    return value.replace("\\", "\\\\").replace(",", "\\,")
+    """`value` as libfuse's option parser (fuse_opt.c) reads it back: it
+    splits -o on commas, a backslash escapes the next character, and a
+    backslash with three octal digits is that byte.  pyfuse3 hands options
+    over as ASCII, so every other byte (a non-ASCII path) goes as octal."""
+    out = []
+    for byte in os.fsencode(value):
+        if byte in b"\\,":
+            out.append("\\" + chr(byte))
+        elif 0x20 <= byte < 0x7F:
+            out.append(chr(byte))
+        else:
+            out.append(f"\\{byte:03o}")
+    return "".join(out)
 
 
 # Atime options the daemon applies itself (libfuse 3 refuses them).

@@ -9,7 +9,11 @@ What this module owns
   where exceptions become errno values.  A `DaxfsError` answers its own
   ``.errno``; `pyfuse3.FUSEError` passes through; anything else is logged
   with its traceback and answered EIO (an exception escaping a handler would
-  end the whole mount);
+  end the whole mount).  What it logs goes through an `ErrorLog`
+  (daxfs/fuse/error_log.py): the first occurrences of each kind in full,
+  then a count per interval, so a shut-down mount hammered with requests
+  keeps a small log; a request is logged by its numbers and names
+  (`_request_text`), never by the repr of pyfuse3's objects;
 * the kernel's lookup counts (lookup/create/mkdir/mknod/symlink/link and
   readdirplus entries +1, forget -n); when a count reaches zero the engine
   is told with `fs.forget(ino)` (which queues an unlinked inode, freed by
@@ -97,9 +101,13 @@ import trio
 from daxfs.engine import acl
 from daxfs.control import protocol as control
 from . import binding
+from .inode_locks import InodeLocks, between_steps
 from daxfs.control.admin import AdminServer, is_admin_name
 from .control_server import Caller, ControlServer, own_mount_device
-from daxfs.engine.errors import DaxfsError
+from daxfs.engine.errors import DaxfsError, DamagedFile, TrimFirst
+from daxfs.engine.fs import STEP_BUDGET
+from daxfs.engine.ranges import MAX_BYTES
+from .error_log import ErrorLog
 from .kernel_size import KernelSizes
 
 log = logging.getLogger(__name__)
@@ -127,6 +135,25 @@ def _foreign_system_name(name: bytes) -> bool:
     return name.startswith(SYSTEM_PREFIX) and name not in acl.NAMES
 
 
+ARG_TEXT_MAX = 60       # characters of one request argument in the log
+
+
+def _request_text(args) -> str:
+    """A request's arguments for the log: numbers, names and flags, and
+    who asked (pid, uid); never the repr of pyfuse3's objects (a
+    RequestContext's is an address) nor the data of a write."""
+    parts, who = [], ""
+    for arg in args:
+        if isinstance(arg, pyfuse3.RequestContext):
+            who = f" from pid {arg.pid} uid {arg.uid}"
+        elif isinstance(arg, (bytes, bytearray, memoryview)) and len(arg) > ARG_TEXT_MAX // 2:
+            parts.append(f"<{len(arg)} bytes>")
+        elif isinstance(arg, (int, float, str, bytes)) or arg is None:
+            text = repr(arg)
+            parts.append(text if len(text) <= ARG_TEXT_MAX else text[:ARG_TEXT_MAX] + "...")
+    return f"({', '.join(parts)}){who}"
+
+
 def _boundary(*, mutates: bool = False):
     """Wrap a handler: the one place where exceptions become errno values.
 
@@ -140,16 +167,25 @@ def _boundary(*, mutates: bool = False):
         async def run(self, *args, **kwargs):
             self._last_request = time.monotonic()
             try:
-                return await handler(self, *args, **kwargs)
+                try:
+                    return await handler(self, *args, **kwargs)
+                except TrimFirst as e:
+                    # blocks past EOF still being freed in steps: finish
+                    # that, letting other requests in, then do this one
+                    await self._trim(e.ino)
+                    return await handler(self, *args, **kwargs)
             except pyfuse3.FUSEError:
                 raise
             except DaxfsError as exc:
                 code = getattr(exc, "errno", None) or errno.EIO
                 if code == errno.EIO:
-                    log.warning("%s%r: %s", name, args[:2], exc)
+                    self.errors.error(f"{name}: {type(exc).__name__}", logging.WARNING,
+                                      "%s%s: %s", name, _request_text(args), exc)
                 raise pyfuse3.FUSEError(code) from None
-            except Exception:
-                log.exception("unexpected error in %s%r: answering EIO", name, args[:2])
+            except Exception as exc:
+                self.errors.error(f"{name}: {type(exc).__name__}", logging.ERROR,
+                                  "unexpected error in %s%s: answering EIO",
+                                  name, _request_text(args), exc_info=True)
                 raise pyfuse3.FUSEError(errno.EIO) from None
             finally:
                 if mutates:
@@ -221,18 +257,29 @@ class Operations(pyfuse3.Operations):
         self._shrunk: set[int] = set()     # see `_read_after_shrink`
         self._changes: dict[int, list[_Change]] = {}   # see `_control_setxattr`
         fs.defer_inactive = True           # freed by inactive_loop (fs.forget)
+        fs.budget = STEP_BUDGET            # long work in steps (inode_locks.py)
+        self.locks = InodeLocks()
         self.control = ControlServer(fs)   # daxfs/fuse/control_server.py
         self.admin = AdminServer(fs)       # daxfs/control/admin.py
+        self.errors = ErrorLog(log)        # daxfs/fuse/error_log.py
 
     # ---------------------------------------------------------------- helpers
 
     def _entry(self, attr) -> pyfuse3.EntryAttributes:
-        """Attr -> EntryAttributes (also used by readdir)."""
+        """Attr -> EntryAttributes (also used by readdir).  Never a value
+        pyfuse3 cannot encode (st_size and st_blocks are signed 64-bit):
+        the engine bounds them (engine/ranges.py); this is the last guard."""
+        if not (0 <= attr.size <= MAX_BYTES and 0 <= attr.blocks <= MAX_BYTES // 512):
+            raise DamagedFile(attr.ino, f"size {attr.size} or block count {attr.blocks}"
+                                        " out of range")
         e = pyfuse3.EntryAttributes()
         e.st_ino = attr.ino
         e.generation = attr.generation
-        e.entry_timeout = ENTRY_TIMEOUT
-        e.attr_timeout = ATTR_TIMEOUT
+        if attr.damaged:        # never cached: each use asks, and fails with EUCLEAN
+            e.entry_timeout = e.attr_timeout = 0
+        else:
+            e.entry_timeout = ENTRY_TIMEOUT
+            e.attr_timeout = ATTR_TIMEOUT
         e.st_mode = attr.mode
         e.st_nlink = attr.nlink
         e.st_uid = attr.uid
@@ -347,12 +394,17 @@ class Operations(pyfuse3.Operations):
         """Group commit: make every change durable once per `interval`."""
         while True:
             await trio.sleep(interval)
+            self.errors.flush()
             if self._dirty:
                 self._dirty = False
                 try:
                     self.fs.commit(durable=False)
+                except DaxfsError as exc:   # e.g. shut down
+                    self.errors.error("commit", logging.WARNING,
+                                      "background commit failed: %s", exc)
                 except Exception:
-                    log.exception("background commit failed")
+                    self.errors.error("commit", logging.ERROR, "background commit failed",
+                                      exc_info=True)
 
     async def inactive_loop(self, idle: float = INACTIVE_IDLE) -> None:
         """Free the unlinked inodes the kernel has forgotten (fs.forget
@@ -365,7 +417,7 @@ class Operations(pyfuse3.Operations):
         for a gap less and less often (up to INACTIVE_RECHECK_MAX apart):
         each timed wake-up is a trip through trio's cancellation."""
         while True:
-            if not self.fs.pending_inactive():
+            if not (self.fs.pending_inactive() or self.fs.pending_trims()):
                 self._inactive_queued = trio.Event()
                 await self._inactive_queued.wait()
             delay = idle
@@ -373,17 +425,45 @@ class Operations(pyfuse3.Operations):
             while time.monotonic() - self._last_request < idle:
                 delay = min(2 * delay, INACTIVE_RECHECK_MAX)
                 await trio.sleep(delay)
-            while self.fs.pending_inactive():
+            while self.fs.pending_inactive() or self.fs.pending_trims():
                 if time.monotonic() - self._last_request < idle:
                     break
                 try:
-                    self.fs.reap_inactive(1)
+                    self._background_step()
                 except DaxfsError as exc:   # e.g. shut down: freed at the next mount
-                    log.warning("freeing an unlinked inode: %s", exc)
+                    self.errors.error("free in background", logging.WARNING,
+                                      "freeing blocks in the background: %s", exc)
                 except Exception:
-                    log.exception("freeing an unlinked inode failed")
+                    self.errors.error("free in background", logging.ERROR,
+                                      "freeing blocks in the background failed", exc_info=True)
                 self._dirty = True
                 await trio.sleep(0)
+
+    def _wake_background(self) -> None:
+        """Something was queued for `inactive_loop` (an unlinked inode, a
+        truncation's blocks): wake it if it sleeps."""
+        queued = self._inactive_queued
+        if queued is not None and not queued.is_set() and \
+                (self.fs.pending_inactive() or self.fs.pending_trims()):
+            queued.set()
+
+    def _background_step(self) -> None:
+        """One bounded step of freeing: blocks past EOF of a file truncated
+        in steps (unless a long request holds it), else the oldest unlinked
+        inode."""
+        for ino in self.fs.pending_trims():
+            if not self.locks.busy(ino):
+                self.fs.trim_step(ino)
+                return
+        if self.fs.pending_inactive():
+            self.fs.reap_step()
+
+    async def _trim(self, ino: int) -> None:
+        """Free the blocks past EOF of `ino` in steps, other requests in
+        between, holding the inode."""
+        async with self.locks.hold(ino):
+            while not self.fs.trim_step(ino):
+                await between_steps()
 
     def forget_all(self) -> None:
         """After unmount: drop the references the kernel never forgot."""
@@ -392,9 +472,12 @@ class Operations(pyfuse3.Operations):
             try:
                 self.fs.forget(ino)
             except DaxfsError as exc:
-                log.warning("forget(%d) at unmount: %s", ino, exc)
+                self.errors.error("forget at unmount", logging.WARNING,
+                                  "forget(%d) at unmount: %s", ino, exc)
             except Exception:
-                log.exception("forget(%d) at unmount failed", ino)
+                self.errors.error("forget at unmount", logging.ERROR,
+                                  "forget(%d) at unmount failed", ino, exc_info=True)
+        self.errors.flush(everything=True)
 
     # --------------------------------------------------------- names, inodes
 
@@ -419,14 +502,12 @@ class Operations(pyfuse3.Operations):
                 if ino != pyfuse3.ROOT_INODE:
                     self.fs.forget(ino)
                     self._dirty = True
-                    queued = self._inactive_queued
-                    if queued is not None and not queued.is_set() \
-                            and self.fs.pending_inactive():
-                        queued.set()
+                    self._wake_background()
             except DaxfsError as exc:       # e.g. shut down: the inode is freed at next open
-                log.warning("forget(%d, %d): %s", ino, n, exc)
+                self.errors.error("forget", logging.WARNING, "forget(%d, %d): %s", ino, n, exc)
             except Exception:
-                log.exception("forget(%d, %d) failed", ino, n)
+                self.errors.error("forget", logging.ERROR, "forget(%d, %d) failed", ino, n,
+                                  exc_info=True)
 
     @_boundary()
     async def getattr(self, inode, ctx):
@@ -453,7 +534,9 @@ class Operations(pyfuse3.Operations):
             kw["mtime_ns"] = attr.st_mtime_ns
         if fields.update_ctime:
             kw["ctime_ns"] = attr.st_ctime_ns
-        return self._entry(self.fs.setattr(inode, **kw))
+        entry = self._entry(self.fs.setattr(inode, **kw))
+        self._wake_background()         # a truncation's blocks may wait for it
+        return entry
 
     @_boundary()
     async def readlink(self, inode, ctx):
@@ -511,6 +594,7 @@ class Operations(pyfuse3.Operations):
             if self.fs.getattr(inode).size:
                 self._shrunk.add(inode)
             self.fs.setattr(inode, size=0)
+            self._wake_background()
         return self._file_info(inode)
 
     @_boundary(mutates=True)
@@ -710,6 +794,13 @@ class Operations(pyfuse3.Operations):
           size answered in between would meet pages from before."""
         self._control_device()
         action = self.control.prepare(Caller.from_ctx(ctx), inode, name, value)
+        async with self.locks.hold(*action.before):
+            await self._run_control(action)
+
+    async def _run_control(self, action) -> None:
+        """`_control_setxattr`'s body, with the files held: invalidate,
+        change the mapping in steps (others' requests in between), invalidate
+        again."""
         changes = [(ino, _Change()) for ino in action.after]
         for ino, change in changes:
             self._changes.setdefault(ino, []).append(change)
@@ -722,7 +813,8 @@ class Operations(pyfuse3.Operations):
             for i, ino in enumerate(action.before):
                 await self._invalidate(ino, then=activate if i == len(action.before) - 1 else None)
             activate()
-            action.perform()
+            for _ in action.steps():
+                await between_steps()
             for _, change in changes:
                 change.performed.set()
             for ino in action.after:

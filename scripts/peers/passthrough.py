@@ -337,12 +337,16 @@ def main(argv=None) -> int:
     p.add_argument("source")
     p.add_argument("mountpoint")
     p.add_argument("--debug", action="store_true")
+    p.add_argument("--subtype", default="passthrough",
+                   help="the mount's type is fuse.SUBTYPE (tests use 'daxfs': a file"
+                        " system that keeps control requests as plain xattrs, to check"
+                        " the bytes the preload library sends)")
     p.add_argument("--daxfs-loop", action="store_true",
                    help="serve with the daxfs daemon's request loop and collector set-up")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    opts = {"fsname=passthrough:" + os.path.abspath(args.source), "subtype=passthrough",
+    opts = {"fsname=passthrough:" + os.path.abspath(args.source), "subtype=" + args.subtype,
             "default_permissions"}
     if os.geteuid() == 0:
         opts.add("allow_other")

@@ -9,8 +9,9 @@
  *
  * Everything that is not a file on a daxfs mount falls through to the real
  * libc function (dlsym(RTLD_NEXT)) untouched.  "Is this fd on a daxfs
- * mount?" is decided per st_dev by reading the xattr user.daxfs.probe and
- * comparing its value, and cached per st_dev.  Cache entries expire after
+ * mount?" is decided per st_dev: the mount table must show a fuse.daxfs
+ * mount with that device, and the xattr user.daxfs.probe must have the
+ * protocol's value; the answer is cached per st_dev.  Cache entries expire after
  * one second: anonymous device numbers (FUSE's st_dev) are reused after an
  * unmount, and a stale "yes" would send control requests to whatever file
  * system got the number next (tmpfs, say, would store them as xattrs and
@@ -39,6 +40,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/statfs.h>
 #include <sys/types.h>
 #include <sys/xattr.h>
@@ -199,6 +201,37 @@ static void cache_store(dev_t dev, int verdict)
     unlock_cache();
 }
 
+/* Is `dev` the device of a mount whose type is fuse.daxfs?  Only those may
+ * be spoken to: any file system that stores user xattrs (ext4, tmpfs...)
+ * could carry a forged user.daxfs.probe, and the requests would then be
+ * stored as attributes there and "succeed" without doing anything.  Read
+ * from /proc/self/mountinfo ("ID PARENT MAJ:MIN ROOT MNT OPTS... - TYPE
+ * SOURCE SUPEROPTS"), only on a cache miss. */
+static int dev_is_daxfs_mount(dev_t dev)
+{
+    int saved = errno;
+    FILE *f = fopen("/proc/self/mountinfo", "re");
+    int found = 0;
+    if (f == NULL) {
+        errno = saved;
+        return 0;
+    }
+    char *line = NULL;
+    size_t cap = 0;
+    while (!found && getline(&line, &cap, f) > 0) {
+        unsigned maj, min;
+        if (sscanf(line, "%*u %*u %u:%u", &maj, &min) != 2 || makedev(maj, min) != dev)
+            continue;
+        char *sep = strstr(line, " - ");
+        if (sep != NULL && strncmp(sep + 3, "fuse.daxfs ", 11) == 0)
+            found = 1;
+    }
+    free(line);
+    fclose(f);
+    errno = saved;
+    return found;
+}
+
 /* 1: daxfs, 0: definitely not, -1: cannot tell (not cached) */
 static int classify_probe(ssize_t n, const char *buf)
 {
@@ -218,6 +251,10 @@ static int fd_on_daxfs(int fd, const struct stat *st)
     int v = cache_lookup(st->st_dev);
     if (v >= 0)
         return v;
+    if (!dev_is_daxfs_mount(st->st_dev)) {
+        cache_store(st->st_dev, 0);
+        return 0;
+    }
     int saved = errno;
     char buf[64];
     v = classify_probe(fgetxattr(fd, PROBE_NAME, buf, sizeof buf), buf);
@@ -236,6 +273,10 @@ static int path_on_daxfs(const char *path)
         return 0;
     }
     int v = cache_lookup(st.st_dev);
+    if (v < 0 && !dev_is_daxfs_mount(st.st_dev)) {
+        v = 0;
+        cache_store(st.st_dev, v);
+    }
     if (v < 0) {
         char buf[64];
         v = classify_probe(getxattr(path, PROBE_NAME, buf, sizeof buf), buf);
