@@ -97,6 +97,7 @@ def test_one_node_lost(base, img, tree, which):
     after = snapshot(img)
     want = expected(before, tree, lost)
     assert compare(want, after) == []
+    assert not any(" 0 leaked" not in f for f in res.fixed if "leaked" in f), res.fixed
     assert res.summary.endswith(" lost") and "recovered exactly" in res.summary
     if tree == "inode" and lost:
         _recreated(base_path, before, after, res, lost)

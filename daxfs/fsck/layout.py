@@ -147,10 +147,16 @@ def _explain_derived(st, recs: dict) -> None:
         given = new & ~old
         pool = [b for b in _old_pool(st) if 0 <= b < st.total]
         given[pool] = False             # (pool blocks dropped as unusable were not leaked)
-        leaked, wrong = int(given.sum()), int((old & ~new).sum())
-        if leaked or wrong:
+        owned = np.zeros(st.total, dtype=bool)     # what the old rmap gave an owner
+        if st.salv.get("rmap") is not None:
+            for r in map(RmapRec._make, st.salv["rmap"].records):
+                owned[r.bno:r.bno + r.len] = True
+        leaked, orphaned = int((given & ~owned).sum()), int((given & owned).sum())
+        wrong = int((old & ~new).sum())
+        if leaked or wrong or orphaned:
+            lost = f", {orphaned} block(s) freed whose owner's record is lost" if orphaned else ""
             st.fix(f"free tree: {leaked} leaked block(s) given back, {wrong} used"
-                   " block(s) no longer listed free: rebuilt")
+                   f" block(s) no longer listed free{lost}: rebuilt")
     s = st.salv["refcount"]
     if not s.damaged and recs["refcount"] != s.records:
         st.fix(f"refcount tree: share counts wrong ({len(s.records)} records, should"
