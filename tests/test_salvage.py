@@ -26,6 +26,7 @@ import subprocess
 import pytest
 
 from daxfs.cli import check as cmd_check
+from daxfs.engine import acl
 from daxfs.engine.badblocks import BadBlocks
 from daxfs.engine.format import BLOCK_SIZE as BS
 from daxfs.engine.fs import Filesystem
@@ -126,7 +127,7 @@ def _recreated(base_path, before, after, res, lost):
             continue
         assert ino in guessed, (ino, oct(mode))
         got = after[ino]
-        assert got["paths"] == f["paths"]
+        assert got["paths"] == f["paths"] and got["xattrs"] == f["xattrs"]
         assert stat.S_IFMT(got["attr"][0]) == stat.S_IFMT(mode)
         if stat.S_ISREG(mode) and f["attr"][4]:
             data = original_bytes(base_path, ino)
@@ -135,6 +136,9 @@ def _recreated(base_path, before, after, res, lost):
             assert got["data"] == hashlib.sha256(data.ljust(got["attr"][4], b"\0")).hexdigest()
         elif stat.S_ISLNK(mode):
             assert got["data"] == f["data"]
+        if acl.ACCESS in f["xattrs"]:       # the permission bits come back from the ACL
+            assert "from its access ACL" in guessed[ino]
+            assert stat.S_IMODE(got["attr"][0]) == acl.mode_bits(acl.parse(f["xattrs"][acl.ACCESS]))
     n_recreated = len([r for r in lost if not stat.S_ISCHR(r[1])])
     assert f" {n_recreated} recreated with guessed attributes" in res.summary, res.summary
 
