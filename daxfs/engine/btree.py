@@ -23,6 +23,14 @@ commit, a rollback or a new shadow makes it decode again.  Callers pass keys
 and records as tuples of Python ints/bytes and get tuples back.  Node blocks
 come from and return to the allocator passed in (`node_alloc`, `node_free`);
 all writes go through the journal's shadows.
+
+Tree-wide work sits at the end: `walk` (every node verified, with its
+bounds; unreadable nodes reported, not raised), `node_blocks`,
+`query_range` (a callback that can stop the walk; `overlaps` on it),
+`bulk_load` with `level_sizes` (whole sealed nodes written outside the
+journal: the one place besides the journal's path that formats a node),
+and `find_nodes` (a scan of the device for node headers).  check, repair,
+poison and the tests use these; nothing outside this module reads a node.
 """
 
 import errno
