@@ -38,7 +38,7 @@ import time
 
 from daxfs import host
 from daxfs.engine import files
-from daxfs.engine.errors import DaxfsError
+from daxfs.engine.errors import DaxfsError, NeedsRepair
 from daxfs.fuse import mount as _mount
 from .common import Parser, failed
 
@@ -177,19 +177,29 @@ def _wait_for_unmounted_daemon(image: str, timeout: float) -> None:
                          "or the daemon is stuck")
 
 
-def _last_error(log_path: str, offset: int) -> str:
-    """The child's error line: its last `daxfs mount:` line, else its last line."""
+def _log_lines(log_path: str, offset: int) -> list[str]:
+    """The non-empty lines the child wrote to its log since offset."""
     try:
         with open(log_path, "rb") as f:
             f.seek(offset)
             lines = [ln.strip() for ln in f.read().decode(errors="replace").splitlines()]
     except OSError:
-        return ""
-    lines = [ln for ln in lines if ln]
+        return []
+    return [ln for ln in lines if ln]
+
+
+def _last_error(log_path: str, offset: int) -> str:
+    """The child's error line: its last `daxfs mount:` line, else its last line."""
+    lines = _log_lines(log_path, offset)
     for ln in reversed(lines):
         if ln.startswith(PROG + ":"):
             return ln
     return lines[-1] if lines else ""
+
+
+def _said(log_path: str, offset: int) -> list[str]:
+    """The `daxfs mount:` lines the child wrote to its log since offset."""
+    return [ln for ln in _log_lines(log_path, offset) if ln.startswith(PROG + ":")]
 
 
 def _package_root() -> str:
@@ -215,6 +225,8 @@ def _spawn(image: str, mountpoint: str, options: str | None, log_path: str,
     while True:
         found = host.daxfs_mount_at(mountpoint)
         if found is not None and found.source == want:
+            for line in _said(log_path, offset):       # (a damaged image served read-only)
+                print(line, file=sys.stderr)
             return 0
         rc = child.poll()
         if rc is not None:
@@ -241,8 +253,19 @@ def _foreground(image: str, mountpoint: str, options: list[str], readonly: bool,
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(logging.INFO)
+
+    def warn(damage: str) -> None:
+        print(f"{PROG}: {damage}; mounted read-only (unmount before repairing)",
+              file=sys.stderr, flush=True)
+
     try:
-        _mount.run(image, mountpoint, options, readonly=readonly)
+        try:
+            _mount.run(image, mountpoint, options, readonly=readonly, warn=warn)
+        except NeedsRepair as exc:
+            if readonly or not exc.readonly_ok:
+                raise
+            # what is damaged is not needed to read files: serve them read-only
+            _mount.run(image, mountpoint, options, readonly=True, warn=warn)
     except DaxfsError as exc:
         msg = str(exc) if image in str(exc) else f"{image}: {exc}"
         print(f"{PROG}: {msg}", file=sys.stderr, flush=True)

@@ -168,6 +168,17 @@ class Shutdown(DaxfsError):
     errno = _errno.EIO
 
 
+class NeedsRepair(DaxfsError):
+    """The image's metadata is damaged past what can be healed while it is
+    open: it needs `daxfs check --repair`.  `readonly_ok`: what is damaged
+    is not needed to read files (a read-only mount can serve them)."""
+    errno = _errno.EUCLEAN
+
+    def __init__(self, message: str, readonly_ok: bool = False):
+        self.readonly_ok = readonly_ok
+        super().__init__(message)
+
+
 class NotAnImage(DaxfsError):
     """The file is not a daxfs image."""
     errno = _errno.EINVAL

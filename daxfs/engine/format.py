@@ -7,6 +7,9 @@ change to the format cannot happen by accident (as XFS's xfs_ondisk.h does).
 Nothing here reads or writes the device.
 """
 
+import stat
+
+import crc32c
 import numpy as np
 
 BLOCK_SIZE = 4096
@@ -16,6 +19,7 @@ SECTOR_SIZE = 512
 FORMAT_VERSION = 1
 MIN_IMAGE_BYTES = 16 * 1024 * 1024
 MAX_FILE_BYTES = (1 << 63) - 1
+MAX_FILE_BLOCKS = -(-MAX_FILE_BYTES // 4096)     # file blocks 0 .. MAX_FILE_BLOCKS - 1
 NAME_MAX = 255
 XATTR_NAME_MAX = 255
 XATTR_VALUE_MAX = 65536
@@ -64,6 +68,18 @@ TREE_MAGICS = {
     TREE_FREE: b"DXFS", TREE_RMAP: b"DXRM", TREE_REFC: b"DXRC",
     TREE_XATTR: b"DXXA", TREE_ORPHAN: b"DXOR",
 }
+
+def name_hash(name: bytes) -> int:
+    """The 31-bit hash that files a directory entry or an extended attribute
+    under its name: the high half of the record's `pos` key field."""
+    return crc32c.crc32c(name) & 0x7FFFFFFF
+
+
+def valid_name(name: bytes, namelen: int) -> bool:
+    """Is a name read from a directory record one a directory may hold?"""
+    return 0 < namelen <= NAME_MAX and len(name) == namelen and b"/" not in name \
+        and b"\0" not in name and name not in (b".", b"..")
+
 
 # rmap owners.  File data is owned by its inode number (< 2**62); metadata
 # has named owners at the top of the u64 range, as XFS's XFS_RMAP_OWN_*.
@@ -198,8 +214,13 @@ XATTR_DTYPE = _dt([
 
 ORPHAN_DTYPE = _dt([("ino", "<u8")])
 
-# Directory entry file types (as DT_* in dirent.h)
+# Directory entry file types (as DT_* in dirent.h), and the one map from a
+# mode's file type (stat.S_IFMT) to the entry type: DT_OF_FMT.
 DT_UNKNOWN, DT_FIFO, DT_CHR, DT_DIR, DT_BLK, DT_REG, DT_LNK, DT_SOCK = 0, 1, 2, 4, 6, 8, 10, 12
+DT_OF_FMT = {stat.S_IFREG: DT_REG, stat.S_IFDIR: DT_DIR, stat.S_IFLNK: DT_LNK,
+             stat.S_IFIFO: DT_FIFO, stat.S_IFCHR: DT_CHR, stat.S_IFBLK: DT_BLK,
+             stat.S_IFSOCK: DT_SOCK}
+FMT_OF_DT = {dt: fmt for fmt, dt in DT_OF_FMT.items()}
 
 # ---- size and offset assertions -------------------------------------------
 assert SB_DTYPE.itemsize == BLOCK_SIZE

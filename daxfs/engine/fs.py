@@ -29,9 +29,8 @@ from .errors import (Corrupted, DaxfsError, DamagedFile, Exists, FileTooBig, Ill
                      NotADirectory, NotEmpty, NotFound, NotPermitted, NotSupported,
                      PermissionDenied, ReadOnly, Shutdown, TooManyLinks, TrimFirst)
 from .filemap import FileMap
-from .format import (BLOCK_SIZE as BS, DT_BLK, DT_CHR, DT_DIR, DT_FIFO, DT_LNK, DT_REG,
-                     DT_SOCK, EXT_UNWRITTEN, FEAT_REFLINK, LINK_MAX, ROOT_INO, SYMLINK_MAX,
-                     TIME_MAX_SEC, TIME_MIN_SEC)
+from .format import (BLOCK_SIZE as BS, DT_OF_FMT, EXT_UNWRITTEN, FEAT_REFLINK, FMT_OF_DT,
+                     LINK_MAX, ROOT_INO, SYMLINK_MAX, TIME_MAX_SEC, TIME_MIN_SEC)
 from .inodes import Inodes
 from .orphans import Orphans
 from .volume import Volume
@@ -55,12 +54,6 @@ FALLOC_FL_ZERO_RANGE = 0x10
 # budget, sharing stops at the budget's extents too (`_remap`)
 COPY_STEP_BYTES = 16 << 20    # bytes stored (the parts that cannot be shared)
 COPY_STEP_BLOCKS = 1 << 18    # blocks shared (1 GiB: FUSE's reply counts 32 bits)
-
-_DT = {stat.S_IFREG: DT_REG, stat.S_IFDIR: DT_DIR, stat.S_IFLNK: DT_LNK,
-       stat.S_IFIFO: DT_FIFO, stat.S_IFCHR: DT_CHR, stat.S_IFBLK: DT_BLK,
-       stat.S_IFSOCK: DT_SOCK}
-_FMT_OF_DT = {dt: fmt for fmt, dt in _DT.items()}
-
 
 def _clamp_time(ns: int) -> int:
     """A time the inode can hold: one outside the range becomes its
@@ -461,7 +454,7 @@ class Filesystem:
             self.xattrs.set(inode.ino, acl.ACCESS, acl.encode(access))
         if default is not None and is_dir:
             self.xattrs.set(inode.ino, acl.DEFAULT, acl.encode(default))
-        self.dirs.add(parent_ino, name, inode.ino, _DT.get(stat.S_IFMT(mode), 0))
+        self.dirs.add(parent_ino, name, inode.ino, DT_OF_FMT.get(stat.S_IFMT(mode), 0))
         _entry_added(parent, name)
         if is_dir:
             if parent.nlink >= LINK_MAX:
@@ -526,7 +519,7 @@ class Filesystem:
         if self.dirs.lookup(new_parent, new_name) is not None:
             raise Exists(f"{new_name!r} exists")
         self._need_space()
-        self.dirs.add(new_parent, new_name, ino, _DT.get(stat.S_IFMT(inode.mode), 0))
+        self.dirs.add(new_parent, new_name, ino, DT_OF_FMT.get(stat.S_IFMT(inode.mode), 0))
         _entry_added(parent, new_name)
         inode.nlink += 1
         self._touch(inode, m=False)
@@ -808,7 +801,7 @@ class Filesystem:
                     continue
                 except DamagedFile as e:
                     log.warning("readdir of directory %d: %s", ino, e)
-                    attr = Attr.stand_in(child, _FMT_OF_DT.get(ftype, stat.S_IFREG))
+                    attr = Attr.stand_in(child, FMT_OF_DT.get(ftype, stat.S_IFREG))
                 yield DirEntry(name, attr, epos + 3)
         except Corrupted as e:
             self._shut_down(str(e))

@@ -20,12 +20,12 @@ from .btree import BTree
 from . import files
 from .errors import Corrupted, Exists, InvalidArgument, UnsafeFile
 from .format import (BLOCK_SIZE, FEAT_REFLINK, FEAT_RMAP, FIRST_INO, FORMAT_VERSION,
-                     MIN_IMAGE_BYTES, OWN_AG, OWN_FS, OWN_LOG, SB_DTYPE, SB_MAGIC)
+                     MIN_IMAGE_BYTES, SB_DTYPE, SB_MAGIC)
 from .journal import Journal, replay
 from .pmem import Pmem, lock_for_create
 from .refcount import Refcount
 from .rmap import Rmap
-from .superblock import layout, read_superblock, secondary_bno, write_superblocks
+from .superblock import layout, read_superblock, secondary_bno, static_owners, write_superblocks
 from .trees import SPECS
 
 log = logging.getLogger(__name__)
@@ -170,11 +170,10 @@ class Volume:
             data_len = secondary_bno(total) - data_start
             vol.trees["free"].insert((data_start, data_len))
             sb["free_blocks"] = data_len
-            vol.rmap.map_meta(0, OWN_FS)
-            vol.rmap.map_meta(secondary_bno(total), OWN_FS)
-            vol.rmap.map_meta(log_start, OWN_LOG, log_blocks)
-            for b in pool:
-                vol.rmap.map_meta(b, OWN_AG)
+            # (the pool as made: its last block is the free-space tree's
+            # root now, which has the pool's owner)
+            for bno, owner, _, n, _ in static_owners(sb, pool):
+                vol.rmap.map_meta(bno, owner, n)
             vol.alloc.settle()
             return vol
         except BaseException:
