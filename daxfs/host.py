@@ -34,6 +34,7 @@ from dataclasses import dataclass
 MOUNTINFO = "/proc/self/mountinfo"
 FSTYPE = "fuse.daxfs"
 UNMOUNT_TIMEOUT = 60.0
+UNMOUNT_TRIES = 3           # fusermount3 -u attempts before a lazy detach
 COMMAND_TIMEOUT = 30.0
 
 _ESCAPE = re.compile(r"\\([0-7]{3})")
@@ -254,7 +255,11 @@ def force_unmount(mountpoint, pids=(), timeout: float = UNMOUNT_TIMEOUT) -> list
     aborted and is killed.  Returns the pids that had to be killed."""
     mountpoint = str(mountpoint)
     conn = fuse_connection(mountpoint)
-    if is_mounted(mountpoint):
+    for attempt in range(UNMOUNT_TRIES):
+        if not is_mounted(mountpoint):
+            break
+        if attempt:
+            time.sleep(0.2)     # (a moment's user, the daemon's own brief look at its root)
         _quiet(["fusermount3", "-u", mountpoint])
     lazy = is_mounted(mountpoint)
     if lazy:

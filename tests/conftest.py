@@ -136,6 +136,28 @@ def image(tmp_path):
     return make_image(tmp_path / "daxfs.img")
 
 
+MOUNT_HELPERS = (Path("/sbin/mount.fuse.daxfs"), Path("/sbin/umount.fuse.daxfs"))
+
+
+@pytest.fixture
+def installed_helpers():
+    """This checkout's mount(8) and umount(8) helpers installed in /sbin
+    (`daxfs mount --install-helper`) for the test; whatever was there
+    before is put back afterwards (other checkouts share /sbin)."""
+    saved = {p: (p.read_bytes() if p.exists() else None) for p in MOUNT_HELPERS}
+    res = daxfs("mount", "--install-helper", timeout=60)
+    assert res.returncode == 0, res.stderr
+    try:
+        yield MOUNT_HELPERS
+    finally:
+        for p, data in saved.items():
+            if data is None:
+                p.unlink(missing_ok=True)
+            else:
+                p.write_bytes(data)
+                p.chmod(0o755)
+
+
 @pytest.fixture
 def mounted(image, mnt):
     with mount_image(image, mnt) as path:

@@ -5,8 +5,8 @@ from daxfs.engine.fs import Filesystem
 from daxfs.engine.mkfs import mkfs
 
 
-def make_fs(path, size=32 << 20, rmap=True):
-    mkfs(str(path), size, rmap=rmap)
+def make_fs(path, size=32 << 20, rmap=True, dup=True):
+    mkfs(str(path), size, rmap=rmap, dup=dup)
     return Filesystem.open(str(path))
 
 

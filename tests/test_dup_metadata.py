@@ -80,7 +80,7 @@ def snapshot(fs):
 
 def node_of(tree, where):
     """A block of `tree`: its root, a leaf, or an interior node (not the root)."""
-    nodes = [(n.bno, n.level) for n, _, _ in tree.walk_nodes()]
+    nodes = [(v.bno, v.level) for v in tree.walk(leaves=False)]
     if where == "root":
         return tree.root
     if where == "leaf":

@@ -705,43 +705,32 @@ def test_enospc_on_a_small_image(tmp_path, mnt):
 
 
 @pytest.mark.timeout(300)
-def test_mount_helper(image, mnt, tmp_path):
+def test_mount_helper(image, mnt, tmp_path, installed_helpers):
     """`daxfs mount --install-helper` makes `mount -t fuse.daxfs` work."""
-    helper = Path("/sbin/mount.fuse.daxfs")
-    existed = helper.exists()
-    res = daxfs("mount", "--install-helper", timeout=30)
+    helper = installed_helpers[0]
+    text = helper.read_text()
+    assert len(text.splitlines()) == 3 and os.access(helper, os.X_OK)
+    res = run(["mount", "-t", "fuse.daxfs", "-o", "noatime,nofail", image, mnt],
+              timeout=90)
     assert res.returncode == 0, res.stderr
+    from daxfs.host import daemon_pids
+    pids = daemon_pids(image)
     try:
-        text = helper.read_text()
-        assert len(text.splitlines()) == 3 and os.access(helper, os.X_OK)
-        res = run(["mount", "-t", "fuse.daxfs", "-o", "noatime,nofail", image, mnt],
-                  timeout=90)
+        assert mount_source(mnt) == str(image)
+        Path(mnt, "via-helper").write_bytes(b"ok")
+        res = run(["umount", mnt], timeout=60)
         assert res.returncode == 0, res.stderr
-        from daxfs.host import daemon_pids
-        pids = daemon_pids(image)
-        try:
-            assert mount_source(mnt) == str(image)
-            Path(mnt, "via-helper").write_bytes(b"ok")
-            res = run(["umount", mnt], timeout=60)
-            assert res.returncode == 0, res.stderr
-        finally:
-            force_unmount(mnt, pids)
     finally:
-        if not existed:
-            helper.unlink()
+        force_unmount(mnt, pids)
     check_image(image)
     with mount_image(image, mnt) as m:
         assert Path(m, "via-helper").read_bytes() == b"ok"
 
 
 @pytest.mark.timeout(300)
-def test_fstab_line(image, mnt, tmp_path):
+def test_fstab_line(image, mnt, tmp_path, installed_helpers):
     """An fstab line of type fuse.daxfs mounts through the helper
     (mount --fstab reads an alternative fstab file)."""
-    helper = Path("/sbin/mount.fuse.daxfs")
-    existed = helper.exists()
-    res = daxfs("mount", "--install-helper", timeout=30)
-    assert res.returncode == 0, res.stderr
     fstab = tmp_path / "fstab"
     fstab.write_text(f"{image} {mnt} fuse.daxfs defaults,nofail,noexec,x-test=1 0 0\n")
     from daxfs.host import daemon_pids
@@ -756,8 +745,6 @@ def test_fstab_line(image, mnt, tmp_path):
         Path(mnt, "f").write_bytes(b"fstab")
     finally:
         force_unmount(mnt, pids)
-        if not existed:
-            helper.unlink()
     check_image(image)
 
 

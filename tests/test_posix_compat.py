@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import check_image, daxfs, mount_image, run
+from conftest import check_image, mount_image, run
 
 
 def _direct_read(path: Path, size: int = 4096) -> bytes:
@@ -99,30 +99,22 @@ def test_strictatime_updates_every_read(image, mnt):
 
 
 @pytest.mark.timeout(300)
-def test_remount_read_only_and_back(image, mnt):
+def test_remount_read_only_and_back(image, mnt, installed_helpers):
     """`mount -o remount,ro` (through the mount(8) helper) makes the mount
     refuse writes with EROFS and keeps reads; `remount,rw` gives writes back."""
-    helper = Path("/sbin/mount.fuse.daxfs")
-    existed = helper.exists()
-    res = daxfs("mount", "--install-helper", timeout=30)
-    assert res.returncode == 0, res.stderr
-    try:
-        with mount_image(image, mnt) as m:
-            Path(m, "a").write_bytes(b"before")
-            res = run(["mount", "-o", "remount,ro", str(m)], timeout=60)
-            assert res.returncode == 0, res.stderr
-            with pytest.raises(OSError) as e:
-                Path(m, "b").write_bytes(b"x")
-            assert e.value.errno == errno.EROFS
-            assert Path(m, "a").read_bytes() == b"before"
-            res = run(["mount", "-o", "remount,rw", str(m)], timeout=60)
-            assert res.returncode == 0, res.stderr
-            Path(m, "b").write_bytes(b"after")
-            res = run(["mount", "-o", "remount,ro", "/nonexistent-mnt"], timeout=60)
-            assert res.returncode != 0
-    finally:
-        if not existed:
-            helper.unlink(missing_ok=True)
+    with mount_image(image, mnt) as m:
+        Path(m, "a").write_bytes(b"before")
+        res = run(["mount", "-o", "remount,ro", str(m)], timeout=60)
+        assert res.returncode == 0, res.stderr
+        with pytest.raises(OSError) as e:
+            Path(m, "b").write_bytes(b"x")
+        assert e.value.errno == errno.EROFS
+        assert Path(m, "a").read_bytes() == b"before"
+        res = run(["mount", "-o", "remount,rw", str(m)], timeout=60)
+        assert res.returncode == 0, res.stderr
+        Path(m, "b").write_bytes(b"after")
+        res = run(["mount", "-o", "remount,ro", "/nonexistent-mnt"], timeout=60)
+        assert res.returncode != 0
     check_image(image)
     with mount_image(image, mnt) as m:
         assert Path(m, "b").read_bytes() == b"after"

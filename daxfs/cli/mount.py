@@ -12,8 +12,14 @@ What this module owns
   last error line is printed).  The image is opened only in the child:
   its POSIX lock would not survive a fork;
 * the one-line error messages (no traceback, exit status 1);
-* the mount(8) helper: `--install-helper` writes /sbin/mount.fuse.daxfs so
-  that ``mount -t fuse.daxfs IMAGE MNT`` and fstab lines work.
+* the mount(8) and umount(8) helpers: `--install-helper` writes
+  /sbin/mount.fuse.daxfs, so that ``mount -t fuse.daxfs IMAGE MNT`` and
+  fstab lines work, and /sbin/umount.fuse.daxfs, which umount(8) runs for
+  such a mount ("EXTERNAL HELPERS" in umount(8)) so that ``umount MNT``
+  returns once the daemon has flushed and unlocked the image
+  (daxfs/cli/umount.py `helper`).  Each runs this installation's daxfs
+  under an isolated interpreter (``python -I``: no PYTHONPATH, no current
+  directory on sys.path), whatever the caller's environment.
 
 The mount itself (options, lifecycle, signals) is daxfs/fuse/mount.py's.
 """
@@ -24,6 +30,7 @@ import argparse
 import hashlib
 import logging
 import os
+import shlex
 import stat
 import subprocess
 import sys
@@ -31,7 +38,7 @@ import time
 
 from daxfs import host
 from daxfs.engine import files
-from daxfs.engine.errors import DaxfsError
+from daxfs.engine.errors import DaxfsError, NeedsRepair
 from daxfs.fuse import mount as _mount
 from .common import Parser, failed
 
@@ -40,6 +47,7 @@ log = logging.getLogger(__name__)
 PROG = "daxfs mount"
 HELPER_PATH = "/sbin/mount.fuse.daxfs"
 HELPER_MARK = "# written by: daxfs mount --install-helper"
+UMOUNT_HELPER_NAME = "umount.fuse.daxfs"
 READY_TIMEOUT = 60.0
 LOG_DIR = "/var/log/daxfs"
 
@@ -169,19 +177,29 @@ def _wait_for_unmounted_daemon(image: str, timeout: float) -> None:
                          "or the daemon is stuck")
 
 
-def _last_error(log_path: str, offset: int) -> str:
-    """The child's error line: its last `daxfs mount:` line, else its last line."""
+def _log_lines(log_path: str, offset: int) -> list[str]:
+    """The non-empty lines the child wrote to its log since offset."""
     try:
         with open(log_path, "rb") as f:
             f.seek(offset)
             lines = [ln.strip() for ln in f.read().decode(errors="replace").splitlines()]
     except OSError:
-        return ""
-    lines = [ln for ln in lines if ln]
+        return []
+    return [ln for ln in lines if ln]
+
+
+def _last_error(log_path: str, offset: int) -> str:
+    """The child's error line: its last `daxfs mount:` line, else its last line."""
+    lines = _log_lines(log_path, offset)
     for ln in reversed(lines):
         if ln.startswith(PROG + ":"):
             return ln
     return lines[-1] if lines else ""
+
+
+def _said(log_path: str, offset: int) -> list[str]:
+    """The `daxfs mount:` lines the child wrote to its log since offset."""
+    return [ln for ln in _log_lines(log_path, offset) if ln.startswith(PROG + ":")]
 
 
 def _package_root() -> str:
@@ -207,6 +225,8 @@ def _spawn(image: str, mountpoint: str, options: str | None, log_path: str,
     while True:
         found = host.daxfs_mount_at(mountpoint)
         if found is not None and found.source == want:
+            for line in _said(log_path, offset):       # (a damaged image served read-only)
+                print(line, file=sys.stderr)
             return 0
         rc = child.poll()
         if rc is not None:
@@ -233,8 +253,19 @@ def _foreground(image: str, mountpoint: str, options: list[str], readonly: bool,
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(logging.INFO)
+
+    def warn(damage: str) -> None:
+        print(f"{PROG}: {damage}; mounted read-only (unmount before repairing)",
+              file=sys.stderr, flush=True)
+
     try:
-        _mount.run(image, mountpoint, options, readonly=readonly)
+        try:
+            _mount.run(image, mountpoint, options, readonly=readonly, warn=warn)
+        except NeedsRepair as exc:
+            if readonly or not exc.readonly_ok:
+                raise
+            # what is damaged is not needed to read files: serve them read-only
+            _mount.run(image, mountpoint, options, readonly=True, warn=warn)
     except DaxfsError as exc:
         msg = str(exc) if image in str(exc) else f"{image}: {exc}"
         print(f"{PROG}: {msg}", file=sys.stderr, flush=True)
@@ -248,23 +279,84 @@ def _foreground(image: str, mountpoint: str, options: list[str], readonly: bool,
     return 0
 
 
+def _daxfs_command() -> list[str]:
+    """The command that runs this installation's daxfs under an isolated
+    interpreter (python -I ignores PYTHONPATH and puts neither the current
+    directory nor a script's directory on sys.path): the installed `daxfs`
+    program beside the interpreter when it is this checkout's, else this
+    checkout named explicitly."""
+    root = _package_root()
+    script = os.path.join(os.path.dirname(sys.executable), "daxfs")
+    if os.path.isfile(script):
+        try:
+            found = subprocess.run(
+                [sys.executable, "-I", "-c",
+                 "import daxfs, os; print(os.path.dirname(os.path.dirname("
+                 "os.path.realpath(daxfs.__file__))))"],
+                capture_output=True, text=True, timeout=30, cwd="/").stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            found = ""
+        if found == os.path.realpath(root):
+            return [sys.executable, "-I", script]
+    code = f"import sys; sys.path.insert(0, {root!r}); from daxfs.cli import main; sys.exit(main())"
+    return [sys.executable, "-I", "-c", code]
+
+
+def _umount_helper_path(path: str) -> str:
+    """The umount(8) helper beside the mount(8) helper at `path`."""
+    return os.path.join(os.path.dirname(path) or ".", UMOUNT_HELPER_NAME)
+
+
 def install_helper(path: str = HELPER_PATH) -> str:
-    """Write the mount(8) helper script; returns its path."""
-    if os.path.exists(path):
-        with open(path, errors="replace") as f:
-            if HELPER_MARK not in f.read():
-                raise UsageError(f"{path} exists and was not written by daxfs: not replacing it")
-    text = (
-        "#!/bin/sh\n"
-        f"{HELPER_MARK}\n"
-        f"PYTHONPATH={_package_root()} exec {sys.executable} -m daxfs.cli mount --helper \"$@\"\n"
-    )
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o755)
-    os.replace(tmp, path)
+    """Write the mount(8) helper script at `path` and the umount(8) helper
+    beside it; returns `path`.  A file there that daxfs did not write is
+    never replaced (nothing is written then)."""
+    helpers = {path: "mount", _umount_helper_path(path): "umount"}
+    for target in helpers:
+        if os.path.lexists(target):
+            with open(target, errors="replace") as f:
+                if HELPER_MARK not in f.read():
+                    raise UsageError(f"{target} exists and was not written by daxfs:"
+                                     " not replacing it")
+    command = " ".join(shlex.quote(word) for word in _daxfs_command())
+    for target, sub in helpers.items():
+        text = (
+            "#!/bin/sh\n"
+            f"{HELPER_MARK}\n"
+            f"exec {command} {sub} --helper \"$@\"\n"
+        )
+        tmp = target + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, target)
     return path
+
+
+def _hand_umount_to_helper(mountpoint: str) -> None:
+    """Make umount(8) run umount.fuse.daxfs for the mount just made by
+    mount(8) through this helper.  umount(8) (libmount) learns a mount's
+    type from statfs(2), which says only "fuse", and so would look for
+    umount.fuse, unless utab (/run/mount/utab) has an entry for the
+    mountpoint: then it reads the type fuse.daxfs from mountinfo and runs
+    umount.fuse.daxfs.  The entry (helper=fuse.daxfs: "redirect all unmount
+    requests to umount.fuse.daxfs", umount(8)) is written through libmount
+    (``mount -i -f``, as libmount-based helpers do), and libmount removes
+    it when umount(8) unmounts.  Best effort: without it umount(8) still
+    unmounts, only it does not wait for the daemon."""
+    found = host.daxfs_mount_at(mountpoint)
+    if found is None or os.geteuid() != 0:
+        return
+    cmd = ["mount", "-i", "-f", "--no-canonicalize", "-t", host.FSTYPE,
+           "-o", f"helper={host.FSTYPE}", found.source, found.mountpoint]
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        why = res.stderr.strip() if res.returncode else ""
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        why = str(exc)
+    if why:
+        print(f"{PROG}: umount(8) of {mountpoint} will not wait for the daemon"
+              f" ({' '.join(cmd[:3])}...: {why})", file=sys.stderr)
 
 
 def build_parser() -> Parser:
@@ -291,7 +383,8 @@ def build_parser() -> Parser:
                         " root, ~/.local/state/daxfs/ otherwise)")
     p.add_argument("--timeout", type=float, default=READY_TIMEOUT, help=argparse.SUPPRESS)
     p.add_argument("--install-helper", nargs="?", const=HELPER_PATH, metavar="PATH",
-                   help=f"write the mount(8) helper (default {HELPER_PATH}) and exit")
+                   help=f"write the mount(8) helper (default {HELPER_PATH}) and the umount(8)"
+                   f" helper beside it ({UMOUNT_HELPER_NAME}), then exit")
     # Flags mount(8) passes to helpers: -n (no mtab), -s (sloppy), -v (verbose).
     p.add_argument("--helper", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("-n", action="store_true", help=argparse.SUPPRESS)
@@ -327,7 +420,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.install_helper:
-            print(f"installed {install_helper(args.install_helper)}")
+            path = install_helper(args.install_helper)
+            print(f"installed {path} and {_umount_helper_path(path)}")
             return 0
         if "remount" in (args.options or "").split(",") and args.mountpoint:
             return remount(os.path.abspath(args.mountpoint), args.options)
@@ -340,8 +434,11 @@ def main(argv=None) -> int:
         _wait_for_unmounted_daemon(image, args.timeout)
         if args.foreground:
             return _foreground(image, mountpoint, options, readonly, args.log)
-        return _spawn(image, mountpoint, args.options, args.log or _default_log(image),
-                      args.timeout)
+        rc = _spawn(image, mountpoint, args.options, args.log or _default_log(image),
+                    args.timeout)
+        if rc == 0 and args.helper:
+            _hand_umount_to_helper(mountpoint)
+        return rc
     except UsageError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 1

@@ -1,7 +1,8 @@
 """`daxfs poison inject|list`: media errors on the device.
 
   daxfs poison inject TARGET --offset BYTES --length BYTES
-  daxfs poison inject TARGET --metadata KIND
+  daxfs poison inject TARGET --block N
+  daxfs poison inject TARGET --metadata KIND[:root|leaf|interior]
   daxfs poison list TARGET
 
 TARGET is an image (offsets on the device; the handler runs at the next
@@ -11,6 +12,7 @@ physical blocks through FIEMAP).  scripts/inject_poison.py is
 `daxfs poison inject`.
 """
 
+import argparse
 import errno
 import json
 import os
@@ -35,10 +37,25 @@ def _print_report(rep: dict) -> None:
         print(line)
 
 
+def _metadata(text: str) -> str:
+    if not admin.is_metadata_request(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: one of {', '.join(sorted(admin.METADATA_KINDS))}, a tree kind"
+            f" optionally followed by :{', :'.join(admin.WHICH)}")
+    return text
+
+
 def inject(args) -> int:
     kind = target_kind(args.target)
+    if args.block is not None:
+        if args.block < 0 or args.offset is not None or args.length is not None:
+            print(f"{PROG} inject: --block takes a block number, without --offset/--length",
+                  file=sys.stderr)
+            return 2
+        args.offset, args.length = args.block * BS, BS
     if args.metadata is None and (args.offset is None or args.length is None):
-        print(f"{PROG} inject: give --offset and --length, or --metadata KIND", file=sys.stderr)
+        print(f"{PROG} inject: give --offset and --length, --block N, or --metadata KIND",
+              file=sys.stderr)
         return 2
     if args.metadata is None and args.length == 0:
         print(f"{PROG} inject: --length must be at least 1 byte", file=sys.stderr)
@@ -137,16 +154,23 @@ def parser() -> Parser:
     sub = p.add_subparsers(dest="cmd", required=True, metavar="inject|list")
     i = sub.add_parser("inject", help="mark a range bad and run the failure handler",
                        formatter_class=p.formatter_class, epilog=p.epilog, description=(
-                           "Mark a range bad.  Give --offset and --length, or --metadata."))
+                           "Mark a range bad.  Give --offset and --length, --block, or"
+                           " --metadata."))
     i.add_argument("target", metavar="TARGET",
                    help="image, mount point, or a file on a daxfs mount")
     i.add_argument("--offset", type=byte_count, metavar="BYTES",
                    help="first bad byte: on the device, or in the file for a file TARGET "
                         "(the whole 4 KiB blocks it touches go bad)")
     i.add_argument("--length", type=byte_count, metavar="BYTES", help="how many bytes")
-    i.add_argument("--metadata", choices=sorted(admin.METADATA_KINDS), metavar="KIND",
-                   help="poison one block of this kind of metadata instead: "
-                        + ", ".join(sorted(admin.METADATA_KINDS)))
+    i.add_argument("--metadata", metavar="KIND[:WHICH]", type=_metadata,
+                   help="poison one block of metadata instead: KIND is one of "
+                        + ", ".join(sorted(admin.METADATA_KINDS))
+                        + "; for a tree, WHICH picks the node: root (the default), leaf (the"
+                        " middle leaf in key order) or interior (the middle interior node"
+                        " below the root; the tree must have one)")
+    i.add_argument("--block", type=int, metavar="N",
+                   help="poison block N (of the device; of the file for a file TARGET):"
+                        " the same as --offset N*4096 --length 4096")
     ls = sub.add_parser("list", help="every bad range with its owners",
                         formatter_class=p.formatter_class, description=(
                             "Every bad range of the device with its owners (inode, path, "

@@ -11,11 +11,21 @@ What this module owns
   message saying that the daemon keeps the image in use until the last
   user of the old mount lets go;
 * waiting for the daemon to exit, so that on return the image is
-  consistent and free for `daxfs check` or another mount.
+  consistent and free for `daxfs check` or another mount;
+* the umount(8) helper (`helper`, ``daxfs umount --helper``, run as
+  /sbin/umount.fuse.daxfs, installed by ``daxfs mount --install-helper``):
+  umount(8) hands a ``fuse.daxfs`` mount to it ("EXTERNAL HELPERS" in
+  umount(8)), which unmounts as umount(8) would (``umount -i``, with the
+  -f, -l, -n, -r, -v it was given; a busy mount fails with umount's own
+  message and status) and then waits for the daemon, so that
+  ``umount MNT && daxfs check IMAGE`` finds the image flushed and unlocked,
+  as after unmounting a kernel filesystem.  With -l the mount is detached
+  and the daemon finishes when its last user lets go.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -73,6 +83,33 @@ def unmount(target: str, timeout: float = 60.0) -> int:
     return 0
 
 
+UMOUNT_FAILURE = 32          # umount(8)'s exit status for a failed unmount
+
+
+def helper(target: str, flags: list[str], timeout: float) -> int:
+    """umount(8)'s helper for fuse.daxfs: unmount `target` with umount's
+    `flags` and wait until the daemon has flushed and let go of the image."""
+    found = find_mount(target)
+    if found is None:
+        print(f"umount: {target}: not mounted (no daxfs mount there)", file=sys.stderr)
+        return UMOUNT_FAILURE
+    image = host.image_of_source(found.source)
+    pids = host.daemon_pids(image) if image else []
+    # -i: umount(8) itself, without calling this helper again
+    res = _run(["umount", "-i", *flags, found.mountpoint])
+    if res.returncode != 0:
+        sys.stderr.write(res.stderr)
+        return res.returncode
+    if "-l" in flags:
+        return 0            # detached: the daemon finishes when the last user lets go
+    left = host.wait_gone(pids, timeout)
+    if left:
+        print(f"umount: {found.mountpoint}: unmounted, but the daxfs daemon (pid {left[0]})"
+              f" is still running after {timeout:.0f} s", file=sys.stderr)
+        return UMOUNT_FAILURE
+    return 0
+
+
 def main(argv=None) -> int:
     p = Parser(
         prog=PROG, description=(
@@ -86,8 +123,23 @@ def main(argv=None) -> int:
                    help="the mount point, or the image file that is mounted")
     p.add_argument("--timeout", type=float, default=60.0,
                    help="seconds to wait for the daemon to exit (default 60)")
+    # umount(8)'s helper interface: umount.fuse.daxfs TARGET [-flnrv]
+    # [-N namespace] [-t type.subtype]
+    p.add_argument("--helper", action="store_true", help=argparse.SUPPRESS)
+    for flag in ("-f", "-l", "-n", "-r", "-v"):
+        p.add_argument(flag, action="append_const", const=flag, dest="flags",
+                       help=argparse.SUPPRESS)
+    p.add_argument("-N", dest="namespace", help=argparse.SUPPRESS)
+    p.add_argument("-t", dest="fstype", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     try:
+        if args.helper:
+            flags = list(dict.fromkeys(args.flags or []))
+            if args.namespace:
+                flags += ["-N", args.namespace]
+            return helper(args.mountpoint, flags, args.timeout)
+        if args.flags or args.namespace or args.fstype:
+            p.error("-f, -l, -n, -r, -v, -N and -t are umount(8)'s helper options")
         return unmount(args.mountpoint, args.timeout)
     except subprocess.TimeoutExpired as exc:
         print(f"{PROG}: {exc.cmd[0]} did not finish in {exc.timeout:.0f} s", file=sys.stderr)

@@ -4,8 +4,10 @@ directory and for root only:
 
   setxattr(ROOT, "user.daxfs.admin.poison", "<first byte> <length> [<kind>]")
       mark a device range bad (or, with a metadata kind such as
-      "inode-tree", the root node of that tree) and run the failure
-      handler at once; the daemon invalidates every affected file's pages
+      "inode-tree", the root node of that tree; "inode-tree:leaf" or
+      "inode-tree:interior" aim at a leaf or an interior node) and run the
+      failure handler at once; the daemon invalidates every affected
+      file's pages
   getxattr(ROOT, "user.daxfs.admin.report")       the last handler report (JSON)
   getxattr(ROOT, "user.daxfs.admin.poison-list")  every bad range with owners (JSON)
   getxattr(ROOT, "user.daxfs.admin.map.<block>.<skip>")  at most MAP_PIECE
@@ -51,25 +53,56 @@ def is_admin_name(name: bytes) -> bool:
     return name.startswith(PREFIX)
 
 
-def metadata_block(fs, kind: str) -> int:
-    """The block a `--metadata KIND` injection aims at."""
+WHICH = ("root", "leaf", "interior")
+
+
+def is_metadata_request(text: str) -> bool:
+    """Does `text` name metadata to poison (KIND or KIND:WHICH)?"""
+    kind, _, which = text.partition(":")
+    return kind in METADATA_KINDS and which in ("",) + WHICH
+
+
+def metadata_block(fs, request: str) -> int:
+    """The block a `--metadata KIND[:WHICH]` injection aims at: for a tree,
+    its root (WHICH root, the default), its middle leaf in key order
+    (leaf), or its middle interior node below the root (interior)."""
     vol = fs.vol
-    if kind == "superblock":
-        return 0
-    if kind == "superblock2":
-        return vol.total_blocks - 1
-    if kind == "log":
-        return int(vol.sb["log_start"])
-    tid = METADATA_KINDS.get(kind)
+    kind, _, which = request.partition(":")
+    which = which or "root"
+    if kind not in METADATA_KINDS or which not in WHICH:
+        raise InvalidArgument(f"unknown metadata {request!r}; one of: "
+                              + ", ".join(sorted(METADATA_KINDS))
+                              + ", a tree kind may end in :" + ", :".join(WHICH))
+    tid = METADATA_KINDS[kind]
     if tid is None:
-        raise InvalidArgument(f"unknown metadata kind {kind!r}; one of: "
-                              + ", ".join(sorted(METADATA_KINDS)))
-    for t in vol.trees.values():
-        if t.tid == tid:
-            if not t.height:
-                raise InvalidArgument(f"the {kind} is empty: nothing to poison")
-            return t.root
-    raise InvalidArgument(f"this filesystem has no {kind}")
+        if which != "root":
+            raise InvalidArgument(f"the {kind} is not a tree: it has no {which}")
+        if kind == "superblock":
+            return 0
+        if kind == "superblock2":
+            return vol.total_blocks - 1
+        return int(vol.sb["log_start"])
+    tree = next((t for t in vol.trees.values() if t.tid == tid), None)
+    if tree is None:
+        raise InvalidArgument(f"this filesystem has no {kind}")
+    if not tree.height:
+        raise InvalidArgument(f"the {kind} is empty: nothing to poison")
+    if which == "root":
+        return tree.root
+    nodes = [v for v in tree.walk(leaves=False) if not v.dangling]
+    unreadable = [v for v in nodes if v.error]
+    if unreadable:
+        raise InvalidArgument(f"the {kind} cannot be walked to a {which} (block"
+                              f" {unreadable[0].bno}: {unreadable[0].error}); aim at a block"
+                              " with --block")
+    if which == "leaf":
+        pick = [v.bno for v in nodes if v.level == 0]
+    else:
+        pick = [v.bno for v in nodes if v.level > 0 and v.bno != tree.root]
+    if not pick:
+        raise InvalidArgument(f"the {kind} (height {tree.height}) has no {which} node"
+                              " below its root")
+    return pick[len(pick) // 2]
 
 
 def report_dict(rep) -> dict:
@@ -101,11 +134,11 @@ class AdminServer:
                 raise InvalidArgument("length must be positive")
             bno = off // BS
             n = -(-(off + length) // BS) - bno
-        elif value.isascii() and value.decode() in METADATA_KINDS:
+        elif value.isascii() and is_metadata_request(value.decode()):
             bno, n = metadata_block(self.fs, value.decode()), 1
         else:
             raise InvalidArgument("poison request is '<offset> <length>' (decimal bytes)"
-                                  " or a metadata kind")
+                                  " or a metadata kind (KIND or KIND:root|leaf|interior)")
         rep = poison.inject(self.fs, bno, n)
         self.last_report = report_dict(rep)
         return rep.data_inodes

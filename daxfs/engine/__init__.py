@@ -17,6 +17,7 @@ From the bottom up (each module imports only the ones above it in this list):
 * volume      an open image: device, journal, trees, allocator bound together
 * fs          the filesystem API (POSIX operations); mkfs makes an image
 * poison devmap   media errors and the device map, over the rmap
+* damage      what metadata damage an open image still has (asked before a mount serves it)
 
 Nothing here imports daxfs.fuse, daxfs.control, daxfs.cli, pyfuse3 or trio
 (tests/test_layers.py checks it).

@@ -90,6 +90,10 @@ class Allocator:
         """Are blocks freed by the running transaction waiting for its commit?"""
         return bool(self._busy_s)
 
+    def busy_blocks(self) -> int:
+        """How many free blocks cannot be handed out before the next commit."""
+        return sum(e - s for s, e in zip(self._busy_s, self._busy_e))
+
     def clear_busy(self) -> None:
         """The freeing transaction is durable: busy blocks may be reused."""
         self._busy_s.clear()

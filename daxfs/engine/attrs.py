@@ -69,6 +69,7 @@ class FiemapExtent:
 
 # FIEMAP flag bits, as in linux/fiemap.h
 FIEMAP_EXTENT_LAST = 0x00000001
+FIEMAP_EXTENT_UNWRITTEN = 0x00000800
 FIEMAP_EXTENT_SHARED = 0x00002000
 
 

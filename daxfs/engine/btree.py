@@ -23,17 +23,27 @@ commit, a rollback or a new shadow makes it decode again.  Callers pass keys
 and records as tuples of Python ints/bytes and get tuples back.  Node blocks
 come from and return to the allocator passed in (`node_alloc`, `node_free`);
 all writes go through the journal's shadows.
+
+Tree-wide work sits at the end: `walk` (every node verified, with its
+bounds; unreadable nodes reported, not raised), `node_blocks`,
+`query_range` (a callback that can stop the walk; `overlaps` on it),
+`bulk_load` with `level_sizes` (whole sealed nodes written outside the
+journal: the one place besides the journal's path that formats a node),
+and `find_nodes` (a scan of the device for node headers).  check, repair,
+poison and the tests use these; nothing outside this module reads a node.
 """
 
+import errno
+import os
 import struct
 from bisect import bisect_left, bisect_right
-from collections import OrderedDict
+from collections import OrderedDict, namedtuple
 
 import numpy as np
 
-from .errors import Corrupted
+from .errors import Corrupted, MediaError
 from .format import BLOCK_SIZE, NODE_HDR_DTYPE, NODE_HDR_SIZE, TREE_MAGICS, TREE_NAMES
-from .journal import sealed_ok
+from .journal import seal, sealed_ok
 
 MAX_HEIGHT = 16
 _LEVEL_NRECS = struct.Struct("<HI")     # format.NODE_HDR_DTYPE: level u16 at 10, nrecs u32 at 12
@@ -49,8 +59,16 @@ class TreeSpec:
     """What the generic B+tree needs to know about one tree."""
 
     def __init__(self, tree_id: int, rec_dtype: np.dtype, nkey: int,
-                 overlap: tuple[str, str] | None = None):
+                 overlap: tuple[str, str] | None = None, *, record=None, check=None):
         self.tree_id = tree_id
+        # a namedtuple type of the record's fields (for code that names them),
+        # and check(record, total_blocks) -> what is wrong with it, or None
+        self.record = record or namedtuple("Record", rec_dtype.names)
+        self.check = check
+        # fields that are arrays (numpy's tolist() gives them as arrays,
+        # which do not compare as values): walk() hands them out as tuples
+        self.array_fields = [i for i, n in enumerate(rec_dtype.names)
+                             if rec_dtype.fields[n][0].shape]
         self.name = TREE_NAMES[tree_id]
         self.magic = TREE_MAGICS[tree_id]
         self.rec_dtype = rec_dtype
@@ -590,36 +608,6 @@ class BTree:
             return r
         return None
 
-    def overlaps(self, lo: int, hi: int) -> list:
-        """Overlapping trees only: every record whose [start, start+len-1]
-        meets [lo, hi].  Subtrees whose high key is below lo are skipped."""
-        assert self.spec.overlap
-        if not self.height:
-            return []
-        sf, lf = self.spec.overlap
-        out = []
-        stack = [(self.root, self.height - 1, self.root_twin)]
-        while stack:
-            bno, level, twin = stack.pop()
-            node = self._node(bno, level, twin)
-            n = node.n
-            if level:
-                starts = node.recs[sf][:n]
-                mask = (starts <= hi) & (node.recs["hi"][:n] >= lo)
-                if n:
-                    mask[0] = node.recs["hi"][0] >= lo
-                kids = node.recs["child"][:n][mask]
-                twins = node.recs["twin"][:n][mask]
-                stack.extend((int(c), level - 1, int(t))
-                             for c, t in zip(kids[::-1], twins[::-1]))
-            else:
-                starts = node.recs[sf][:n].astype(np.uint64)
-                ends = starts + node.recs[lf][:n].astype(np.uint64) - np.uint64(1)
-                mask = (starts <= hi) & (ends >= lo)
-                if mask.any():
-                    out.extend(node.recs[:n][mask].tolist())
-        return out
-
     # ---- modification -------------------------------------------------------
     def insert(self, rec: tuple) -> None:
         """Add a record; its key must not be present."""
@@ -1007,21 +995,363 @@ class BTree:
         self.insert_sorted([rec for _, rec, in_tree in changes if rec is not None and not in_tree])
         return missing
 
-    # ---- whole-tree walk (check, repair, statistics) -----------------------
-    def walk_nodes(self):
-        """Yield (node, parent_low_key, parent_hi) for every node, depth first.
-        Raises Corrupted at the first node that fails verification."""
-        if not self.height:
-            return
-        stack = [(self.root, self.height - 1, None, None, self.root_twin)]
+    # ==== tree-wide work (check, repair, poison, the device map) =============
+    # Everything outside this module that looks at a tree as a whole uses
+    # these; nothing outside it touches a node (Node, recs, _node, _verify).
+
+    def walk(self, *, leaves: bool = True, start=None):
+        """Every node of the tree, depth first in key order, as NodeVisit.
+
+        Each node is read and verified on its own (not through the node
+        caches): poisoned, a bad checksum, magic, self block number, tree
+        id, level or record count make the visit's `error` (its subtree is
+        not walked, the walk goes on with the rest); a pointer to block 0,
+        beyond the device or to a block met before is `dangling`.  For each
+        readable node the walk checks its shape (keys in order, inside the
+        bounds its parent gives, the overlap high key, no empty node) into
+        `problems`, and for each leaf record the tree's record check into
+        `bad`.  `leaves=False` lists leaves without reading them.  `start`:
+        [(block, level or None)] walks the subtrees of those blocks instead
+        of the tree from its root (what repair does with nodes found by a
+        scan); None takes the level the node says it has."""
+        spec = self.spec
+        total = int(self.sb["total_blocks"])
+        if start is None:
+            height = self.height
+            if not height:
+                return
+            if height > MAX_HEIGHT:
+                v = NodeVisit(self.root, height - 1, None, None, None, None)
+                v.error = f"tree height {height} is beyond {MAX_HEIGHT}"
+                yield v
+                return
+            stack = [(self.root, height - 1, None, None, None, None, self.root_twin)]
+        else:
+            stack = [(b, lv, None, None, None, None, 0) for b, lv in reversed(list(start))]
+        seen: set[int] = set()
+        prev_last = None          # the last key of the previous leaf (a walk from the root)
+        nkey, overlap, check = spec.nkey, spec.overlap, spec.check
+        make = spec.record._make
+        child_at = spec.ent_dtype.names.index("child")          # (entry fields by name)
+        twin_at = spec.ent_dtype.names.index("twin")
+        hi_at = spec.ent_dtype.names.index("hi") if overlap else None
         while stack:
-            bno, level, lowkey, hi, twin = stack.pop()
-            node = self._node(bno, level, twin)
-            yield node, lowkey, hi
+            bno, level, parent, low, high, hi, twin = stack.pop()
+            v = NodeVisit(bno, level, parent, low, high, hi)
+            v.twin = twin
+            if bno == 0 or bno >= total or bno in seen:
+                v.error = f"block {bno} referenced twice or out of range"
+                v.dangling = True
+                yield v
+                continue
+            seen.add(bno)
+            if level == 0 and not leaves:
+                yield v
+                continue
+            try:
+                try:
+                    node = self._read_verified(bno, level)
+                except (MediaError, Corrupted) as e:
+                    if not twin:
+                        raise
+                    # the second copy, read (never written: a walk only
+                    # looks); the visit says the first copy is bad
+                    node = self._read_verified(bno, level, at=twin)
+                    v.copy_error = (f"block {bno} is poisoned" if isinstance(e, MediaError)
+                                    else str(e))
+            except MediaError:
+                v.error = f"block {bno} is poisoned"
+                v.poisoned = True
+                yield v
+                continue
+            except Corrupted as e:
+                v.error = str(e)
+                yield v
+                continue
+            level = v.level = node.level
+            n = v.n = node.n
+            v.cap = node.cap
+            rows = node.recs[:n].tolist()
+            if level == 0 and spec.array_fields:
+                rows = [_plain(r, spec.array_fields) for r in rows]
+            if overlap and n:
+                v.top = self._node_hi(node)
+            del node                      # (no view of the mapping outlives a visit)
+            keys = [r[:nkey] for r in rows]
+            problems = v.problems
+            if n == 0 and not (start is None and bno == self.root and level == 0):
+                problems.append(f"block {bno}: empty node")
+            if any(keys[i] >= keys[i + 1] for i in range(n - 1)):
+                problems.append(f"block {bno}: records out of order")
+            if n and low is not None and keys[0] < low:
+                problems.append(f"block {bno}: first key {keys[0]} below the parent's {low}")
+            if n and high is not None and keys[-1] >= high:
+                problems.append(f"block {bno}: last key {keys[-1]} not below the next"
+                                f" sibling's {high}")
+            if n and hi is not None and v.top > hi:
+                problems.append(f"block {bno}: high key {v.top} above the parent's {hi}")
             if level:
-                n = node.n
+                v.children = [r[child_at] for r in rows]
                 for i in range(n - 1, -1, -1):
-                    e = node.recs[i]
-                    k = tuple(e[f].item() for f in self.spec.key_fields)
-                    h = int(e["hi"]) if self.spec.overlap else None
-                    stack.append((int(e["child"]), level - 1, k, h, int(e["twin"])))
+                    stack.append((rows[i][child_at], level - 1, bno,
+                                  keys[i] if (i or low is not None) else None,
+                                  keys[i + 1] if i + 1 < n else high,
+                                  rows[i][hi_at] if overlap else None, rows[i][twin_at]))
+            else:
+                if start is None and n:
+                    if prev_last is not None and keys[0] <= prev_last:
+                        problems.append(f"block {bno}: keys overlap the previous leaf")
+                    prev_last = keys[-1]
+                v.records = rows
+                if check is not None:
+                    for i, r in enumerate(rows):
+                        why = check(make(r), total)
+                        if why:
+                            v.bad.append((i, why))
+            yield v
+
+    def _read_verified(self, bno: int, level: int | None, at: int = 0) -> Node:
+        """A node read and verified now, whatever the caches hold: the
+        running transaction's shadow if there is one, else the block on
+        the device (MediaError when it is poisoned); `at`: read node `bno`
+        from its second copy, at that block, instead."""
+        shadow = self.j.dirty.get(bno)
+        if shadow is None:
+            self.j.pmem.check_load(at or bno)
+            blk = self.j.pmem.block(at or bno)
+            self._verify(bno, blk, level)
+        else:
+            blk = shadow
+        node = Node(self.spec, bno, blk, shadow)
+        if level is not None and node.level != level:
+            raise Corrupted(bno, f"{self.spec.name} btree node has level {node.level},"
+                                 f" expected {level}")
+        return node
+
+    def node_blocks(self) -> list[int]:
+        """Every node block of the tree; a node that cannot be read is
+        still listed, its subtree is not."""
+        return [v.bno for v in self.walk(leaves=False) if not v.dangling]
+
+    def query_range(self, lo: int, hi: int, fn) -> bool:
+        """Overlapping trees (the rmap): call fn(record) for every record
+        whose [start, start+len-1] meets [lo, hi], in key order, as libxfs's
+        query_range does.  Subtrees whose high key is below lo are skipped.
+        fn returns False to stop the walk; query_range then returns False
+        (True when every record was seen)."""
+        assert self.spec.overlap
+        if not self.height:
+            return True
+        sf, lf = self.spec.overlap
+        stack = [(self.root, self.height - 1, self.root_twin)]
+        while stack:
+            bno, level, twin = stack.pop()
+            node = self._node(bno, level, twin)
+            n = node.n
+            if level:
+                recs = node.recs
+                mask = (recs[sf][:n] <= hi) & (recs["hi"][:n] >= lo)
+                if n:
+                    mask[0] = recs["hi"][0] >= lo
+                kids = recs["child"][:n][mask].tolist()
+                twins = recs["twin"][:n][mask].tolist()
+                stack.extend(zip(reversed(kids), [level - 1] * len(kids), reversed(twins)))
+                continue
+            starts = node.recs[sf][:n].astype(np.uint64)
+            ends = starts + node.recs[lf][:n].astype(np.uint64) - np.uint64(1)
+            mask = (starts <= hi) & (ends >= lo)
+            if mask.any():
+                for rec in node.recs[:n][mask].tolist():
+                    if fn(rec) is False:
+                        return False
+        return True
+
+    def overlaps(self, lo: int, hi: int) -> list:
+        """Every record whose [start, start+len-1] meets [lo, hi] (query_range)."""
+        out: list = []
+        self.query_range(lo, hi, out.append)
+        return out
+
+    def level_sizes(self, n: int) -> list[int]:
+        """Nodes per level (leaves first) of a tree of n records bulk-loaded
+        by bulk_load (nodes about 3/4 full)."""
+        spec = self.spec
+        if n == 0:
+            return []
+        k = -(-n // _fill(spec.leaf_cap))
+        sizes = [k]
+        while k > 1:
+            k = -(-k // _fill(spec.node_cap))
+            sizes.append(k)
+        return sizes
+
+    def bulk_load(self, records, blocks: list[int]) -> tuple[int, int]:
+        """Write `records` (sorted by key, keys unique) as a whole new tree
+        into `blocks` (fresh: nothing the committed image uses; exactly
+        sum(level_sizes(len(records))) of them, leaves first), outside the
+        journal: sealed node images stored straight into the blocks, which
+        the next commit flushes before it commits (like new file data).
+        Returns (root, height) for the superblock; the tree itself is not
+        switched over (the caller commits the new roots).  The one place
+        outside the journal's path that formats nodes."""
+        spec = self.spec
+        sizes = self.level_sizes(len(records))
+        if sum(sizes) != len(blocks):
+            raise ValueError(f"{spec.name} tree of {len(records)} records needs"
+                             f" {sum(sizes)} blocks, not {len(blocks)}")
+        if not sizes:
+            return 0, 0
+        pmem, j = self.j.pmem, self.j
+        items = np.array(records, dtype=spec.rec_dtype)
+        seq = j.seq + 1
+        bi = 0
+        for level, k in enumerate(sizes):
+            ents = np.zeros(k, dtype=spec.ent_dtype)
+            bounds = np.linspace(0, len(items), k + 1).astype(np.int64)
+            for i in range(k):
+                sub = items[int(bounds[i]):int(bounds[i + 1])]
+                bno = blocks[bi]
+                bi += 1
+                pmem.back(bno)
+                blk = pmem.block(bno)
+                _format_node(blk, spec, level, bno, seq, sub)
+                for f in spec.key_fields:
+                    ents[i][f] = sub[0][f]
+                if spec.overlap:
+                    if level == 0:
+                        sf, lf = spec.overlap
+                        ents[i]["hi"] = int((sub[sf] + sub[lf] - np.uint64(1)).max())
+                    else:
+                        ents[i]["hi"] = int(sub["hi"].max())
+                ents[i]["child"] = bno
+                j.note_data(bno, 1)
+            items = ents
+        return blocks[-1], len(sizes)
+
+
+class NodeVisit:
+    """One node as BTree.walk met it (see there)."""
+
+    __slots__ = ("bno", "level", "parent", "low", "high", "hi", "error", "poisoned",
+                 "dangling", "n", "cap", "top", "problems", "records", "children", "bad",
+                 "twin", "copy_error")
+
+    def __init__(self, bno, level, parent, low, high, hi):
+        self.bno = bno              # the node's block
+        self.level = level          # 0 for a leaf (as read; as expected if unreadable)
+        self.parent = parent        # the parent's block, None where the walk started
+        self.low = low              # every key of the node must be >= low (None: no bound)
+        self.high = high            # ... and < high, the next sibling's key
+        self.hi = hi                # overlapping trees: the parent's high key for it
+        self.error = None           # why the node cannot be read, or None
+        self.poisoned = False       # it is on a bad (poisoned) range
+        self.dangling = False       # the pointer is impossible: no node of this tree there
+        self.n = None               # records (entries) in the node
+        self.cap = None             # how many it can hold
+        self.top = None             # overlapping trees: its highest record end
+        self.problems = []          # what is wrong with its shape
+        self.records = None         # a leaf's records (plain tuples)
+        self.children = None        # an internal node's child blocks
+        self.bad = []               # (index, why): leaf records the record check rejects
+        self.twin = 0               # dup: the block of the node's second copy (from its parent)
+        self.copy_error = None      # dup: why the first copy is bad (read from the twin), or None
+
+
+def _plain(row: tuple, array_fields: list[int]) -> tuple:
+    """A record with its array fields as tuples."""
+    row = list(row)
+    for i in array_fields:
+        row[i] = tuple(row[i].tolist())
+    return tuple(row)
+
+
+def _fill(cap: int) -> int:
+    """Records per node when bulk-loading: about 3/4 full, at least 2."""
+    return max(2, cap * 3 // 4)
+
+
+def _format_node(blk: np.ndarray, spec: TreeSpec, level: int, bno: int, seq: int,
+                 items: np.ndarray) -> None:
+    """Store a whole sealed node (header, then `items`) into a block."""
+    blk[:] = 0
+    hdr = blk[:NODE_HDR_SIZE].view(NODE_HDR_DTYPE)
+    hdr["magic"] = spec.magic
+    hdr["tree_id"] = spec.tree_id
+    hdr["level"] = level
+    hdr["nrecs"] = len(items)
+    hdr["blkno"] = bno
+    hdr["seq"] = seq
+    raw = np.ascontiguousarray(items).view(np.uint8)
+    if raw.size > BLOCK_SIZE - NODE_HDR_SIZE:
+        raise ValueError(f"{len(items)} records do not fit one {spec.name} btree node")
+    blk[NODE_HDR_SIZE:NODE_HDR_SIZE + raw.size] = raw
+    seal(blk)
+
+
+_SCAN_CHUNK = 16384           # blocks whose headers one step of find_nodes reads
+_HDR_IDS = struct.Struct("<HHI")     # format.NODE_HDR_DTYPE: tree_id, level, nrecs at 8
+
+
+def find_nodes(pmem, specs, skip=None) -> dict[int, list[tuple[int, int]]]:
+    """Every block of the device that holds a node of one of these trees by
+    its own header (the tree's magic and id, its own block number, a level
+    and record count the tree allows, a good checksum), as xfs_repair finds
+    btree blocks by scanning: {tree_id: [(block, level)]}.  Blocks on bad
+    ranges and those `skip` (a boolean array, True: do not read) marks are
+    not read; holes of the sparse image are skipped without reading."""
+    by_id = {s.tree_id: s for s in specs}
+    out: dict[int, list[tuple[int, int]]] = {tid: [] for tid in by_id}
+    if not by_id:
+        return out
+    magics = {int.from_bytes(s.magic, "little"): s for s in specs}
+    total = pmem.nblocks
+    bad = np.zeros(total, dtype=bool)
+    for b, n in pmem.bad.ranges():
+        bad[b:min(b + n, total)] = True
+    if skip is not None:
+        bad |= skip[:total]
+    for a, b in _data_runs(pmem, total):
+        for c in range(a, b, _SCAN_CHUNK):
+            d = min(b, c + _SCAN_CHUNK)
+            heads = np.ascontiguousarray(
+                pmem.buf[c * BLOCK_SIZE:d * BLOCK_SIZE].reshape(d - c, BLOCK_SIZE)[:, :24])
+            magic = heads[:, 0:4].copy().view("<u4")[:, 0]
+            selfno = heads[:, 16:24].copy().view("<u8")[:, 0]
+            hit = np.isin(magic, list(magics)) & (selfno == np.arange(c, d, dtype=np.uint64))
+            hit &= ~bad[c:d]
+            for i in np.nonzero(hit)[0]:
+                bno = c + int(i)
+                spec = magics[int(magic[i])]
+                tree_id, level, nrecs = _HDR_IDS.unpack_from(heads[i].tobytes(), 8)
+                if tree_id != spec.tree_id or level >= MAX_HEIGHT:
+                    continue
+                if nrecs > (spec.leaf_cap if level == 0 else spec.node_cap):
+                    continue
+                if not sealed_ok(pmem.block(bno)):
+                    continue
+                out[tree_id].append((bno, level))
+    return out
+
+
+def _data_runs(pmem, total: int) -> list[tuple[int, int]]:
+    """[start, end) block runs of the image file that hold data (the rest
+    are holes, which read as zeros), by SEEK_DATA / SEEK_HOLE; the whole
+    device when the host cannot say."""
+    runs = []
+    off, end = 0, total * BLOCK_SIZE
+    try:
+        while off < end:
+            try:
+                d = os.lseek(pmem.fd, off, os.SEEK_DATA)
+            except OSError as e:
+                if e.errno == errno.ENXIO:        # no data after off
+                    break
+                raise
+            if d >= end:
+                break
+            h = min(os.lseek(pmem.fd, d, os.SEEK_HOLE), end)
+            runs.append((d // BLOCK_SIZE, -(-h // BLOCK_SIZE)))
+            off = h
+    except OSError:
+        return [(0, total)]
+    return runs

@@ -20,10 +20,8 @@ rolled-back operation must call `forget_cache()`.
 
 import logging
 
-import crc32c
-
 from .errors import Corrupted, NameTooLong
-from .format import NAME_MAX
+from .format import NAME_MAX, name_hash, valid_name  # noqa: F401 (also the engine's API)
 
 _LOW = 0xFFFFFFFF
 
@@ -47,16 +45,6 @@ def dir_sizes(entries) -> dict[int, int]:
     for parent, name in entries:
         sizes[parent] = sizes.get(parent, DIR_HEAD_BYTES) + entry_bytes(name)
     return sizes
-
-
-def name_hash(name: bytes) -> int:
-    return crc32c.crc32c(name) & 0x7FFFFFFF
-
-
-def valid_name(name: bytes, namelen: int) -> bool:
-    """Is a name read from a directory record one a directory may hold?"""
-    return 0 < namelen <= NAME_MAX and len(name) == namelen and b"/" not in name \
-        and b"\0" not in name and name not in (b".", b"..")
 
 
 def check_name(name: bytes) -> None:

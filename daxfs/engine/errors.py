@@ -177,6 +177,17 @@ class Shutdown(DaxfsError):
     errno = _errno.EIO
 
 
+class NeedsRepair(DaxfsError):
+    """The image's metadata is damaged past what can be healed while it is
+    open: it needs `daxfs check --repair`.  `readonly_ok`: what is damaged
+    is not needed to read files (a read-only mount can serve them)."""
+    errno = _errno.EUCLEAN
+
+    def __init__(self, message: str, readonly_ok: bool = False):
+        self.readonly_ok = readonly_ok
+        super().__init__(message)
+
+
 class NotAnImage(DaxfsError):
     """The file is not a daxfs image."""
     errno = _errno.EINVAL
@@ -196,3 +207,18 @@ class BadSideFile(DaxfsError):
 class ImageLocked(DaxfsError):
     """Another process holds the image open."""
     errno = _errno.EBUSY
+
+
+class NoDevice(DaxfsError):
+    """The operation needs a regular file (fallocate of a device node or socket)."""
+    errno = _errno.ENODEV
+
+
+class IllegalSeek(DaxfsError):
+    """The file is a pipe (fallocate of a FIFO)."""
+    errno = _errno.ESPIPE
+
+
+class NoData(DaxfsError):
+    """No data (SEEK_DATA) or hole (SEEK_HOLE) at or after the offset: it is at or past EOF."""
+    errno = _errno.ENXIO

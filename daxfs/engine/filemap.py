@@ -1,30 +1,48 @@
 """What extent-map records mean, and the data path built on them: read,
-write with copy-on-write of shared extents, truncate, clone, dedupe and
+write with copy-on-write of shared extents, truncate, clone, dedupe,
+preallocation (unwritten extents), hole punching, SEEK_DATA/SEEK_HOLE and
 FIEMAP.
 
 Extent record (ino, file block) -> (physical block, length, flags).  Every
 change to a file's mapping is mirrored in the rmap (one rmap record per
-extent record) and, for shared ranges, in the refcount tree; blocks whose
-owner count falls to zero go back to free space.  File data is loaded and
-stored straight from the mapping (DAX): nothing is cached here.
+extent record, with RMAP_UNWRITTEN for an unwritten one) and, for shared
+ranges, in the refcount tree; blocks whose owner count falls to zero go
+back to free space.  File data is loaded and stored straight from the
+mapping (DAX): nothing is cached here.
 
-Invariants kept for every file: bytes past EOF inside the last block are
-zero; a newly allocated block is fully written (data or zeros) before the
-commit that maps it.
+Unwritten extents (EXT_UNWRITTEN, made by fallocate) are allocated blocks
+whose bytes were never written: they read as zeros whatever the blocks
+hold, so preallocating costs no stores.  A write into one stores its data
+with zeros around it in the blocks it touches (flushed before the commit,
+like any new block) and converts just those blocks to written.  Unwritten
+blocks are never shared: a clone leaves a hole where its source is
+unwritten (the same bytes: zeros).
+
+Invariants kept for every file: bytes past EOF inside the last written
+block are zero; a newly allocated block is fully written (data or zeros)
+before the commit that maps it as written; blocks past EOF are unwritten
+(preallocated), or left by a crash (fs._drop_post_eof drops those).
 """
 
 import itertools
 
 import numpy as np
 
-from .attrs import FIEMAP_EXTENT_LAST, FIEMAP_EXTENT_SHARED, FiemapExtent
+from .attrs import (FIEMAP_EXTENT_LAST, FIEMAP_EXTENT_SHARED, FIEMAP_EXTENT_UNWRITTEN,
+                    FiemapExtent)
 from .errors import DamagedFile, MediaError, NoSpace
-from .format import BLOCK_SIZE as BS, OWN_MAX_INO, RMAP_ATTR, owner_name
+from .format import (BLOCK_SIZE as BS, EXT_KNOWN, EXT_UNWRITTEN, FEAT_UNWRITTEN, OWN_MAX_INO,
+                     RMAP_ATTR, RMAP_UNWRITTEN, owner_name)
 
 _END = (1 << 64) - 1
 TRUSTED_MAX = 1 << 18        # extent records remembered as verified
 UNMAP_STEP = 16              # extents unmapped between consistent points
 _UNKNOWN = object()
+
+
+def _rmap_flags(ext_flags: int) -> int:
+    """The rmap record flags that mirror an extent record's flags."""
+    return RMAP_UNWRITTEN if ext_flags & EXT_UNWRITTEN else 0
 
 
 class FileMap:
@@ -42,11 +60,17 @@ class FileMap:
     # ---- mapping ------------------------------------------------------------
     def extents(self, ino: int, start: int, end: int) -> list[tuple[int, int, int]]:
         """(file block, physical block, length) of every extent meeting
-        file blocks [start, end), clipped to that range, in order."""
+        file blocks [start, end), clipped to that range, in order (written
+        and unwritten alike: what the file owns)."""
+        return [e[:3] for e in self._extents(ino, start, end)[0]]
+
+    def mapping(self, ino: int, start: int, end: int) -> list[tuple[int, int, int, int]]:
+        """extents() with each extent's flags: (file block, physical block,
+        length, flags); an extent with EXT_UNWRITTEN reads as zeros."""
         return self._extents(ino, start, end)[0]
 
     def _extents(self, ino: int, start: int, end: int):
-        """extents(), and the file's record with the greatest key <= start
+        """mapping(), and the file's record with the greatest key <= start
         (None if the file has none).  Every record used is verified first
         (`_verify`)."""
         out = []
@@ -64,7 +88,7 @@ class FileMap:
                 self._verify(prev)
             f, p, n = prev[1], prev[2], prev[3]
             cut = start - f
-            out.append((start, p + cut, min(n - cut, end - start)))
+            out.append((start, p + cut, min(n - cut, end - start), prev[4]))
         elif near is not None and prev and prev[1] == start:
             after.insert(0, prev)           # (around gives a key equal to start as prev)
         for rec in after:
@@ -73,7 +97,7 @@ class FileMap:
                 break
             if rec not in trusted:
                 self._verify(rec)
-            out.append((f, p, min(n, end - f)))
+            out.append((f, p, min(n, end - f), rec[4]))
         return out, prev
 
     def _trust(self, rec: tuple) -> None:
@@ -95,7 +119,7 @@ class FileMap:
         vol = self.vol
         total = vol.total_blocks
         where = f"extent at file block {f} (blocks {p}+{n})"
-        if n == 0 or p == 0 or p + n > total - 1 or flags:
+        if n == 0 or p == 0 or p + n > total - 1 or flags & ~EXT_KNOWN:
             raise DamagedFile(ino, f"{where} is not a valid extent of this device")
         log_start = int(vol.sb["log_start"])
         if p < log_start + int(vol.sb["log_blocks"]) and p + n > log_start:
@@ -104,7 +128,7 @@ class FileMap:
         if free is not None and free[0] + free[1] > p:
             raise DamagedFile(ino, f"{where} overlaps free space ({free[0]}+{free[1]})")
         if self.rmap.enabled:
-            if self.rmap.record(p, ino, f) != (n, 0):
+            if self.rmap.record(p, ino, f) != (n, _rmap_flags(flags)):
                 raise DamagedFile(ino, f"{where} has no matching rmap record")
             sharers = np.zeros(n, dtype=np.int64)
             for rb, owner, _off, rlen, rflags in self.rmap.owners(p, p + n - 1):
@@ -117,6 +141,8 @@ class FileMap:
                 if (sharers[s - p:s - p + k] != (rc if rc > 1 else 1)).any():
                     raise DamagedFile(ino, f"{where}: blocks {s}+{k} have other owners than"
                                            f" the refcount tree counts ({rc})")
+                if rc > 1 and flags & EXT_UNWRITTEN:
+                    raise DamagedFile(ino, f"{where}: an unwritten extent is shared")
         self._trust(rec)
 
     def last_block(self, ino: int) -> int:
@@ -126,26 +152,39 @@ class FileMap:
             return rec[1] + rec[3]
         return 0
 
-    def map(self, ino: int, foff: int, pblk: int, n: int, prev=_UNKNOWN) -> tuple:
-        """Map file blocks [foff, foff+n) to [pblk, pblk+n) (a hole now).
-        `prev`, when the caller knows it, is the file's record with the
-        greatest key below foff (or None).  Returns the record that now
-        maps foff."""
+    def map(self, ino: int, foff: int, pblk: int, n: int, prev=_UNKNOWN,
+            flags: int = 0) -> tuple:
+        """Map file blocks [foff, foff+n) to [pblk, pblk+n) (a hole now),
+        with extent `flags`.  `prev`, when the caller knows it, is the
+        file's record with the greatest key below foff (or None).  Returns
+        the record that now maps foff."""
         if foff:
             if prev is _UNKNOWN:
                 prev = self.tree.last_le((ino, foff - 1))
             if (prev and prev[0] == ino and prev[1] + prev[3] == foff
-                    and prev[2] + prev[3] == pblk and prev[4] == 0):
-                rec = (ino, prev[1], prev[2], prev[3] + n, 0)
+                    and prev[2] + prev[3] == pblk and prev[4] == flags):
+                rec = (ino, prev[1], prev[2], prev[3] + n, flags)
                 self.tree.update(rec)
                 self._trust(rec)
-                self.rmap.resize(prev[2], ino, prev[1], prev[3] + n)
+                self.rmap.resize(prev[2], ino, prev[1], prev[3] + n, _rmap_flags(flags))
                 return rec
-        rec = (ino, foff, pblk, n, 0)
+        if flags & EXT_UNWRITTEN:
+            self._note_unwritten()
+        rec = (ino, foff, pblk, n, flags)
         self.tree.insert(rec)
         self._trust(rec)
-        self.rmap.map(pblk, ino, foff, n)
+        self.rmap.map(pblk, ino, foff, n, _rmap_flags(flags))
         return rec
+
+    def _note_unwritten(self) -> None:
+        """The image holds unwritten extents from now on: say so in the
+        superblock's features, so that a daxfs that does not know them
+        refuses the image instead of reading their stale blocks."""
+        sb = self.vol.sb
+        if not int(sb["features"]) & FEAT_UNWRITTEN:
+            sb["features"] = int(sb["features"]) | FEAT_UNWRITTEN
+            self.vol.mark_dirty_sb()
+
 
     def unmap(self, ino: int, start: int, end: int, limit: int = 0) -> tuple[list, int]:
         """Remove the mapping of file blocks [start, end).  Returns the
@@ -160,19 +199,19 @@ class FileMap:
                 reached = f
                 break
             rec = self.tree.last_le((ino, f))
-            rf, rp, rn = rec[1], rec[2], rec[3]
+            rf, rp, rn, rfl = rec[1], rec[2], rec[3], rec[4]
             a, b = f, f + n
             if rf < a:
-                self.tree.update((ino, rf, rp, a - rf, 0))
-                self._trust((ino, rf, rp, a - rf, 0))
-                self.rmap.resize(rp, ino, rf, a - rf)
+                self.tree.update((ino, rf, rp, a - rf, rfl))
+                self._trust((ino, rf, rp, a - rf, rfl))
+                self.rmap.resize(rp, ino, rf, a - rf, _rmap_flags(rfl))
             else:
                 self.tree.discard((ino, rf))
                 self.rmap.unmap(rp, ino, rf)
             if b < rf + rn:
-                self.tree.insert((ino, b, rp + (b - rf), rf + rn - b, 0))
-                self._trust((ino, b, rp + (b - rf), rf + rn - b, 0))
-                self.rmap.map(rp + (b - rf), ino, b, rf + rn - b)
+                self.tree.insert((ino, b, rp + (b - rf), rf + rn - b, rfl))
+                self._trust((ino, b, rp + (b - rf), rf + rn - b, rfl))
+                self.rmap.map(rp + (b - rf), ino, b, rf + rn - b, _rmap_flags(rfl))
             removed.append((p, n))
         return removed, reached
 
@@ -203,15 +242,17 @@ class FileMap:
         if off >= end:
             return b""
         b0, b1 = off // BS, (end + BS - 1) // BS
-        exts = self.extents(ino, b0, b1)
+        exts = self.mapping(ino, b0, b1)
         pmem = self.pmem
-        if len(exts) == 1 and exts[0][0] == b0 and exts[0][2] == b1 - b0:
+        if len(exts) == 1 and exts[0][0] == b0 and exts[0][2] == b1 - b0 and not exts[0][3]:
             p = exts[0][1]
             self._load_check(p, b1 - b0)
             return pmem.load(p * BS + (off - b0 * BS), end - off)
         out = bytearray(end - off)
         view = memoryview(out)
-        for f, p, n in exts:
+        for f, p, n, flags in exts:
+            if flags & EXT_UNWRITTEN:
+                continue                    # reads as zeros
             self._load_check(p, n)
             lo = max(off, f * BS)
             hi = min(end, (f + n) * BS)
@@ -255,13 +296,16 @@ class FileMap:
         if prev is not None:       # allocate right after the block before b0
             goal = prev[2] + prev[3] + (b0 - prev[1] - prev[3])
         try:
-            for f, p, k in exts + [(b1, 0, 0)]:
+            for f, p, k, flags in exts + [(b1, 0, 0, 0)]:
                 if pos < f:
                     # (prev is the record before b0: known only for a hole at b0)
                     goal = self._fill_hole(inode, pos, f, off, end, data, goal,
                                            prev if pos == b0 else _UNKNOWN)
                 if k:
-                    self._overwrite(inode, f, p, k, off, end, data)
+                    if flags & EXT_UNWRITTEN:
+                        self._write_unwritten(inode, f, p, k, off, end, data)
+                    else:
+                        self._overwrite(inode, f, p, k, off, end, data)
                     goal = p + k
                 pos = f + k
                 self._reached = pos
@@ -321,6 +365,34 @@ class FileMap:
             self._store(p, d_lo - lo, data, d_lo - off, d_hi - off)
         self.journal.note_data(p, k)
 
+    def _write_unwritten(self, inode, f: int, p: int, k: int, off: int, end: int,
+                         data) -> None:
+        """Store into file blocks [f, f+k), unwritten on blocks [p, p+k):
+        the blocks the write touches get its data with zeros around it
+        (what they read as until now), then become written."""
+        lo_f = max(f, off // BS)
+        hi_f = min(f + k, (end + BS - 1) // BS)
+        q, n = p + (lo_f - f), hi_f - lo_f      # (never shared: _verify, clone)
+        self._fill_new(q, lo_f, n, off, end, data, None)
+        self._clear_bad(q, n)           # whole blocks stored: a recovery write
+        self.set_flags(inode.ino, lo_f, hi_f, 0)
+
+    def _clear_bad(self, p: int, k: int) -> None:
+        """Blocks [p, p+k) were stored whole: their bad ranges are gone."""
+        bad = self.pmem.bad
+        if bad and bad.first_bad(p, k) is not None:
+            for b in range(p, p + k):
+                if bad.first_bad(b, 1) is not None:
+                    bad.clear(b, 1)
+
+    def set_flags(self, ino: int, f0: int, f1: int, flags: int) -> None:
+        """Give every extent of file blocks [f0, f1) the flags `flags`
+        (written <-> unwritten), keeping the blocks."""
+        pieces = self.extents(ino, f0, f1)
+        self.unmap(ino, f0, f1)
+        for f, p, n in pieces:
+            self.map(ino, f, p, n, flags=flags)
+
     def _overwrite(self, inode, f: int, p: int, k: int, off: int, end: int, data) -> None:
         for s, length, rc in self.refc.segments(p, k):
             sf = f + (s - p)
@@ -376,8 +448,9 @@ class FileMap:
         if size % BS == 0:
             return
         b = size // BS
-        if not self.extents(inode.ino, b, b + 1):
-            return
+        m = self.mapping(inode.ino, b, b + 1)
+        if not m or m[0][3] & EXT_UNWRITTEN:
+            return                      # a hole or unwritten: reads as zeros
         self.write(inode, size, bytes(BS - size % BS))
 
     def truncate_blocks(self, inode, first_block: int, budget: int | None = None) -> bool:
@@ -385,31 +458,160 @@ class FileMap:
         steps that each leave the file consistent; with `budget`, at most
         that many extents.  True when nothing is mapped from first_block
         on any more."""
+        return self.punch(inode, first_block, _END, budget)
+
+    def truncate_written(self, inode, first_block: int, budget: int | None = None) -> bool:
+        """Unmap and release the written blocks of the file from first_block
+        on, keeping the unwritten (preallocated) ones; in steps, at most
+        `budget` extents with one.  True when no written block is left
+        there."""
+        done = 0
+        while True:
+            # (read lazily, and only before the tree changes)
+            left = ((f, n) for f, _, n, fl in self._iter_mapping(inode.ino, first_block, _END)
+                    if not fl & EXT_UNWRITTEN)
+            if budget is not None and done >= budget:
+                return next(left, None) is None
+            step = UNMAP_STEP if budget is None else min(UNMAP_STEP, budget - done)
+            batch = list(itertools.islice(left, step))
+            if not batch:
+                return True
+            for f, n in batch:
+                removed, _ = self.unmap(inode.ino, f, f + n)
+                self.release(removed)
+                inode.blocks -= sum(k for _, k in removed)
+            done += len(batch)
+            first_block = batch[-1][0] + batch[-1][1]
+            self.step()
+
+    # ---- preallocation and holes ---------------------------------------------
+    def holes(self, ino: int, start: int, end: int) -> list[tuple[int, int]]:
+        """The unmapped runs [a, b) of file blocks [start, end)."""
+        out = []
+        pos = start
+        for f, _, n in self.extents(ino, start, end):
+            if pos < f:
+                out.append((pos, f))
+            pos = f + n
+        if pos < end:
+            out.append((pos, end))
+        return out
+
+    def preallocate(self, inode, holes) -> None:
+        """Give each hole [a, b) of the file unwritten blocks (which read
+        as zeros: nothing is stored), in steps."""
+        ino = inode.ino
+        for a, b in holes:
+            goal = self._goal(ino, a)
+            while a < b:
+                p, k = self.alloc.alloc(b - a, goal)
+                self.map(ino, a, p, k, flags=EXT_UNWRITTEN)
+                inode.blocks += k
+                a += k
+                goal = p + k
+                self.step()
+
+    def punch(self, inode, start: int, end: int, budget: int | None = None) -> bool:
+        """Unmap file blocks [start, end) and drop the file's owner count of
+        their blocks (shared ones stay with their other owners), in steps
+        that each leave the file consistent; with `budget`, at most that
+        many extents.  True when nothing is mapped there any more."""
         if not inode.blocks:        # no blocks, no extents (check verifies it)
             return True
         done = 0
         while True:
             limit = UNMAP_STEP if budget is None else max(1, min(UNMAP_STEP, budget - done))
-            removed, reached = self.unmap(inode.ino, first_block, _END, limit=limit)
+            removed, reached = self.unmap(inode.ino, start, end, limit=limit)
             self.release(removed)
             inode.blocks -= sum(n for _, n in removed)
             done += len(removed)
-            if reached == _END:
+            if reached == end:
                 return True
+            start = reached
             self.step()
             if budget is not None and done >= budget:
                 return False
+
+    def shared_blocks(self, ino: int, start: int, end: int) -> int:
+        """How many blocks of file blocks [start, end) are shared (written:
+        unwritten blocks never are)."""
+        n = 0
+        for _, p, k in self.extents(ino, start, end):
+            n += sum(length for _, length, rc in self.refc.segments(p, k) if rc > 1)
+        return n
+
+    def unshare_or_unwrite(self, inode, start: int, end: int) -> None:
+        """Make file blocks [start, end) read as zeros without storing: a
+        block the file alone owns becomes unwritten in place, a shared one
+        is given up (a hole, for preallocate to fill), in steps."""
+        ino = inode.ino
+        pos = start
+        while pos < end:
+            step_end = pos + self.extent_span(ino, pos, end, UNMAP_STEP)
+            for f, p, n, flags in self.mapping(ino, pos, step_end):
+                if flags & EXT_UNWRITTEN:
+                    continue
+                for s_, k, rc in self.refc.segments(p, n):
+                    sf = f + (s_ - p)
+                    if rc > 1:
+                        removed, _ = self.unmap(ino, sf, sf + k)
+                        self.release(removed)
+                        inode.blocks -= sum(m for _, m in removed)
+                    else:
+                        self.set_flags(ino, sf, sf + k, EXT_UNWRITTEN)
+            pos = step_end
+            self.step()
+
+    # ---- SEEK_DATA / SEEK_HOLE -------------------------------------------------
+    def _written_runs(self, ino: int, start: int):
+        """(first block, end block) of the written extents meeting file
+        blocks [start, ...), in order, adjacent ones joined; lazily."""
+        run = None
+        for f, _, n, flags in self._iter_mapping(ino, start, _END):
+            if flags & EXT_UNWRITTEN:
+                continue
+            if run and run[1] == f:
+                run = (run[0], f + n)
+                continue
+            if run:
+                yield run
+            run = (f, f + n)
+        if run:
+            yield run
+
+    def seek_data(self, ino: int, off: int, size: int) -> int | None:
+        """The first offset >= off inside a written extent and before
+        `size`, or None (no data there: ENXIO)."""
+        for a, b in self._written_runs(ino, off // BS):
+            pos = max(off, a * BS)
+            return pos if pos < size else None
+        return None
+
+    def seek_hole(self, ino: int, off: int, size: int) -> int:
+        """The first offset >= off (off < size) in a hole or unwritten
+        extent, or `size` (the hole every file has at its end)."""
+        pos = off
+        for a, b in self._written_runs(ino, off // BS):
+            if a * BS > pos:
+                break
+            pos = max(pos, b * BS)
+            if pos >= size:
+                break
+        return min(pos, size)
 
     # ---- sharing -------------------------------------------------------------
     def clone(self, src, s_blk: int, dst, d_blk: int, nblk: int,
               budget: int | None = None) -> int:
         """Make dst's file blocks [d_blk, d_blk+nblk) share src's blocks
-        [s_blk, s_blk+nblk) (holes stay holes).  With `budget`, stops after
-        about that many extents (of dst unmapped and of src shared) at a
-        block where the part done is whole.  Returns the blocks done."""
+        [s_blk, s_blk+nblk) (holes stay holes; unwritten extents, which
+        read as zeros and are never shared, become holes).  With `budget`,
+        stops after about that many extents (of dst unmapped and of src
+        shared) at a block where the part done is whole.  Returns the
+        blocks done."""
         limit = None if budget is None else max(1, budget)
-        pieces = list(itertools.islice(self._iter_extents(src.ino, s_blk, s_blk + nblk),
-                                       limit + 1 if limit else None))
+        written = (e[:3] for e in self._iter_mapping(src.ino, s_blk, s_blk + nblk)
+                   if not e[3] & EXT_UNWRITTEN)
+        pieces = list(itertools.islice(written, limit + 1 if limit else None))
         done = nblk
         if limit and len(pieces) > limit:
             done = pieces[limit][0] - s_blk          # up to the first piece left out
@@ -441,8 +643,8 @@ class FileMap:
         """The bytes [off, off+length) as a numpy array: a view on the mapping
         when they are contiguous on the device, else a copy."""
         b0, b1 = off // BS, (off + length + BS - 1) // BS
-        exts = self.extents(ino, b0, b1)
-        if len(exts) == 1 and exts[0][0] == b0 and exts[0][2] == b1 - b0:
+        exts = self.mapping(ino, b0, b1)
+        if len(exts) == 1 and exts[0][0] == b0 and exts[0][2] == b1 - b0 and not exts[0][3]:
             p = exts[0][1]
             self._load_check(p, b1 - b0)
             o = p * BS + off - b0 * BS
@@ -451,9 +653,12 @@ class FileMap:
 
     def _pieces(self, ino: int, b0: int, b1: int) -> list[tuple[int, int, int]]:
         """File blocks [b0, b1) as (file block, physical block or 0 for a
-        hole, count), in order, holes included."""
+        hole, count), in order, holes (and unwritten extents, which read
+        as zeros) included."""
         out, pos = [], b0
-        for f, p, n in self._iter_extents(ino, b0, b1):
+        for f, p, n, flags in self._iter_mapping(ino, b0, b1):
+            if flags & EXT_UNWRITTEN:
+                continue
             if f > pos:
                 out.append((pos, 0, f - pos))
             out.append((f, p, n))
@@ -515,7 +720,12 @@ class FileMap:
         return True
 
     def _iter_extents(self, ino: int, start: int, end: int):
-        """extents(), one at a time, each record verified before it is
+        """extents(), one at a time (see _iter_mapping)."""
+        for f, p, n, _ in self._iter_mapping(ino, start, end):
+            yield f, p, n
+
+    def _iter_mapping(self, ino: int, start: int, end: int):
+        """mapping(), one at a time, each record verified before it is
         used (a caller that stops early reads no more of the tree than it
         used).  The tree must not change while it runs."""
         prev = self.tree.last_le((ino, start))
@@ -529,7 +739,7 @@ class FileMap:
                 self._verify(rec)
             if f < start:
                 f, p, n = start, p + start - f, n - (start - f)
-            yield f, p, min(n, end - f)
+            yield f, p, min(n, end - f), rec[4]
 
     def extent_span(self, ino: int, start: int, end: int, most: int) -> int:
         """How many blocks from `start` (up to `end`) hold at most `most`
@@ -547,9 +757,11 @@ class FileMap:
         b0 = start // BS
         b1 = -(-min(start + length, max(file_size, 0)) // BS)
         out = []
-        for f, p, n in self._iter_extents(ino, b0, max(b1, b0)):
+        for f, p, n, ext_flags in self._iter_mapping(ino, b0, max(b1, b0)):
             for s, k, rc in self.refc.segments(p, n):
                 flags = FIEMAP_EXTENT_SHARED if rc > 1 else 0
+                if ext_flags & EXT_UNWRITTEN:
+                    flags |= FIEMAP_EXTENT_UNWRITTEN
                 logical = (f + (s - p)) * BS
                 if out and flags == out[-1].flags and \
                         out[-1].logical + out[-1].length == logical and \

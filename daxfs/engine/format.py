@@ -7,6 +7,9 @@ change to the format cannot happen by accident (as XFS's xfs_ondisk.h does).
 Nothing here reads or writes the device.
 """
 
+import stat
+
+import crc32c
 import numpy as np
 
 BLOCK_SIZE = 4096
@@ -16,6 +19,7 @@ SECTOR_SIZE = 512
 FORMAT_VERSION = 2          # 2: twin block numbers in node entries, the log and the superblock
 MIN_IMAGE_BYTES = 16 * 1024 * 1024
 MAX_FILE_BYTES = (1 << 63) - 1
+MAX_FILE_BLOCKS = -(-MAX_FILE_BYTES // 4096)     # file blocks 0 .. MAX_FILE_BLOCKS - 1
 NAME_MAX = 255
 XATTR_NAME_MAX = 255
 XATTR_VALUE_MAX = 65536
@@ -33,8 +37,9 @@ FIRST_INO = 2
 # Feature flags in the superblock.
 FEAT_RMAP = 1 << 0
 FEAT_REFLINK = 1 << 1
-FEAT_DUP = 1 << 2           # every metadata block has a twin (mkfs --metadata dup)
-KNOWN_FEATURES = FEAT_RMAP | FEAT_REFLINK | FEAT_DUP
+FEAT_UNWRITTEN = 1 << 2     # extent maps may hold unwritten (preallocated) extents
+FEAT_DUP = 1 << 3           # every metadata block has a twin (mkfs --metadata dup)
+KNOWN_FEATURES = FEAT_RMAP | FEAT_REFLINK | FEAT_UNWRITTEN | FEAT_DUP
 
 # Superblock state flags.
 STATE_NEEDS_CHECK = 1 << 0
@@ -64,6 +69,18 @@ TREE_MAGICS = {
     TREE_FREE: b"DXFS", TREE_RMAP: b"DXRM", TREE_REFC: b"DXRC",
     TREE_XATTR: b"DXXA", TREE_ORPHAN: b"DXOR",
 }
+
+def name_hash(name: bytes) -> int:
+    """The 31-bit hash that files a directory entry or an extended attribute
+    under its name: the high half of the record's `pos` key field."""
+    return crc32c.crc32c(name) & 0x7FFFFFFF
+
+
+def valid_name(name: bytes, namelen: int) -> bool:
+    """Is a name read from a directory record one a directory may hold?"""
+    return 0 < namelen <= NAME_MAX and len(name) == namelen and b"/" not in name \
+        and b"\0" not in name and name not in (b".", b"..")
+
 
 # rmap owners.  File data is owned by its inode number (< 2**62); metadata
 # has named owners at the top of the u64 range, as XFS's XFS_RMAP_OWN_*.
@@ -99,9 +116,12 @@ def owner_name(owner: int) -> str:
 
 # rmap record flags
 RMAP_ATTR = 1 << 0      # the blocks hold an xattr value of the owner, not file data
+RMAP_UNWRITTEN = 1 << 1  # file data blocks mapped by an unwritten extent
 
-# Extent flags (reserved for unwritten extents; none used yet)
+# Extent flags
 EXT_NONE = 0
+EXT_UNWRITTEN = 1 << 0  # allocated (fallocate) but never written: reads as zeros
+EXT_KNOWN = EXT_UNWRITTEN
 
 
 def _dt(fields, itemsize=None):
@@ -202,8 +222,13 @@ XATTR_DTYPE = _dt([
 
 ORPHAN_DTYPE = _dt([("ino", "<u8")])
 
-# Directory entry file types (as DT_* in dirent.h)
+# Directory entry file types (as DT_* in dirent.h), and the one map from a
+# mode's file type (stat.S_IFMT) to the entry type: DT_OF_FMT.
 DT_UNKNOWN, DT_FIFO, DT_CHR, DT_DIR, DT_BLK, DT_REG, DT_LNK, DT_SOCK = 0, 1, 2, 4, 6, 8, 10, 12
+DT_OF_FMT = {stat.S_IFREG: DT_REG, stat.S_IFDIR: DT_DIR, stat.S_IFLNK: DT_LNK,
+             stat.S_IFIFO: DT_FIFO, stat.S_IFCHR: DT_CHR, stat.S_IFBLK: DT_BLK,
+             stat.S_IFSOCK: DT_SOCK}
+FMT_OF_DT = {dt: fmt for fmt, dt in DT_OF_FMT.items()}
 
 # ---- size and offset assertions -------------------------------------------
 assert SB_DTYPE.itemsize == BLOCK_SIZE

@@ -24,13 +24,13 @@ import time
 from . import acl, ranges
 from .attrs import Attr, DedupeResult, DirEntry, FILE_DEDUPE_RANGE_DIFFERS, StatFs
 from .dirs import DIR_HEAD_BYTES, Dirs, check_name, entry_bytes
-from .errors import (Corrupted, DaxfsError, DamagedFile, Exists, FileTooBig, InvalidArgument,
-                     IsADirectory, NoAttribute, NoSpace, NotADirectory, NotEmpty, NotFound,
-                     NotPermitted, NotSupported, PermissionDenied, ReadOnly, Shutdown,
-                     TooManyLinks, TrimFirst, WriteFailed)
+from .errors import (Corrupted, DaxfsError, DamagedFile, Exists, FileTooBig, IllegalSeek,
+                     InvalidArgument, IsADirectory, NoAttribute, NoData, NoDevice, NoSpace,
+                     NotADirectory, NotEmpty, NotFound, NotPermitted, NotSupported,
+                     PermissionDenied, ReadOnly, Shutdown, TooManyLinks, TrimFirst, WriteFailed)
 from .filemap import FileMap
-from .format import (BLOCK_SIZE as BS, DT_BLK, DT_CHR, DT_DIR, DT_FIFO, DT_LNK, DT_REG,
-                     DT_SOCK, FEAT_REFLINK, LINK_MAX, ROOT_INO, SYMLINK_MAX, TIME_MAX_SEC, TIME_MIN_SEC)
+from .format import (BLOCK_SIZE as BS, DT_OF_FMT, EXT_UNWRITTEN, FEAT_REFLINK, FMT_OF_DT,
+                     LINK_MAX, ROOT_INO, SYMLINK_MAX, TIME_MAX_SEC, TIME_MIN_SEC)
 from .inodes import Inodes
 from .orphans import Orphans
 from .volume import Volume
@@ -46,12 +46,14 @@ RENAME_EXCHANGE = 2
 RENAME_WHITEOUT = 4
 DEDUPE_MAX = 1 << 30          # the VFS caps one dedupe request at 1 GiB
 DEDUPE_STEP = 8 << 20         # bytes one dedupe_step compares (a few ms)
-
-_DT = {stat.S_IFREG: DT_REG, stat.S_IFDIR: DT_DIR, stat.S_IFLNK: DT_LNK,
-       stat.S_IFIFO: DT_FIFO, stat.S_IFCHR: DT_CHR, stat.S_IFBLK: DT_BLK,
-       stat.S_IFSOCK: DT_SOCK}
-_FMT_OF_DT = {dt: fmt for fmt, dt in _DT.items()}
-
+FALLOC_FL_KEEP_SIZE = 0x01    # fallocate(2) modes (linux/falloc.h)
+FALLOC_FL_PUNCH_HOLE = 0x02
+FALLOC_FL_ZERO_RANGE = 0x10
+# copy_range: the most one call does; the caller asks again for the rest
+# (copy_file_range(2) may copy less than asked, and cp loops); with a step
+# budget, sharing stops at the budget's extents too (`_remap`)
+COPY_STEP_BYTES = 16 << 20    # bytes stored (the parts that cannot be shared)
+COPY_STEP_BLOCKS = 1 << 18    # blocks shared (1 GiB: FUSE's reply counts 32 bits)
 
 def _clamp_time(ns: int) -> int:
     """A time the inode can hold: one outside the range becomes its
@@ -384,7 +386,14 @@ class Filesystem:
             return
         keep = -(-inode.size // BS)
         if self.filemap.last_block(inode.ino) > keep:
-            if not self.filemap.truncate_blocks(inode, keep, self.budget):
+            # (unwritten blocks past EOF are a fallocate's KEEP_SIZE
+            # preallocation: they read as zeros and stay, unless a
+            # truncation is still freeing what lies past EOF)
+            if inode.ino in self._trims:
+                done = self.filemap.truncate_blocks(inode, keep, self.budget)
+            else:
+                done = self.filemap.truncate_written(inode, keep, self.budget)
+            if not done:
                 raise TrimFirst(inode.ino)
         # the same crash can leave bytes past EOF in the last block: zero
         # them before they come inside the file (XFS zeroes past EOF too)
@@ -448,7 +457,7 @@ class Filesystem:
             self.xattrs.set(inode.ino, acl.ACCESS, acl.encode(access))
         if default is not None and is_dir:
             self.xattrs.set(inode.ino, acl.DEFAULT, acl.encode(default))
-        self.dirs.add(parent_ino, name, inode.ino, _DT.get(stat.S_IFMT(mode), 0))
+        self.dirs.add(parent_ino, name, inode.ino, DT_OF_FMT.get(stat.S_IFMT(mode), 0))
         _entry_added(parent, name)
         if is_dir:
             if parent.nlink >= LINK_MAX:
@@ -513,7 +522,7 @@ class Filesystem:
         if self.dirs.lookup(new_parent, new_name) is not None:
             raise Exists(f"{new_name!r} exists")
         self._need_space()
-        self.dirs.add(new_parent, new_name, ino, _DT.get(stat.S_IFMT(inode.mode), 0))
+        self.dirs.add(new_parent, new_name, ino, DT_OF_FMT.get(stat.S_IFMT(inode.mode), 0))
         _entry_added(parent, new_name)
         inode.nlink += 1
         self._touch(inode, m=False)
@@ -795,7 +804,7 @@ class Filesystem:
                     continue
                 except DamagedFile as e:
                     log.warning("readdir of directory %d: %s", ino, e)
-                    attr = Attr.stand_in(child, _FMT_OF_DT.get(ftype, stat.S_IFREG))
+                    attr = Attr.stand_in(child, FMT_OF_DT.get(ftype, stat.S_IFREG))
                 yield DirEntry(name, attr, epos + 3)
         except Corrupted as e:
             self._shut_down(str(e))
@@ -1134,6 +1143,243 @@ class Filesystem:
             except DaxfsError as e:
                 out.append(DedupeResult(-e.errno, 0))
         return out
+
+    # ---- preallocation, holes and copies ----------------------------------
+    @_op
+    def fallocate(self, ino: int, mode: int, offset: int, length: int) -> bool:
+        """fallocate(2) on [offset, offset+length):
+
+        * mode 0: give the holes unwritten blocks (they read as zeros; no
+          byte is stored) and extend the size to offset+length;
+        * FALLOC_FL_KEEP_SIZE: the same, leaving the size (blocks past EOF);
+        * FALLOC_FL_PUNCH_HOLE | KEEP_SIZE: unmap the whole blocks (a shared
+          block loses only this file's reference) and zero the bytes of the
+          partial blocks at the edges;
+        * FALLOC_FL_ZERO_RANGE (with or without KEEP_SIZE): the range reads
+          zeros afterwards, every block of it allocated: blocks the file
+          alone owns become unwritten in place, shared blocks and holes get
+          new unwritten blocks, partial edges are zeroed.
+
+        Other modes (COLLAPSE_RANGE, INSERT_RANGE, UNSHARE_RANGE...) raise
+        NotSupported (EOPNOTSUPP), as on a filesystem without them.  The
+        checks and errnos are vfs_fallocate's.  ENOSPC is found before
+        anything changes: the modes that allocate are one atomic operation
+        (they cost an extent record per free extent used, no stores).  A
+        punch, which only frees, unmaps at most the step budget's extents
+        per call (as a truncation does): True when it is done, else the
+        caller calls again for the rest (the edges are zeroed again, the
+        same bytes).  Set-ID bits are the kernel's to drop (it does, as
+        for a write, before sending FALLOCATE)."""
+        self._writable()
+        end = ranges.allocation(offset, length)
+        keep = mode & FALLOC_FL_KEEP_SIZE
+        kind = mode & ~FALLOC_FL_KEEP_SIZE
+        if kind not in (0, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE):
+            raise NotSupported(f"fallocate mode {mode:#x} is not supported (daxfs has the"
+                               " default mode, KEEP_SIZE, PUNCH_HOLE and ZERO_RANGE)")
+        if kind == FALLOC_FL_PUNCH_HOLE and not keep:
+            raise NotSupported("PUNCH_HOLE needs KEEP_SIZE")
+        inode = self.inodes.get(ino)
+        if stat.S_ISFIFO(inode.mode):
+            raise IllegalSeek("cannot fallocate a pipe")
+        if inode.is_dir:
+            raise IsADirectory("cannot fallocate a directory")
+        if not inode.is_reg:
+            raise NoDevice("fallocate needs a regular file")
+        ranges.new_size(end, "fallocate end")
+        grow = not keep and end > inode.size
+        done = True
+        with self._stepping(inode):
+            if grow:
+                self._drop_post_eof(inode)
+            if kind == FALLOC_FL_PUNCH_HOLE:
+                done = self._punch(inode, offset, end)
+            elif kind == FALLOC_FL_ZERO_RANGE:
+                self._zero_range(inode, offset, end)
+            else:
+                b0, b1 = offset // BS, -(-end // BS)
+                holes = self.filemap.holes(ino, b0, b1)
+                self._need_blocks(sum(b - a for a, b in holes))
+                self.filemap.preallocate(inode, holes)
+        if grow:
+            inode.size = end
+        self._touch(inode)
+        self.inodes.put(inode)
+        return done
+
+    def _need_blocks(self, n: int) -> None:
+        """NoSpace, before anything changes, unless `n` data blocks can be
+        allocated now (blocks freed since the last commit cannot: `_op`
+        commits and tries again for those)."""
+        a = self.vol.alloc
+        if n > 0 and n > a.available() - a.busy_blocks():
+            raise NoSpace(f"no space left on device ({n} blocks needed)")
+
+    def _partial_edges(self, inode, off: int, end: int) -> list[tuple[int, int]]:
+        """The byte ranges of [off, end) in partial blocks at its edges that
+        hold written bytes of the file (before EOF), to be zeroed."""
+        w0, w1 = -(-off // BS), end // BS
+        if w0 > w1:
+            parts = [(off, end)]                     # inside one block
+        else:
+            parts = [(off, w0 * BS)] if off % BS else []
+            if end % BS:
+                parts.append((w1 * BS, end))
+        out = []
+        for lo, hi in parts:
+            hi = min(hi, inode.size)                 # bytes past EOF are zeros already
+            if lo >= hi:
+                continue
+            m = self.filemap.mapping(inode.ino, lo // BS, lo // BS + 1)
+            if m and not m[0][3] & EXT_UNWRITTEN:
+                out.append((lo, hi))
+        return out
+
+    def _zero_bytes(self, inode, edges) -> None:
+        for lo, hi in edges:
+            if self.filemap.write(inode, lo, bytes(hi - lo)) < hi - lo:
+                raise NoSpace("no space left on device")
+
+    def _edge_cow_blocks(self, inode, edges) -> int:
+        return sum(self.filemap.shared_blocks(inode.ino, lo // BS, lo // BS + 1)
+                   for lo, _ in edges)
+
+    def _punch(self, inode, off: int, end: int) -> bool:
+        edges = self._partial_edges(inode, off, end)
+        self._need_blocks(self._edge_cow_blocks(inode, edges))
+        self._zero_bytes(inode, edges)
+        w0, w1 = -(-off // BS), end // BS
+        return w0 >= w1 or self.filemap.punch(inode, w0, w1, self.budget)
+
+    def _zero_range(self, inode, off: int, end: int) -> None:
+        ino = inode.ino
+        b0, b1 = off // BS, -(-end // BS)
+        w0, w1 = -(-off // BS), end // BS
+        edges = self._partial_edges(inode, off, end)
+        need = sum(b - a for a, b in self.filemap.holes(ino, b0, b1))
+        need += self._edge_cow_blocks(inode, edges)
+        if w0 < w1:
+            need += self.filemap.shared_blocks(ino, w0, w1)
+        self._need_blocks(need)
+        self._zero_bytes(inode, edges)
+        if w0 < w1:
+            self.filemap.unshare_or_unwrite(inode, w0, w1)
+        self.filemap.preallocate(inode, self.filemap.holes(ino, b0, b1))
+
+    @_query
+    def seek_data(self, ino: int, offset: int) -> int:
+        """lseek(SEEK_DATA): the first offset >= `offset` holding written
+        data; NoData (ENXIO) at or past EOF or when only holes follow.
+        Unwritten extents count as holes (they read as zeros)."""
+        inode = self._seekable(ino, offset)
+        pos = self.filemap.seek_data(ino, offset, inode.size)
+        if pos is None:
+            raise NoData(f"no data at or after offset {offset} (size {inode.size})")
+        return pos
+
+    @_query
+    def seek_hole(self, ino: int, offset: int) -> int:
+        """lseek(SEEK_HOLE): the first offset >= `offset` in a hole (or an
+        unwritten extent), or EOF, the hole every file ends with; NoData
+        (ENXIO) at or past EOF."""
+        inode = self._seekable(ino, offset)
+        return self.filemap.seek_hole(ino, offset, inode.size)
+
+    def _seekable(self, ino: int, offset: int):
+        inode = self.inodes.get(ino)
+        if inode.is_dir:
+            raise IsADirectory("SEEK_DATA/SEEK_HOLE on a directory")
+        if offset < 0 or offset >= inode.size:
+            raise NoData(f"offset {offset} is not before the end of the file ({inode.size})")
+        return inode
+
+    def copy_range(self, src_ino: int, src_off: int, dst_ino: int, dst_off: int,
+                   length: int) -> int:
+        """copy_file_range(2): copy up to `length` bytes of src from src_off
+        to dst at dst_off; returns the count copied, short at src's EOF (0
+        at or past it) and possibly short for a large request (each call
+        does a bounded amount of work; the caller asks again, as cp does).
+
+        Whole blocks whose offsets agree modulo the block size are shared
+        (as clone_range does: CoW on a later write), and the source's last
+        partial block too when the copy ends at both EOFs; the rest is
+        copied.  On a filesystem without reflink everything is copied.
+        Each piece (head bytes, shared blocks, tail bytes) is one atomic
+        operation, done in that order: ENOSPC in a piece leaves it undone
+        and the call returns what the pieces before it copied (ENOSPC if
+        none); with a step budget the shared piece stops at the budget's
+        extents (`_remap`), and the call returns what was done so far.  The kernel checks and drops set-ID bits before sending the
+        request; ranges, file types and the overlap of a file with itself
+        are checked here with its errnos (EINVAL, EISDIR, EFBIG)."""
+        plan = self._copy_plan(src_ino, src_off, dst_ino, dst_off, length)
+        done = 0
+        for share, s, d, n in plan:
+            try:
+                if share:
+                    got = self._copy_share(src_ino, s, dst_ino, d, n)
+                else:
+                    got = self.write(dst_ino, d, self._copy_load(src_ino, s, n))
+            except NoSpace:
+                if done:
+                    break
+                raise
+            done += got
+            if got < n:
+                break
+        return done
+
+    @_query
+    def _copy_plan(self, src_ino: int, s: int, dst_ino: int, d: int, length: int) -> list:
+        """The pieces of one copy_range call: (share?, src offset, dst
+        offset, bytes), in order, contiguous."""
+        self._writable()
+        ranges.offset(s, "source offset")
+        ranges.offset(d, "destination offset")
+        ranges.length(length, "copy length")
+        src = self.inodes.get(src_ino)
+        dst = src if dst_ino == src_ino else self.inodes.get(dst_ino)
+        if src.is_dir or dst.is_dir:
+            raise IsADirectory("cannot copy to or from a directory")
+        if not src.is_reg or not dst.is_reg:
+            raise InvalidArgument("copy_file_range needs regular files")
+        count = 0 if s >= src.size else min(length, src.size - s)
+        count = ranges.write_limit(d, count, "copy")
+        if src_ino == dst_ino and d + count > s and d < s + count:
+            raise InvalidArgument("overlapping ranges within one file")
+        if not count:
+            return []
+        if not (self.reflink and self.has_rmap) or (s - d) % BS:
+            return [(False, s, d, min(count, COPY_STEP_BYTES))]
+        plan = []
+        head = min(-d % BS, count)
+        if head:
+            plan.append((False, s, d, head))
+            s, d, count = s + head, d + head, count - head
+            if not count:
+                return plan
+        whole = count - count % BS
+        share = whole
+        if count % BS and s + count == src.size and d + count >= dst.size:
+            share = count           # the last block, zeros past src's EOF, too
+        if share > COPY_STEP_BLOCKS * BS:
+            share = COPY_STEP_BLOCKS * BS
+        if share:
+            plan.append((True, s, d, share))
+        if share == whole and count > whole:
+            plan.append((False, s + whole, d + whole, count - whole))
+        return plan
+
+    @_query
+    def _copy_load(self, ino: int, off: int, n: int) -> bytes:
+        inode = self.inodes.get(ino)
+        return self.filemap.read(ino, off, n, inode.size)
+
+    @_op
+    def _copy_share(self, src_ino: int, s: int, dst_ino: int, d: int, n: int) -> int:
+        src = self.inodes.get(src_ino)
+        dst = src if dst_ino == src_ino else self.inodes.get(dst_ino)
+        self._need_space()
+        return self._remap(src, s, dst, d, n)
 
     @_query
     def fiemap(self, ino: int, start: int, length: int, limit: int | None = None):

@@ -25,9 +25,9 @@ import time
 from dataclasses import dataclass, field
 
 from .errors import Corrupted, MediaError, Shutdown
-from .format import (BLOCK_SIZE as BS, OWN_AG, OWN_FS, OWN_LOG, OWN_MAX_INO, RMAP_ATTR,
-                     owner_name, own_tree)
-from .superblock import secondary_bno
+from .format import BLOCK_SIZE as BS, OWN_FS, OWN_LOG, OWN_MAX_INO, RMAP_ATTR, owner_name, own_tree
+from .superblock import secondary_bno, static_owners
+from .trees import BmapRec, DirentRec, RmapRec, XattrRec
 
 log = logging.getLogger(__name__)
 
@@ -97,42 +97,19 @@ def scan_owners(fs, bno: int, n: int) -> list[tuple]:
     vol = fs.vol
     end = bno + n
     out = []
-    for ino, foff, p, length, _ in vol.trees["bmap"].scan():
-        if p < end and p + length > bno:
-            out.append((p, ino, foff, length, 0))
-    for rec in vol.trees["xattr"].scan():
-        if rec[5]:
-            k = -(-rec[4] // BS)
-            if rec[5] < end and rec[5] + k > bno:
-                out.append((rec[5], rec[0], rec[1], k, RMAP_ATTR))
-    sb = vol.sb
-    fixed = [(0, OWN_FS, 0, 1, 0), (secondary_bno(vol.total_blocks), OWN_FS, 0, 1, 0),
-             (int(sb["log_start"]), OWN_LOG, 0, int(sb["log_blocks"]), 0)]
-    fixed += [(b, OWN_AG, 0, 1, 0) for b in vol.alloc.pool_blocks()]
-    for name, tree in vol.trees.items():
+    for e in map(BmapRec._make, vol.trees["bmap"].scan()):
+        if e.pblk < end and e.pblk + e.len > bno:
+            out.append((e.pblk, e.ino, e.foff, e.len, 0))
+    for x in map(XattrRec._make, vol.trees["xattr"].scan()):
+        if x.vblk:
+            k = -(-x.vlen // BS)
+            if x.vblk < end and x.vblk + k > bno:
+                out.append((x.vblk, x.ino, x.pos, k, RMAP_ATTR))
+    fixed = static_owners(vol.sb)
+    for tree in vol.trees.values():
         owner = own_tree(tree.tid)
-        fixed.extend((b, owner, 0, 1, 0) for b in _node_blocks(tree))
-    out += [r for r in fixed if r[0] < end and r[0] + r[3] > bno]
-    return out
-
-
-def _node_blocks(tree) -> list[int]:
-    """Every node block of a tree; a node that cannot be read (poisoned) is
-    still listed, its subtree is not."""
-    out = []
-    if not tree.height:
-        return out
-    stack = [(tree.root, tree.height - 1)]
-    while stack:
-        b, level = stack.pop()
-        out.append(b)
-        if not level:
-            continue
-        try:
-            node = tree._node(b, level)
-        except (Corrupted, MediaError):
-            continue
-        stack.extend((int(c), level - 1) for c in node.recs["child"][:node.n])
+        fixed.extend((b, owner, 0, 1, 0) for b in tree.node_blocks())
+    out += [tuple(r) for r in map(RmapRec._make, fixed) if r.bno < end and r.bno + r.len > bno]
     return out
 
 
@@ -142,8 +119,8 @@ def _fill_paths(fs, owners: list[Owner]) -> None:
     if not want:
         return
     try:
-        found = paths_of(((parent, ino, name) for parent, _, ino, _, _, name
-                          in fs.vol.trees["dir"].scan()), want)
+        found = paths_of(((d.parent, d.ino, d.name) for d in
+                          map(DirentRec._make, fs.vol.trees["dir"].scan())), want)
     except (Corrupted, MediaError):
         return
     for o in owners:

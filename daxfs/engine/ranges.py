@@ -65,3 +65,14 @@ def new_size(size: int, what: str = "size") -> int:
     if size > MAX_BYTES:
         raise FileTooBig(f"{what} {size} is beyond the maximum file size")
     return size
+
+
+def allocation(off: int, n: int, what: str = "fallocate") -> int:
+    """The range [off, off+n) of a fallocate: EINVAL if off < 0 or n <= 0
+    (the first check of the kernel's vfs_fallocate); returns its end, which
+    the caller passes through `new_size` (EFBIG past MAX_BYTES) after its
+    other checks, in vfs_fallocate's order."""
+    if off < 0 or n <= 0:
+        raise InvalidArgument(f"{what} of {n} bytes at {off}: the offset must be >= 0 and"
+                              " the length > 0")
+    return off + n

@@ -13,7 +13,8 @@ import logging
 import numpy as np
 
 from .errors import Corrupted, NotAnImage
-from .format import (BLOCK_SIZE, FORMAT_VERSION, KNOWN_FEATURES, SB_DTYPE, SB_MAGIC)
+from .format import (BLOCK_SIZE, FEAT_DUP, FORMAT_VERSION, KNOWN_FEATURES, OWN_AG, OWN_FS, OWN_LOG,
+                     SB_DTYPE, SB_MAGIC, SB_POOL_MAX)
 from .journal import sealed_ok
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,28 @@ def layout(total_blocks: int) -> tuple[int, int]:
 
 def secondary_bno(total_blocks: int) -> int:
     return total_blocks - 1
+
+
+def static_owners(sb, pool=None) -> list[tuple[int, int, int, int, int]]:
+    """The rmap records, (bno, owner, offset, len, flags), of the metadata
+    the superblock places: both superblock copies, the log (and its twin),
+    and the blocks of the reserve pool (or of `pool`, when the caller is
+    choosing a new one; with dup metadata a list of pairs, each block's
+    record naming its twin as the offset).  The one list of them: mkfs maps them, check and repair expect
+    them, poison names them on a filesystem without the rmap."""
+    total = int(sb["total_blocks"])
+    if pool is None:
+        pool = sb["pool"][:min(int(sb["pool_count"]), SB_POOL_MAX)].tolist()
+    out = [(0, OWN_FS, 0, 1, 0), (secondary_bno(total), OWN_FS, 0, 1, 0),
+           (int(sb["log_start"]), OWN_LOG, 0, int(sb["log_blocks"]), 0)]
+    if int(sb["log2_start"]):
+        out.append((int(sb["log2_start"]), OWN_LOG, 0, int(sb["log_blocks"]), 0))
+    if int(sb["features"]) & FEAT_DUP:          # the pool holds pairs: (block, its twin)
+        out += [(int(b), OWN_AG, int(pool[i ^ 1]) if (i ^ 1) < len(pool) else 0, 1, 0)
+                for i, b in enumerate(pool)]
+    else:
+        out += [(int(b), OWN_AG, 0, 1, 0) for b in pool]
+    return out
 
 
 def _check_copy(blk: np.ndarray, bno: int, nblocks: int) -> tuple[np.void | None, str]:

@@ -20,13 +20,13 @@ from .alloc import Allocator, POOL_TARGET
 from .btree import BTree
 from .errors import Corrupted, Exists, InvalidArgument, UnsafeFile
 from .format import (BLOCK_SIZE, FEAT_DUP, FEAT_REFLINK, FEAT_RMAP, FIRST_INO, FORMAT_VERSION,
-                     MIN_IMAGE_BYTES, OWN_AG, OWN_FS, OWN_LOG, SB_DTYPE, SB_MAGIC)
-from .format import NODE_HDR_DTYPE, NODE_HDR_SIZE, TREE_MAGICS
+                     MIN_IMAGE_BYTES, NODE_HDR_DTYPE, NODE_HDR_SIZE, SB_DTYPE, SB_MAGIC,
+                     TREE_MAGICS)
 from .journal import Journal, replay, sealed_ok
 from .pmem import Pmem, lock_for_create
 from .refcount import Refcount
 from .rmap import Rmap
-from .superblock import layout, read_superblock, secondary_bno, write_superblocks
+from .superblock import layout, read_superblock, secondary_bno, static_owners, write_superblocks
 from .trees import SPECS
 
 log = logging.getLogger(__name__)
@@ -209,11 +209,9 @@ class Volume:
                 firsts = list(range(first, first + half))
                 twins = list(range(end - half, end))
                 pool = [b for pair in zip(firsts, twins) for b in pair]
-                partners = [b for pair in zip(twins, firsts) for b in pair]
                 data_start, data_end = first + half, end - half
             else:
                 pool = list(range(first, first + POOL_TARGET))
-                partners = [0] * len(pool)
                 data_start, data_end = first + POOL_TARGET, end
             for b in pool:
                 pmem.back(b)
@@ -223,13 +221,10 @@ class Volume:
             data_len = data_end - data_start
             vol.trees["free"].insert((data_start, data_len))
             sb["free_blocks"] = data_len
-            vol.rmap.map_meta(0, OWN_FS)
-            vol.rmap.map_meta(secondary_bno(total), OWN_FS)
-            vol.rmap.map_meta(log_start, OWN_LOG, log_blocks)
-            if log2_start:
-                vol.rmap.map_meta(log2_start, OWN_LOG, log_blocks)
-            for b, partner in zip(pool, partners):
-                vol.rmap.map_meta(b, OWN_AG, offset=partner)
+            # (the pool as made: its last block is the free-space tree's
+            # root now, which has the pool's owner)
+            for bno, owner, offset, n, _ in static_owners(sb, pool):
+                vol.rmap.map_meta(bno, owner, n, offset)
             vol.alloc.settle()
             return vol
         except BaseException:

@@ -2,11 +2,15 @@
 
 A fixed list of named invariant checks, run in order (as S3QL's fsck):
 
-  superblocks   both copies present, valid and agreeing
-  trees         every node of every tree: magic, checksum, self block
-                number, level, record order, keys inside the parent's bounds,
-                overlap high keys, record counts
-  inodes        modes, block counts, sizes of symlinks, orphans
+  superblocks   both copies present, valid and agreeing; the log and the
+                reserve pool not on a bad range
+  trees         every node of every tree (BTree.walk): magic, checksum,
+                self block number, level, record order, keys inside the
+                parent's bounds, overlap high keys, record counts; and every
+                record's own fields (the trees' record checks, trees.py:
+                extents inside the device, names, sizes, file types)
+  inodes        block counts, extents that overlap, data only in files and
+                symlinks, orphans, the superblock's counters
   directories   every entry names a live inode; link counts equal the
                 entries; every directory has one parent; no lost inodes
   directory sizes  a directory's size is the bytes of its entries
@@ -30,14 +34,16 @@ import sys
 
 import numpy as np
 
-from daxfs.engine.dirs import DIR_HEAD_BYTES, dir_sizes, valid_name
-from daxfs.engine.errors import Corrupted, MediaError
-from daxfs.engine.format import (BLOCK_SIZE, DT_DIR, MAX_FILE_BYTES, OWN_AG, OWN_FS, OWN_LOG,
-                                 RMAP_ATTR, ROOT_INO, SYMLINK_MAX, own_tree)
-from daxfs.engine.journal import sealed_ok
-from daxfs.engine.superblock import secondary_bno, verify_copy
+from daxfs.engine.dirs import DIR_HEAD_BYTES, dir_sizes
+from daxfs.engine.format import (BLOCK_SIZE, DT_OF_FMT, EXT_KNOWN, EXT_UNWRITTEN, FEAT_UNWRITTEN,
+                                 OWN_LOG, OWN_MAX_INO, RMAP_ATTR, RMAP_UNWRITTEN, ROOT_INO,
+                                 own_tree, owner_name)
+from daxfs.engine.superblock import secondary_bno, static_owners, verify_copy
+from daxfs.engine.trees import RmapRec
 
 log = logging.getLogger(__name__)
+
+MAX_LINES = 20          # record-check lines per tree before "N more"
 
 
 class Checker:
@@ -45,15 +51,16 @@ class Checker:
               "refcount", "rmap")
 
     def __init__(self, vol, *, progress: bool = False):
+        self.twins: dict[int, int] = {}      # node -> its twin (dup), from the parent
         self.vol = vol
         self.problems: list[str] = []
         self.progress = progress and sys.stderr.isatty()
-        self.nodes: dict[str, list[int]] = {}
-        self.twins: dict[int, tuple[int, str, int]] = {}   # node -> (its twin, tree, level)
+        self.nodes: dict[str, list[int]] = {}       # tree -> its node blocks
+        self.records: dict[str, list[tuple]] = {}   # tree -> its records, as the walk read them
         self.bad_trees: set[str] = set()
-        self.inodes: dict[int, tuple] = {}
+        self.inodes: dict[int, tuple] = {}          # ino -> InodeRec
         self.paths: dict[int, str] = {ROOT_INO: "/"}
-        self.extents: list[tuple] = []
+        self.extents: list[tuple] = []              # BmapRec
 
     def problem(self, text: str) -> None:
         self.problems.append(text)
@@ -74,166 +81,110 @@ class Checker:
 
     # ---- superblocks ------------------------------------------------------
     def check_superblocks(self) -> None:
-        pm = self.vol.pmem
+        """Both superblock copies valid; no block of the log or the pool on
+        a bad (poisoned) range."""
+        vol = self.vol
+        pm = vol.pmem
         for bno in (0, secondary_bno(pm.nblocks)):
             why = verify_copy(pm, bno)
             if why:
                 self.problem(f"superblock copy: {why}")
-        if self.vol.note:
-            self.problem(f"superblock: {self.vol.note}")
+        if vol.note:
+            self.problem(f"superblock: {vol.note}")
+        if pm.bad:
+            for bno, owner, _, n, _ in static_owners(vol.sb)[2:]:
+                bad = pm.bad.first_bad(bno, n)
+                if bad is not None:
+                    what = "log" if owner == OWN_LOG else "reserve pool"
+                    self.problem(f"{what}: block {bad} is on a poisoned (bad) range")
 
     # ---- trees --------------------------------------------------------------
     def check_trees(self) -> None:
+        """Every node of every tree (BTree.walk verifies each, checks its
+        shape and runs the tree's record check on every leaf record)."""
         for name, tree in self.vol.trees.items():
-            self.nodes[name] = self._walk(name, tree)
-            self._check_twins(name, tree)
+            blocks, records, nrecs, rejected = [], [], 0, []
+            for v in tree.walk():
+                if not v.dangling:
+                    blocks.append(v.bno)
+                    self.twins[v.bno] = v.twin
+                if v.copy_error:
+                    self.problem(f"{name} tree: {v.copy_error}; its copy at block {v.twin} is"
+                                 " good (a mount heals it, so does check --repair)")
+                if v.error:
+                    if v.poisoned:
+                        self.problem(f"{name} tree: node block {v.bno} is on a poisoned (bad) range")
+                    else:
+                        self.problem(f"{name} tree: {v.error}")
+                    self.bad_trees.add(name)
+                    continue
+                for text in v.problems:
+                    self.problem(f"{name} tree: {text}")
+                    self.bad_trees.add(name)
+                rejected += [why for _, why in v.bad]
+                if v.level == 0:
+                    nrecs += v.n
+                    records += v.records
+            for why in rejected[:MAX_LINES]:
+                self.problem(f"{name} tree: {why}")
+            if len(rejected) > MAX_LINES:
+                self.problem(f"{name} tree: {len(rejected) - MAX_LINES} more bad records")
+            self.nodes[name] = blocks
+            self.records[name] = records
+            self._check_twins(name, blocks)
             if not tree.height and tree.count:
                 self.problem(f"{name} tree: empty but the superblock counts {tree.count} records")
+            elif nrecs != tree.count and name not in self.bad_trees:
+                self.problem(f"{name} tree: {nrecs} records, superblock says {tree.count}")
 
-    def _walk(self, name: str, tree) -> list[int]:
-        """Every node of the tree (checked), as a list of blocks; the twin
-        of each (dup) is kept in self.twins."""
-        spec = tree.spec
-        blocks = []
-        if not tree.height:
-            return blocks
-        names = spec.ent_dtype.names
-        at_child, at_twin = names.index("child"), names.index("twin")
-        at_hi = names.index("hi") if spec.overlap else None
-        nrecs = 0
-        seen = set()
-        stack = [(tree.root, tree.height - 1, None, None, None, tree.root_twin)]
-        while stack:
-            bno, level, low, high, hi, twin = stack.pop()
-            if bno in seen or bno == 0 or bno >= self.vol.total_blocks:
-                self.problem(f"{name} tree: block {bno} referenced twice or out of range")
-                self.bad_trees.add(name)
-                continue
-            seen.add(bno)
-            blocks.append(bno)
-            self.twins[bno] = (twin, name, level)
-            try:
-                self.vol.pmem.check_load(bno)
-                node = tree._node(bno, level)
-                if bno not in self.vol.journal.dirty and not sealed_ok(self.vol.pmem.block(bno)):
-                    raise Corrupted(bno, f"{name} btree node checksum mismatch")
-            except MediaError:
-                self.problem(f"{name} tree: node block {bno} is on a poisoned (bad) range")
-                self.bad_trees.add(name)
-                continue
-            except Corrupted as e:
-                self.problem(f"{name} tree: {e}")
-                self.bad_trees.add(name)
-                continue
-            n = node.n
-            if n == 0 and not (bno == tree.root and level == 0):
-                self.problem(f"{name} tree: block {bno}: empty node")
-            rows = node.recs[:n].tolist()
-            keys = [r[:spec.nkey] for r in rows]
-            if any(keys[i] >= keys[i + 1] for i in range(n - 1)):
-                self.problem(f"{name} tree: block {bno}: records out of order")
-                self.bad_trees.add(name)
-            if n and low is not None and keys[0] < low:
-                self.problem(f"{name} tree: block {bno}: first key {keys[0]} below the parent's {low}")
-                self.bad_trees.add(name)
-            if n and high is not None and keys[-1] >= high:
-                self.problem(f"{name} tree: block {bno}: last key {keys[-1]} not below the next"
-                             f" sibling's {high}")
-                self.bad_trees.add(name)
-            if spec.overlap and hi is not None and n and tree._node_hi(node) > hi:
-                self.problem(f"{name} tree: block {bno}: high key {tree._node_hi(node)} above"
-                             f" the parent's {hi}")
-                self.bad_trees.add(name)
-            if level:
-                for i in range(n - 1, -1, -1):
-                    e = rows[i]
-                    nxt = keys[i + 1] if i + 1 < n else high
-                    lo_i = keys[i] if (i or low is not None) else None
-                    stack.append((e[at_child], level - 1, lo_i, nxt,
-                                  e[at_hi] if spec.overlap else None, e[at_twin]))
-            else:
-                nrecs += n
-        if nrecs != tree.count and name not in self.bad_trees:
-            self.problem(f"{name} tree: {nrecs} records, superblock says {tree.count}")
-        return blocks
-
-    def _check_twins(self, name: str, tree) -> None:
-        """dup: every node's twin exists, is not the node, and holds the
-        same bytes (both copies are written by the same commit)."""
-        pm = self.vol.pmem
-        for bno, (twin, tname, _level) in list(self.twins.items()):
-            if tname != name:
-                continue
-            if not self.vol.dup:
-                if twin:
-                    self.problem(f"{name} tree: node {bno} has a twin ({twin}) on a single image")
-                continue
-            if not twin or twin == bno or twin >= self.vol.total_blocks:
-                self.problem(f"{name} tree: node {bno} has no usable twin ({twin})")
-                continue
-            if bno in self.vol.journal.dirty:
-                continue
-            if pm.bad and (pm.bad.first_bad(bno, 1) is not None or
-                           pm.bad.first_bad(twin, 1) is not None):
-                continue                    # reported as poisoned
-            if not np.array_equal(pm.block(bno), pm.block(twin)):
-                self.problem(f"{name} tree: node {bno} and its twin at block {twin} differ")
-
-    def _records(self, name: str):
+    def _records(self, name: str) -> list:
+        """The records of a tree the walk read whole, as named tuples (none
+        of a damaged tree: what it holds is not cross-checked)."""
         tree = self.vol.trees.get(name)
         if tree is None or name in self.bad_trees:
             return []
-        try:
-            return list(tree.scan())
-        except (Corrupted, MediaError) as e:
-            self.problem(f"{name} tree: {e}")
-            self.bad_trees.add(name)
-            return []
+        return list(map(tree.spec.record._make, self.records.get(name, ())))
 
     # ---- inodes -------------------------------------------------------------
     def check_inodes(self) -> None:
+        """What each inode's record must agree with: its extents, its
+        file type, the orphan list, the superblock's counters.  (Sizes,
+        modes and extents taken alone are the record checks of check_trees.)"""
         for rec in self._records("inode"):
-            self.inodes[rec[0]] = rec
+            self.inodes[rec.ino] = rec
         if ROOT_INO not in self.inodes and "inode" not in self.bad_trees:
             self.problem("root directory (inode 1) is missing")
         self.extents = self._records("bmap")
         blocks = {}
         last_end = {}
-        for ino, foff, pblk, n, flags in self.extents:
-            if n == 0:
-                self.problem(f"{self._where(ino)}: zero-length extent at file block {foff}")
-            if ino in last_end and foff < last_end[ino]:
-                self.problem(f"{self._where(ino)}: extents overlap at file block {foff}")
-            last_end[ino] = foff + n
-            blocks[ino] = blocks.get(ino, 0) + n
-            if pblk + n > self.vol.total_blocks or pblk == 0:
-                self.problem(f"{self._where(ino)}: extent at file block {foff} points outside"
-                             f" the device (block {pblk}+{n})")
+        unwritten_ok = bool(int(self.vol.sb["features"]) & FEAT_UNWRITTEN)
+        for e in self.extents:
+            if e.ino in last_end and e.foff < last_end[e.ino]:
+                self.problem(f"{self._where(e.ino)}: extents overlap at file block {e.foff}")
+            last_end[e.ino] = e.foff + e.len
+            blocks[e.ino] = blocks.get(e.ino, 0) + e.len
+            if e.flags & ~EXT_KNOWN:
+                self.problem(f"{self._where(e.ino)}: extent at file block {e.foff} has unknown"
+                             f" flags {e.flags & ~EXT_KNOWN:#x}")
+            elif e.flags & EXT_UNWRITTEN and not unwritten_ok:
+                self.problem(f"{self._where(e.ino)}: unwritten extent at file block {e.foff},"
+                             " but the superblock lacks the unwritten-extent feature")
         for ino in blocks:
             if ino not in self.inodes and "inode" not in self.bad_trees:
                 self.problem(f"inode {ino}: has extents but no inode record")
-        orphans = {r[0] for r in self._records("orphan")}
+        orphans = {r.ino for r in self._records("orphan")}
         for ino, rec in self.inodes.items():
-            mode, nlink, size, nblocks = rec[1], rec[2], rec[5], rec[6]
-            if size > MAX_FILE_BYTES:
-                self.problem(f"inode {ino}: size {size} is beyond the maximum file size")
-            elif stat.S_ISLNK(mode) and size > SYMLINK_MAX:
-                self.problem(f"inode {ino}: symbolic link of {size} bytes (at most"
-                             f" {SYMLINK_MAX})")
-            if stat.S_IFMT(mode) not in (stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK, stat.S_IFIFO,
-                                         stat.S_IFCHR, stat.S_IFBLK, stat.S_IFSOCK):
-                self.problem(f"inode {ino}: bad file type in mode {mode:o}")
-            if nblocks != blocks.get(ino, 0) and "bmap" not in self.bad_trees:
-                self.problem(f"inode {ino}: block count {nblocks} but its extents hold"
+            if rec.blocks != blocks.get(ino, 0) and "bmap" not in self.bad_trees:
+                self.problem(f"inode {ino}: block count {rec.blocks} but its extents hold"
                              f" {blocks.get(ino, 0)}")
-            if blocks.get(ino) and not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
-                self.problem(f"inode {ino}: a {stat.filemode(mode)[0]} inode has data extents")
-            if nlink == 0 and ino not in orphans:
+            if blocks.get(ino) and not (stat.S_ISREG(rec.mode) or stat.S_ISLNK(rec.mode)):
+                self.problem(f"inode {ino}: a {stat.filemode(rec.mode)[0]} inode has data extents")
+            if rec.nlink == 0 and ino not in orphans:
                 self.problem(f"inode {ino}: link count 0 but not on the orphan list")
         for ino in orphans:
             if ino not in self.inodes:
                 self.problem(f"orphan list names inode {ino}, which does not exist")
-            elif self.inodes[ino][2] != 0:
+            elif self.inodes[ino].nlink != 0:
                 self.problem(f"orphan list names inode {ino}, which still has links")
         sb = self.vol.sb
         if self.inodes and int(sb["next_ino"]) <= max(self.inodes):
@@ -252,25 +203,24 @@ class Checker:
         dir_parent: dict[int, int] = {}
         ents = self._records("dir")
         children: dict[int, list] = {}
-        for parent, pos, ino, ftype, namelen, name in ents:
-            if not valid_name(name, namelen):
-                self.problem(f"directory inode {parent}: entry {name!r} is not a valid name")
+        for e in ents:
+            parent, ino, name = e.parent, e.ino, e.name
             children.setdefault(parent, []).append((name, ino))
             if parent not in self.inodes:
                 self.problem(f"directory entry {name!r} in missing directory inode {parent}")
                 continue
-            if not stat.S_ISDIR(self.inodes[parent][1]):
+            if not stat.S_ISDIR(self.inodes[parent].mode):
                 self.problem(f"{self._where(parent)} is not a directory but holds {name!r}")
             if ino not in self.inodes:
                 self.problem(f"{self._where(parent)}: entry {name!r} names missing inode {ino}")
                 continue
             links[ino] = links.get(ino, 0) + 1
-            if stat.S_ISDIR(self.inodes[ino][1]):
+            if stat.S_ISDIR(self.inodes[ino].mode):
                 subdirs[parent] = subdirs.get(parent, 0) + 1
                 if ino in dir_parent:
                     self.problem(f"directory inode {ino} has two parents")
                 dir_parent[ino] = parent
-            if (ftype == DT_DIR) != stat.S_ISDIR(self.inodes[ino][1]):
+            if e.ftype != DT_OF_FMT.get(stat.S_IFMT(self.inodes[ino].mode)):
                 self.problem(f"{self._where(parent)}: entry {name!r} has the wrong file type")
         # paths, for messages
         stack = [ROOT_INO]
@@ -279,10 +229,10 @@ class Checker:
             for name, ino in children.get(d, []):
                 if ino not in self.paths:
                     self.paths[ino] = self.paths[d].rstrip("/") + "/" + name.decode(errors="replace")
-                    if ino in self.inodes and stat.S_ISDIR(self.inodes[ino][1]):
+                    if ino in self.inodes and stat.S_ISDIR(self.inodes[ino].mode):
                         stack.append(ino)
         for ino, rec in self.inodes.items():
-            mode, nlink, parent = rec[1], rec[2], rec[12]
+            mode, nlink, parent = rec.mode, rec.nlink, rec.parent
             if stat.S_ISDIR(mode):
                 if nlink == 0:
                     continue
@@ -309,35 +259,47 @@ class Checker:
         """A live directory's size is the bytes of its entries (dirs.py)."""
         if "dir" in self.bad_trees or "inode" in self.bad_trees:
             return
-        sizes = dir_sizes((rec[0], rec[5]) for rec in self._records("dir"))
+        sizes = dir_sizes((e.parent, e.name) for e in self._records("dir"))
         for ino, rec in self.inodes.items():
-            mode, nlink, size = rec[1], rec[2], rec[5]
-            if stat.S_ISDIR(mode) and nlink and size != sizes.get(ino, DIR_HEAD_BYTES):
-                self.problem(f"{self._where(ino)}: directory size {size}, its entries make"
-                             f" {sizes.get(ino, DIR_HEAD_BYTES)}")
+            want = sizes.get(ino, DIR_HEAD_BYTES)
+            if stat.S_ISDIR(rec.mode) and rec.nlink and rec.size != want:
+                self.problem(f"{self._where(ino)}: directory size {rec.size}, its entries make"
+                             f" {want}")
 
     # ---- space ----------------------------------------------------------------
-    def _meta_ranges(self) -> list[tuple[int, int, int, int, int]]:
-        """Every expected metadata rmap record (bno, owner, offset, len, flags)."""
+    def _check_twins(self, name: str, blocks: list[int]) -> None:
+        """Every node of a dup filesystem has a twin elsewhere holding the
+        same bytes (a commit writes both); a single one has none."""
+        vol, pm = self.vol, self.vol.pmem
+        for bno in blocks:
+            twin = self.twins.get(bno, 0)
+            if not vol.dup:
+                if twin:
+                    self.problem(f"{name} tree: node {bno} has a twin ({twin}) on a single image")
+                continue
+            if not twin or twin == bno or twin >= vol.total_blocks:
+                self.problem(f"{name} tree: node {bno} has no usable twin ({twin})")
+            elif bno not in vol.journal.dirty and pm.bad.first_bad(bno, 1) is None and \
+                    pm.bad.first_bad(twin, 1) is None and \
+                    not np.array_equal(pm.block(bno), pm.block(twin)):
+                self.problem(f"{name} tree: node {bno} and its twin at block {twin} differ")
+
+    def _meta_ranges(self) -> list[RmapRec]:
+        """Every expected metadata rmap record (a node of a dup filesystem
+        and its twin each name the other as the record's offset)."""
         vol = self.vol
-        sb = vol.sb
-        out = [(0, OWN_FS, 0, 1, 0), (secondary_bno(vol.total_blocks), OWN_FS, 0, 1, 0),
-               (int(sb["log_start"]), OWN_LOG, 0, int(sb["log_blocks"]), 0)]
-        if int(sb["log2_start"]):
-            out.append((int(sb["log2_start"]), OWN_LOG, 0, int(sb["log_blocks"]), 0))
-        for b, partner in vol.alloc.pool_records():
-            out.append((b, OWN_AG, partner, 1, 0))
+        out = static_owners(vol.sb)
         for name, blocks in self.nodes.items():
             owner = own_tree(vol.trees[name].tid)
             for b in blocks:
-                twin = self.twins[b][0]
+                twin = self.twins.get(b, 0)
                 out.append((b, owner, twin, 1, 0))
                 if twin:
                     out.append((twin, owner, b, 1, 0))
-        for rec in self._records("xattr"):
-            if rec[5]:
-                out.append((rec[5], rec[0], rec[1], -(-rec[4] // BLOCK_SIZE), RMAP_ATTR))
-        return out
+        for x in self._records("xattr"):
+            if x.vblk:
+                out.append((x.vblk, x.ino, x.pos, -(-x.vlen // BLOCK_SIZE), RMAP_ATTR))
+        return list(map(RmapRec._make, out))
 
     def check_space(self) -> None:
         vol = self.vol
@@ -358,9 +320,9 @@ class Checker:
                 np.add.at(d, e, -w)
             return np.cumsum(d[:-1])
 
-        metac = counts([(r[0], r[3]) for r in self.meta])
-        freec = counts([(s, n) for s, n in free])
-        datac = counts([(p, n) for _, _, p, n, _ in self.extents])
+        metac = counts([(r.bno, r.len) for r in self.meta])
+        freec = counts([(f.start, f.len) for f in free])
+        datac = counts([(e.pblk, e.len) for e in self.extents])
         self.datac = datac
         skip = self.bad_trees & {"bmap", "free", "xattr"} or any(
             t in self.bad_trees for t in self.nodes)
@@ -384,20 +346,20 @@ class Checker:
                     if a[b]]
             self.problem(f"space: block {b} is both {' and '.join(what)}"
                          f" ({both.size} such blocks){self._data_owner(b)}")
-        nfree = int(sum(n for _, n in free))
+        nfree = int(sum(f.len for f in free))
         if nfree != int(vol.sb["free_blocks"]):
             self.problem(f"space: superblock counts {int(vol.sb['free_blocks'])} free blocks,"
                          f" free-space tree holds {nfree}")
-        for i in range(len(free) - 1):
-            if free[i][0] + free[i][1] == free[i + 1][0]:
-                self.problem(f"free space: extents at {free[i][0]} and {free[i + 1][0]}"
+        for a, b in zip(free, free[1:]):
+            if a.start + a.len == b.start:
+                self.problem(f"free space: extents at {a.start} and {b.start}"
                              " touch but are not merged")
                 break
 
     def _data_owner(self, b: int) -> str:
-        for ino, foff, p, n, _ in self.extents:
-            if p <= b < p + n:
-                return f"; file data of {self._where(ino)} at file block {foff + b - p}"
+        for e in self.extents:
+            if e.pblk <= b < e.pblk + e.len:
+                return f"; file data of {self._where(e.ino)} at file block {e.foff + b - e.pblk}"
         return ""
 
     # ---- refcount -------------------------------------------------------------
@@ -407,15 +369,20 @@ class Checker:
         total = self.vol.total_blocks
         recs = self._records("refcount")
         d = np.zeros(total + 1, dtype=np.int64)
-        for i, (s, n, c) in enumerate(recs):
-            if c < 2:
-                self.problem(f"refcount: record at block {s} has count {c} (< 2)")
-            if i and recs[i - 1][0] + recs[i - 1][1] > s:
-                self.problem(f"refcount: records at blocks {recs[i - 1][0]} and {s} overlap")
-            if s + n <= total:
-                d[s] += c
-                d[s + n] -= c
+        for i, r in enumerate(recs):
+            if i and recs[i - 1].start + recs[i - 1].len > r.start:
+                self.problem(f"refcount: records at blocks {recs[i - 1].start} and {r.start}"
+                             " overlap")
+            if r.start + r.len <= total:
+                d[r.start] += r.refcount
+                d[r.start + r.len] -= r.refcount
         refc = np.cumsum(d[:-1])
+        for e in self.extents:
+            if e.flags & EXT_UNWRITTEN and e.pblk + e.len <= total and \
+                    int(self.datac[e.pblk:e.pblk + e.len].max()) > 1:
+                self.problem(f"{self._where(e.ino)}: unwritten extent at file block {e.foff}"
+                             f" is shared (block {e.pblk}+{e.len})")
+                break
         want = np.where(self.datac >= 2, self.datac, 0)
         bad = np.nonzero(refc != want)[0]
         if bad.size:
@@ -429,24 +396,24 @@ class Checker:
             return
         have = self._records("rmap")
         want = list(self.meta) if hasattr(self, "meta") else []
-        want += [(p, ino, foff, n, 0) for ino, foff, p, n, _ in self.extents]
-        hs, ws = set(have), set(want)
-        missing = sorted(ws - hs)
-        extra = sorted(hs - ws)
+        want += [(e.pblk, e.ino, e.foff, e.len, RMAP_UNWRITTEN if e.flags & EXT_UNWRITTEN else 0)
+                 for e in self.extents]
+        hs, ws = set(map(tuple, have)), set(want)
+        missing = sorted(map(RmapRec._make, ws - hs))
+        extra = sorted(map(RmapRec._make, hs - ws))
         for rec in missing[:5]:
-            self.problem(f"rmap: no record for block {rec[0]}+{rec[3]} owned by"
-                         f" {self._owner(rec[1])} at offset {rec[2]}")
+            self.problem(f"rmap: no record for block {rec.bno}+{rec.len} owned by"
+                         f" {self._owner(rec.owner)} at offset {rec.offset}")
         if len(missing) > 5:
             self.problem(f"rmap: {len(missing) - 5} more records missing")
         for rec in extra[:5]:
-            self.problem(f"rmap: stray record for block {rec[0]}+{rec[3]} owned by"
-                         f" {self._owner(rec[1])} at offset {rec[2]}")
+            self.problem(f"rmap: stray record for block {rec.bno}+{rec.len} owned by"
+                         f" {self._owner(rec.owner)} at offset {rec.offset}")
         if len(extra) > 5:
             self.problem(f"rmap: {len(extra) - 5} more stray records")
 
     def _owner(self, owner: int) -> str:
-        from daxfs.engine.format import owner_name
-        if owner < (1 << 62):
+        if owner <= OWN_MAX_INO:
             return self._where(owner)
         return owner_name(owner)
 

@@ -169,18 +169,42 @@ async def serve(fs, mountpoint: str, options: set[str], ops_factory=Operations) 
         nursery.cancel_scope.cancel()
 
 
+def refuse_damaged(fs, image: str, readonly: bool, warn=None) -> None:
+    """Never serve an image whose metadata damage would fail every request:
+    NeedsRepair (the filesystem closed) when the open left damage that it
+    could not heal -- unless the mount is read-only and the damage spares
+    what reading files needs (then it is logged, said through `warn`, and
+    served)."""
+    from daxfs.engine import damage
+    dmg = damage.assess(fs)
+    if dmg is None:
+        return
+    err = dmg.error(image)
+    if readonly and dmg.readable:
+        log.warning("%s; serving read-only", err)
+        if warn is not None:
+            warn(str(err))
+        return
+    fs.shut_down(str(err))          # (closed without a commit into the damage)
+    fs.close()
+    raise err
+
+
 def run(image: str, mountpoint: str, extra_options=(), *, readonly: bool = False,
-        opener=None) -> None:
+        opener=None, warn=None) -> None:
     """Open `image`, mount it and serve; returns after unmount.
 
     Raises the engine's errors (NotAnImage, ImageLocked, Corrupted) before
-    anything is mounted, and RuntimeError if FUSE refuses the mount.
+    anything is mounted, NeedsRepair for metadata damage the open could not
+    heal (refuse_damaged; `warn` hears of damage a read-only mount serves
+    in spite of), and RuntimeError if FUSE refuses the mount.
     """
     binding.require()
     if opener is None:
         from daxfs.engine.fs import Filesystem
         opener = Filesystem.open
     fs = opener(image, readonly=readonly)
+    refuse_damaged(fs, image, readonly, warn)
     if gc_tuning.tune():
         log.info("garbage collector: thresholds %s, %d objects frozen",
                  gc.get_threshold(), gc.get_freeze_count())

@@ -70,9 +70,25 @@ Cache choices
 * FileInfo: keep_cache=True (pages survive reopen; behind-the-back changes
   are invalidated), never direct_io (it breaks mmap(MAP_SHARED)), and the
   writeback cache stays off (the kernel would keep its own idea of i_size).
-* fh is the inode number: the engine needs no per-open state (O_APPEND is
-  done by the kernel, O_TRUNC is done at open, and the kernel sends reads
-  on O_WRONLY handles, which must be served anyway).
+* fh is the inode number (`_ino`), with DIRECT_FH set for a file opened
+  with O_DIRECT: the engine needs no per-open state (O_APPEND is done by
+  the kernel, O_TRUNC is done at open, and the kernel sends reads on
+  O_WRONLY handles, which must be served anyway); the adapter needs the
+  one bit for `write`.
+* Direct writes and the page cache: the kernel drops an inode's cached
+  pages before every O_DIRECT write, and after a synchronous one
+  (generic_file_direct_write), but not after an asynchronous one (io_submit,
+  io_uring): FUSE's completion (fuse_aio_complete) does not, on Linux 6.18
+  (upstream fix proposed in "fuse: invalidate the page cache after direct
+  write", 2026).  Pages that buffered readers filled from the old bytes
+  while such a write was on its way then outlive it, and every later
+  buffered read, even after a reopen, returns the old bytes (xfstests
+  generic/451; tests/test_direct_io.py).  So `write` on a DIRECT_FH handle
+  drops the inode's pages after storing and before replying
+  (`_invalidate`): a page filled before the store is dropped, one filled
+  after holds the new bytes, as on a kernel filesystem.  (O_DIRECT set
+  later with fcntl(F_SETFL) is not seen here: the kernel does not tell
+  the daemon.)
 
 Ownership of new inodes
 -----------------------
@@ -117,6 +133,7 @@ ATTR_TIMEOUT = 5.0      # seconds the kernel may trust attributes
 BLKSIZE = 4096          # st_blksize, f_bsize, f_frsize
 NAME_MAX = 255
 COMMIT_INTERVAL = 1.0   # seconds between background group commits
+DIRECT_FH = 1 << 63     # fh bit: opened with O_DIRECT (inode numbers stay below it)
 INACTIVE_IDLE = 0.005   # seconds without requests before unlinked inodes are freed
 INACTIVE_RECHECK_MAX = 0.1   # longest wait between looks for that gap while busy
 SHRINK_POLL = 0.0005    # seconds between looks at the kernel's size (`_read_after_shrink`)
@@ -576,12 +593,18 @@ class Operations(pyfuse3.Operations):
 
     # ------------------------------------------------------------ file data
 
-    def _file_info(self, ino: int) -> pyfuse3.FileInfo:
+    def _file_info(self, ino: int, flags: int = 0) -> pyfuse3.FileInfo:
         # strictatime: every open drops the cached pages, so that the reads
         # after it reach the engine and update atime (FUSE inodes are
         # S_NOATIME: a page-cache hit is never seen here).
         keep = not getattr(self.fs, "strictatime", False)
-        return pyfuse3.FileInfo(fh=ino, keep_cache=keep, direct_io=False)
+        fh = ino | DIRECT_FH if flags & os.O_DIRECT else ino
+        return pyfuse3.FileInfo(fh=fh, keep_cache=keep, direct_io=False)
+
+    @staticmethod
+    def _ino(fh: int) -> int:
+        """The inode number a file handle stands for."""
+        return fh & ~DIRECT_FH
 
     @_boundary(mutates=True)
     async def open(self, inode, flags, ctx):
@@ -595,16 +618,17 @@ class Operations(pyfuse3.Operations):
                 self._shrunk.add(inode)
             self.fs.setattr(inode, size=0)
             self._wake_background()
-        return self._file_info(inode)
+        return self._file_info(inode, flags)
 
     @_boundary(mutates=True)
     async def create(self, parent_inode, name, mode, flags, ctx):
         attr = self.fs.mknod(parent_inode, name, stat.S_IFREG | (mode & 0o7777),
                              **self._creator(ctx))
-        return self._file_info(attr.ino), self._looked_up(attr)
+        return self._file_info(attr.ino, flags), self._looked_up(attr)
 
     @_boundary()
     async def read(self, fh, off, size):
+        fh = self._ino(fh)
         if fh in self._changes:
             await self._after_change(fh, "performed")
         data = self.fs.read(fh, off, size)
@@ -614,7 +638,11 @@ class Operations(pyfuse3.Operations):
 
     @_boundary(mutates=True)
     async def write(self, fh, off, buf):
-        return self.fs.write(fh, off, buf)
+        ino = self._ino(fh)
+        done = self.fs.write(ino, off, buf)
+        if fh & DIRECT_FH:
+            await self._invalidate(ino)     # see "Direct writes" at the top
+        return done
 
     @_boundary()
     async def flush(self, fh):
@@ -630,7 +658,42 @@ class Operations(pyfuse3.Operations):
 
     @_boundary()
     async def fsync(self, fh, datasync):
-        self.fs.fsync(fh)
+        self.fs.fsync(self._ino(fh))
+
+    # -------------------------------------------- space, holes and copies
+    # FALLOCATE, LSEEK (SEEK_DATA/SEEK_HOLE) and COPY_FILE_RANGE reach us
+    # after the VFS's own checks (vfs_fallocate, generic_copy_file_checks:
+    # EBADF for a file not open for writing, EXDEV across filesystems...);
+    # the engine checks the rest.  Before FALLOCATE and COPY_FILE_RANGE the
+    # kernel drops set-ID bits and file capabilities as for a write
+    # (file_modified: a SETATTR and a REMOVEXATTR), and after our reply it
+    # drops the cached pages of the range changed (truncate_pagecache_range,
+    # truncate_inode_pages_range) and updates i_size itself: nothing here
+    # changes bytes outside that range, so there is nothing else to
+    # invalidate.  None of them may ever answer ENOSYS: the kernel would
+    # stop sending them for the rest of the mount.
+
+    @_boundary(mutates=True)
+    async def fallocate(self, fh, mode, offset, length):
+        # (a punch frees in steps, other requests in between)
+        ino = self._ino(fh)
+        async with self.locks.hold(ino):
+            while not self.fs.fallocate(ino, mode, offset, length):
+                await between_steps()
+
+    @_boundary()
+    async def lseek(self, fh, offset, whence):
+        if whence == os.SEEK_DATA:
+            return self.fs.seek_data(self._ino(fh), offset)
+        if whence == os.SEEK_HOLE:
+            return self.fs.seek_hole(self._ino(fh), offset)
+        raise pyfuse3.FUSEError(errno.EINVAL)
+
+    @_boundary(mutates=True)
+    async def copy_file_range(self, fh_in, off_in, fh_out, off_out, length, flags):
+        if flags:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        return self.fs.copy_range(self._ino(fh_in), off_in, self._ino(fh_out), off_out, length)
 
     # ----------------------------------------------------------- directories
 
