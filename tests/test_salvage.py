@@ -206,7 +206,7 @@ def test_without_rmap(tmp_path):
     found by the scan alone."""
     path = tmp_path / "normap.img"
     from daxfs.engine.mkfs import mkfs
-    mkfs(str(path), 64 << 20, rmap=False)
+    mkfs(str(path), 64 << 20, rmap=False, dup=False)
     fs = Filesystem.open(str(path))
     for i in range(1500):
         a = fs.create(1, b"n%04d" % i, stat.S_IFREG | 0o640, i, i)

@@ -1011,7 +1011,7 @@ class BTree:
         bounds its parent gives, the overlap high key, no empty node) into
         `problems`, and for each leaf record the tree's record check into
         `bad`.  `leaves=False` lists leaves without reading them.  `start`:
-        [(block, level or None)] walks the subtrees of those blocks instead
+        [(block, level or None[, twin])] walks the subtrees of those blocks instead
         of the tree from its root (what repair does with nodes found by a
         scan); None takes the level the node says it has."""
         spec = self.spec
@@ -1027,7 +1027,8 @@ class BTree:
                 return
             stack = [(self.root, height - 1, None, None, None, None, self.root_twin)]
         else:
-            stack = [(b, lv, None, None, None, None, 0) for b, lv in reversed(list(start))]
+            stack = [(e[0], e[1], None, None, None, None, e[2] if len(e) > 2 else 0)
+                     for e in reversed(list(start))]
         seen: set[int] = set()
         prev_last = None          # the last key of the previous leaf (a walk from the root)
         nkey, overlap, check = spec.nkey, spec.overlap, spec.check
@@ -1128,6 +1129,18 @@ class BTree:
                                  f" expected {level}")
         return node
 
+    def header_blkno(self, bno: int) -> int | None:
+        """The block number a node header at `bno` names as its node (a
+        dup twin's names the first copy), if the block is readable and
+        carries this tree's magic; else None.  Not verified: a hint."""
+        pmem = self.j.pmem
+        if not 0 < bno < pmem.nblocks or pmem.bad.first_bad(bno, 1) is not None:
+            return None
+        hdr = pmem.block(bno)[:NODE_HDR_SIZE].view(NODE_HDR_DTYPE)[0]
+        if bytes(hdr["magic"]) != self.spec.magic:
+            return None
+        return int(hdr["blkno"])
+
     def node_blocks(self) -> list[int]:
         """Every node block of the tree; a node that cannot be read is
         still listed, its subtree is not."""
@@ -1185,18 +1198,21 @@ class BTree:
             sizes.append(k)
         return sizes
 
-    def bulk_load(self, records, blocks: list[int]) -> tuple[int, int]:
+    def bulk_load(self, records, blocks: list[int], twins: list[int] | None = None
+                  ) -> tuple[int, int]:
         """Write `records` (sorted by key, keys unique) as a whole new tree
         into `blocks` (fresh: nothing the committed image uses; exactly
         sum(level_sizes(len(records))) of them, leaves first), outside the
         journal: sealed node images stored straight into the blocks, which
         the next commit flushes before it commits (like new file data).
+        `twins` (dup): the block of each node's second copy, as fresh,
+        given the same bytes; the root's twin is twins[-1].
         Returns (root, height) for the superblock; the tree itself is not
         switched over (the caller commits the new roots).  The one place
         outside the journal's path that formats nodes."""
         spec = self.spec
         sizes = self.level_sizes(len(records))
-        if sum(sizes) != len(blocks):
+        if sum(sizes) != len(blocks) or (twins is not None and len(twins) != len(blocks)):
             raise ValueError(f"{spec.name} tree of {len(records)} records needs"
                              f" {sum(sizes)} blocks, not {len(blocks)}")
         if not sizes:
@@ -1211,10 +1227,15 @@ class BTree:
             for i in range(k):
                 sub = items[int(bounds[i]):int(bounds[i + 1])]
                 bno = blocks[bi]
+                twin = twins[bi] if twins is not None else 0
                 bi += 1
                 pmem.back(bno)
                 blk = pmem.block(bno)
-                _format_node(blk, spec, level, bno, seq, sub)
+                _format_node(blk, spec, level, bno, seq, sub, twin)
+                if twin:
+                    pmem.back(twin)
+                    pmem.block(twin)[:] = blk
+                    j.note_data(twin, 1)
                 for f in spec.key_fields:
                     ents[i][f] = sub[0][f]
                 if spec.overlap:
@@ -1224,6 +1245,7 @@ class BTree:
                     else:
                         ents[i]["hi"] = int(sub["hi"].max())
                 ents[i]["child"] = bno
+                ents[i]["twin"] = twin
                 j.note_data(bno, 1)
             items = ents
         return blocks[-1], len(sizes)
@@ -1271,7 +1293,7 @@ def _fill(cap: int) -> int:
 
 
 def _format_node(blk: np.ndarray, spec: TreeSpec, level: int, bno: int, seq: int,
-                 items: np.ndarray) -> None:
+                 items: np.ndarray, twin: int = 0) -> None:
     """Store a whole sealed node (header, then `items`) into a block."""
     blk[:] = 0
     hdr = blk[:NODE_HDR_SIZE].view(NODE_HDR_DTYPE)
@@ -1281,6 +1303,7 @@ def _format_node(blk: np.ndarray, spec: TreeSpec, level: int, bno: int, seq: int
     hdr["nrecs"] = len(items)
     hdr["blkno"] = bno
     hdr["seq"] = seq
+    hdr["twin"] = twin
     raw = np.ascontiguousarray(items).view(np.uint8)
     if raw.size > BLOCK_SIZE - NODE_HDR_SIZE:
         raise ValueError(f"{len(items)} records do not fit one {spec.name} btree node")

@@ -110,6 +110,24 @@ class Volume:
         self._healed(bad, good, what)
         return True
 
+    def twin_problem(self, bno: int, twin: int) -> str | None:
+        """What is wrong with node `bno`'s second copy at `twin` as its
+        parent and header name it, or None: a dup filesystem gives every
+        node a twin elsewhere holding the same bytes (a commit writes
+        both), a single one none.  A twin on a bad range, or whose bytes
+        differ while the node is in the running transaction, is not judged
+        here (the caller heals or skips those)."""
+        if not self.dup:
+            return f"node {bno} has a twin ({twin}) on a single image" if twin else None
+        if not twin or twin == bno or twin >= self.total_blocks:
+            return f"node {bno} has no usable twin ({twin})"
+        pm = self.pmem
+        if bno not in self.journal.dirty and pm.bad.first_bad(bno, 1) is None and \
+                pm.bad.first_bad(twin, 1) is None and \
+                not np.array_equal(pm.block(bno), pm.block(twin)):
+            return f"node {bno} and its twin at block {twin} differ"
+        return None
+
     def _healed(self, bno: int, twin: int, tree: str) -> None:
         what = f"{tree} at block {bno} healed from its copy at block {twin}"
         log.warning("%s: %s", self.pmem.path, what)

@@ -269,20 +269,17 @@ class Checker:
     # ---- space ----------------------------------------------------------------
     def _check_twins(self, name: str, blocks: list[int]) -> None:
         """Every node of a dup filesystem has a twin elsewhere holding the
-        same bytes (a commit writes both); a single one has none."""
-        vol, pm = self.vol, self.vol.pmem
+        same bytes; a single one has none (Volume.twin_problem)."""
+        bad = self.vol.pmem.bad
         for bno in blocks:
             twin = self.twins.get(bno, 0)
-            if not vol.dup:
-                if twin:
-                    self.problem(f"{name} tree: node {bno} has a twin ({twin}) on a single image")
-                continue
-            if not twin or twin == bno or twin >= vol.total_blocks:
-                self.problem(f"{name} tree: node {bno} has no usable twin ({twin})")
-            elif bno not in vol.journal.dirty and pm.bad.first_bad(bno, 1) is None and \
-                    pm.bad.first_bad(twin, 1) is None and \
-                    not np.array_equal(pm.block(bno), pm.block(twin)):
-                self.problem(f"{name} tree: node {bno} and its twin at block {twin} differ")
+            why = self.vol.twin_problem(bno, twin)
+            if why:
+                self.problem(f"{name} tree: {why}")
+            elif twin and bad and bad.first_bad(twin, 1) is not None \
+                    and bad.first_bad(bno, 1) is None:
+                self.problem(f"{name} tree: the copy at block {twin} of node {bno} is on a"
+                             " poisoned (bad) range (a mount heals it, so does check --repair)")
 
     def _meta_ranges(self) -> list[RmapRec]:
         """Every expected metadata rmap record (a node of a dup filesystem

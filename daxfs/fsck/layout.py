@@ -16,8 +16,16 @@ until they cover what the trees then need; blocks taken in excess join
 the reserve pool.  Every record about to be written passes its tree's
 record check (engine/trees.py): repair never writes what check rejects.
 
-Fills `state.rebuild`, `nodes`, `pool`, `recs`; raises NoSpace when the
-free space cannot hold the rebuilt trees (nothing is written then).
+With duplicated metadata (dup) every node is a pair, the node and its
+twin: the node from the low end of the fresh blocks, its twin from the
+high end (as far apart as the free space allows: one bad range rarely
+takes both), and the pool holds pairs too.  Each copy is one rmap record
+naming the other as its offset.
+
+Fills `state.rebuild`, `nodes` (tree -> [(block, twin or 0)]), `pool`
+(superblock order: with dup, a block then its twin), `recs`; raises
+NoSpace when the free space cannot hold the rebuilt trees (nothing is
+written then).
 """
 
 from __future__ import annotations
@@ -43,6 +51,33 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
 def _old_pool(st) -> list[int]:
     sb = st.sb
     return [int(b) for b in sb["pool"][:min(int(sb["pool_count"]), SB_POOL_MAX)]]
+
+
+def _usable_pool(st, old_pool: list[int]) -> list[int]:
+    """The old pool's blocks that can stay: in range, not owned, not bad
+    (with dup, whole pairs only)."""
+    def ok(b):
+        return 0 < b < st.total and not st.used_base[b] and not st.meta[b] \
+            and not st.pmem.bad.first_bad(b, 1)
+    out, seen = [], set()
+    step = 2 if st.vol.dup else 1
+    for i in range(0, len(old_pool) - step + 1, step):
+        group = old_pool[i:i + step]
+        if all(ok(b) and b not in seen for b in group) and len(set(group)) == step:
+            out += group
+            seen.update(group)
+    return out
+
+
+def _pool_records(st, pool: list[int]) -> list[tuple]:
+    if st.vol.dup:
+        return [(b, OWN_AG, pool[i ^ 1], 1, 0) for i, b in enumerate(pool)]
+    return [(b, OWN_AG, 0, 1, 0) for b in pool]
+
+
+def _flat(pairs) -> list[int]:
+    """Pool entries of (block, twin) pairs: the block, then its twin if any."""
+    return [b for pair in pairs for b in pair if b]
 
 
 def final_records(st) -> dict[str, list]:
@@ -72,40 +107,47 @@ def _checked(st, name: str, records: list) -> list:
     return out
 
 
-def layout_records(st, nodes: dict[str, list[int]], pool: list[int]):
-    """rmap and free-space records given every tree's node blocks and the pool."""
+def layout_records(st, nodes: dict[str, list[tuple[int, int]]], pool: list[int]):
+    """rmap and free-space records given every tree's nodes, (block, twin
+    or 0), and the pool."""
     rm = list(st.rmap_base)
-    rm += [(b, OWN_AG, 0, 1, 0) for b in pool]
+    rm += _pool_records(st, pool)
     used = st.used_base.copy()
     if pool:
         used[np.array(pool, dtype=np.int64)] = True
-    for name, blocks in nodes.items():
+    total = st.total
+    for name, pairs in nodes.items():
         owner = own_tree(st.vol.trees[name].tid)
-        rm += [(b, owner, 0, 1, 0) for b in blocks]
+        blocks = []
+        for b, t in pairs:
+            rm.append((b, owner, t, 1, 0))
+            blocks.append(b)
+            if 0 < t < total:
+                rm.append((t, owner, b, 1, 0))
+                blocks.append(t)
         if blocks:
             used[np.array(blocks, dtype=np.int64)] = True
     rm.sort(key=lambda r: r[:3])
     return rm, _runs(~used)
 
 
+def _pairs(s, blocks) -> list[tuple[int, int]]:
+    """A salvaged tree's blocks with their twins."""
+    return [(b, s.twin_of.get(b, 0)) for b in blocks]
+
+
 def plan(st) -> None:
     vol = st.vol
     recs = final_records(st)
     old_pool = _old_pool(st)
-    # the old pool, where it is still usable
-    pool, seen = [], set()
-    for b in old_pool:
-        if 0 < b < st.total and b not in seen and not st.used_base[b] \
-                and not st.meta[b] and not st.pmem.bad.first_bad(b, 1):
-            pool.append(b)
-            seen.add(b)
+    pool = _usable_pool(st, old_pool)
     if len(pool) != len(old_pool):
         st.fix(f"reserve pool: {len(old_pool) - len(pool)} unusable block(s) dropped")
     st.rebuild = {name for name, s in st.salv.items()
                   if name in recs and (s.damaged or recs[name] != s.records)}
-    kept_nodes = {n: list(s.good) for n, s in st.salv.items() if n not in st.rebuild}
+    kept_nodes = {n: _pairs(s, s.good) for n, s in st.salv.items() if n not in st.rebuild}
     # would the derived trees be right with every node where it is now?
-    rm, free = layout_records(st, {n: list(s.good) for n, s in st.salv.items()}, pool)
+    rm, free = layout_records(st, {n: _pairs(s, s.good) for n, s in st.salv.items()}, pool)
     recs["free"] = free
     if "rmap" in vol.trees:
         recs["rmap"] = rm
@@ -114,8 +156,8 @@ def plan(st) -> None:
         if s is not None and (s.damaged or recs[name] != s.records):
             st.rebuild.add(name)
     # for the messages: every old node (read, unreadable or found) where it was
-    rm_seen, free_seen = layout_records(st, {n: sorted(s.seen) for n, s in st.salv.items()},
-                                        pool)
+    rm_seen, free_seen = layout_records(
+        st, {n: _pairs(s, sorted(s.seen)) for n, s in st.salv.items()}, pool)
     _explain_derived(st, {"rmap": rm_seen, "free": free_seen, "refcount": recs["refcount"]})
     if st.rebuild:
         st.rebuild.add("free")
@@ -169,8 +211,9 @@ def _candidates(st, strict: bool) -> list[tuple[int, int]]:
     free-space tree say they are taken)."""
     avoid = st.used_base | st.meta
     for s in st.salv.values():
-        if s.seen:
-            avoid[np.array(sorted(s.seen), dtype=np.int64)] = True
+        old = sorted(s.seen) + [t for t in s.twin_of.values() if 0 < t < st.total]
+        if old:
+            avoid[np.array(old, dtype=np.int64)] = True
     old_pool = [b for b in _old_pool(st) if 0 <= b < st.total]
     if old_pool:
         avoid[np.array(old_pool, dtype=np.int64)] = True
@@ -191,28 +234,46 @@ def _candidates(st, strict: bool) -> list[tuple[int, int]]:
     return _runs(~avoid)
 
 
+def _supply(cands: list[tuple[int, int]], dup: bool):
+    """Fresh node places from the candidate extents: blocks in address
+    order, or with dup pairs (a block from the low end, its twin from the
+    high end) until the two ends meet."""
+    fwd = (b for s, n in cands for b in range(s, s + n))
+    if not dup:
+        yield from ((b, 0) for b in fwd)
+        return
+    bwd = (b for s, n in reversed(cands) for b in range(s + n - 1, s - 1, -1))
+    for a, z in zip(fwd, bwd):
+        if a >= z:
+            return
+        yield a, z
+
+
 def _place(st, recs: dict, pool: list[int]) -> None:
-    """Choose fresh blocks for the nodes of every tree being rebuilt."""
+    """Choose fresh blocks (pairs, with dup) for the nodes of every tree
+    being rebuilt."""
     vol = st.vol
+    dup = vol.dup
     sizes = {n: sum(vol.trees[n].level_sizes(len(recs[n])))
              for n in st.rebuild if n not in ("free", "rmap")}
-    kept = {n: list(s.good) for n, s in st.salv.items() if n not in st.rebuild}
+    kept = {n: _pairs(s, s.good) for n, s in st.salv.items() if n not in st.rebuild}
     want_extra = max(0, POOL_TARGET - len(pool))
+    if dup:
+        want_extra = -(-want_extra // 2)          # in pairs
     has_rmap = "rmap" in vol.trees
     for strict in (True, False):
-        cands = _candidates(st, strict)
-        supply = ((s + i) for s, n in cands for i in range(n))
-        taken: list[int] = []
+        supply = _supply(_candidates(st, strict), dup)
+        taken: list[tuple[int, int]] = []
         while True:
-            # counting: each taken block is owned once, as a node or in the pool
-            rm, free = layout_records(st, kept, pool + taken)
+            # counting: each taken place is owned once, as a node or in the pool
+            rm, free = layout_records(st, kept, pool + _flat(taken))
             sizes["free"] = sum(vol.trees["free"].level_sizes(len(free)))
             if has_rmap:
                 sizes["rmap"] = sum(vol.trees["rmap"].level_sizes(len(rm)))
             short = sum(sizes.values()) + want_extra - len(taken)
             if short <= 0:
                 break
-            more = [b for _, b in zip(range(short), supply)]
+            more = [p for _, p in zip(range(short), supply)]
             taken += more
             if len(more) < short:
                 taken = None
@@ -226,7 +287,7 @@ def _place(st, recs: dict, pool: list[int]) -> None:
     for name in sorted(sizes):
         nodes[name] = taken[pos:pos + sizes[name]]
         pos += sizes[name]
-    st.pool = pool + taken[pos:]
+    st.pool = pool + _flat(taken[pos:])
     if len(st.pool) > SB_POOL_MAX:
         raise NoSpace("reserve pool overflow while rebuilding")
     rm, free = layout_records(st, nodes, st.pool)

@@ -112,14 +112,16 @@ def _paths_for_messages(st) -> None:
 
 def _meta_mask(st) -> None:
     """Blocks that hold metadata for certain: superblocks, log, verified
-    nodes (and the superblocks and log alone, in `fixed_meta`)."""
+    nodes and their twins (and the superblocks and log alone, in `fixed_meta`)."""
     fixed = np.zeros(st.total, dtype=bool)
     for r in map(RmapRec._make, static_owners(st.sb, pool=[])):
         fixed[min(r.bno, st.total):min(r.bno + r.len, st.total)] = True
     meta = fixed.copy()
     for s in st.salv.values():
-        if s.good:
-            meta[np.array(s.good, dtype=np.int64)] = True
+        blocks = s.good + [s.twin_of[b] for b in s.good if b in s.twin_of
+                           and not st.vol.twin_problem(b, s.twin_of[b])]
+        if blocks:
+            meta[np.array(blocks, dtype=np.int64)] = True
     st.meta, st.fixed_meta = meta, fixed
 
 

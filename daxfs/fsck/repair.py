@@ -4,7 +4,9 @@ holds, as xfs_repair rebuilds its btrees.
 The phases, each in its own module, run in this order over one
 `RepairState` (state.py):
 
-1. check (check.py): a clean image is left untouched.
+1. check (check.py): a clean image is left untouched.  With duplicated
+   metadata, heal (heal.py) then mends every node copy that its twin can
+   mend, as a mount does: what remains is left to the phases below.
 2. salvage (salvage.py): every tree walked; the leaves a lost node hid
    found through the rmap and a scan of the device; every record of every
    intact leaf kept.
@@ -41,7 +43,7 @@ from dataclasses import dataclass, field
 
 from daxfs.engine.errors import NoSpace
 
-from . import derive, layout, namespace, primary, salvage, write
+from . import derive, heal, layout, namespace, primary, salvage, write
 from .check import Checker
 from .state import RepairState
 
@@ -78,6 +80,7 @@ def repair(path: str) -> RepairResult:
     try:
         if vol.note:
             st.fix(f"superblock: {vol.note}; both copies rewritten")
+        heal.run(st)
         salvage.run(st)
         primary.run(st)
         namespace.run(st)

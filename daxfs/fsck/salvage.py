@@ -55,6 +55,7 @@ class Salvaged:
         self.rows: list[tuple] = []        # while salvaging: (record, REACHED/NAMED/SCANNED)
         self.good: list[int] = []          # verified nodes reachable from the root
         self.seen: set[int] = set()        # every in-range block of the old tree
+        self.twin_of: dict[int, int] = {}  # dup: node block -> its twin (from the parent)
         self.found: dict[int, int] = {}    # leaves read beyond the walk: block -> NAMED/SCANNED
         self.lost = 0                      # unreadable nodes (with their subtrees)
         self.lost_ranges: list[tuple] = [] # (low, high) key bounds of the unreadable subtrees
@@ -101,7 +102,8 @@ def _in_ranges(key: tuple, ranges: list[tuple]) -> bool:
 def run(st) -> None:
     vol = st.vol
     for name, tree in vol.trees.items():
-        st.salv[name] = _walk(name, tree)
+        st.salv[name] = _walk(vol, name, tree)
+    _shared_blocks(st)
     hurt = [n for n, s in st.salv.items() if s.lost]
     if hurt:
         _recover(st, hurt)
@@ -110,12 +112,25 @@ def run(st) -> None:
         s.rows = []
 
 
-def _walk(name: str, tree) -> Salvaged:
-    """The tree from its root: every record of every readable leaf."""
+def _walk(vol, name: str, tree) -> Salvaged:
+    """The tree from its root: every record of every readable leaf.  A
+    node whose copies disagree or that lacks a usable twin (heal.py mended
+    what it could) makes the tree one to rebuild, into fresh pairs."""
     s = Salvaged(name)
+    bad = vol.pmem.bad
     for v in tree.walk():
         if not v.dangling:
             s.seen.add(v.bno)
+            if v.twin:
+                s.twin_of[v.bno] = v.twin
+        if v.copy_error:
+            s.bad(f"{v.copy_error} (its copy at block {v.twin} was read)")
+        elif not v.error and not v.dangling:
+            why = vol.twin_problem(v.bno, v.twin)
+            if why is None and v.twin and bad and bad.first_bad(v.twin, 1) is not None:
+                why = f"the copy at block {v.twin} of node {v.bno} is poisoned"
+            if why:
+                s.bad(why)
         if v.error:
             s.bad(v.error)
             s.lost += 1
@@ -131,6 +146,21 @@ def _walk(name: str, tree) -> Salvaged:
     return s
 
 
+def _shared_blocks(st) -> None:
+    """A block that two nodes (or a node and a twin) of any trees claim
+    makes every tree claiming it one to rebuild."""
+    claims: dict[int, list[str]] = {}
+    for s in st.salv.values():
+        for b in s.seen:
+            claims.setdefault(b, []).append(s.name)
+        for t in s.twin_of.values():
+            claims.setdefault(t, []).append(s.name)
+    for b, names in claims.items():
+        if len(names) > 1:
+            for n in set(names):
+                st.salv[n].bad(f"block {b} is claimed by {len(names)} nodes or copies")
+
+
 def _recover(st, names: list[str]) -> None:
     """Find the leaves of the trees in `names` that their walks could not
     reach: through the rmap, and a scan of the device."""
@@ -144,47 +174,69 @@ def _recover(st, names: list[str]) -> None:
         s, tree = st.salv[name], vol.trees[name]
         # the rmap names every node of a tree with an owner of its own
         complete = trusted and own_tree(tree.tid) != OWN_AG
-        cands = {b: NAMED for b in named.get(tree.tid, ())}
+        partners = named.get(tree.tid, {})
+        cands = {b: NAMED for b in partners}
         for b, _ in scanned[tree.tid]:
             if b not in cands and not complete and not elsewhere[b]:
                 cands[b] = SCANNED
-        _read_found(s, tree, cands)
+        _read_found(s, tree, cands, partners if vol.dup else {})
         if not complete:
             s.gaps = list(s.lost_ranges)
 
 
-def _read_found(s: Salvaged, tree, cands: dict[int, int]) -> None:
+def _read_found(s: Salvaged, tree, cands: dict[int, int], partners: dict[int, int]) -> None:
     """Read the candidate blocks the walk did not meet: every one that
     verifies as the tree's node is one of its old blocks; a leaf gives the
-    records that lie where the lost subtrees stood."""
+    records that lie where the lost subtrees stood.  With dup metadata the
+    rmap names both copies of a node, each with the other as its partner:
+    the pair is read once, as the node its headers name, from whichever
+    copy is good."""
     nkey = tree.spec.nkey
+    twins = set(s.twin_of.values())
+    done: set[int] = set()
     for b in sorted(cands):
-        if b in s.seen:
+        first, twin = _pair(tree, b, partners.get(b, 0))
+        if first in s.seen or first in twins or first in done:
             continue
-        v = next(tree.walk(start=[(b, None)]))        # (the block alone, not its subtree)
+        done.add(first)
+        v = next(tree.walk(start=[(first, None, twin)]))   # (the node alone, not its subtree)
         if v.error:
             if cands[b] == NAMED:                     # the rmap's word: a lost node of ours
                 s.lost += 1
                 s.gaps = list(s.lost_ranges)
             continue
-        s.seen.add(b)
+        s.seen.add(first)
+        if twin:
+            s.twin_of[first] = twin
         if v.level == 0:
             s.found[b] = cands[b]
             s.rows += [(r, cands[b]) for r in v.records if _in_ranges(r[:nkey], s.lost_ranges)]
 
 
-def _named_by_rmap(st, rmap: Salvaged) -> dict[int, set[int]]:
-    """tree id -> the blocks the readable part of the rmap names as that
-    tree's nodes (not the free-space and rmap trees: their owner is the
-    pool's)."""
+def _named_by_rmap(st, rmap: Salvaged) -> dict[int, dict[int, int]]:
+    """tree id -> {block: its partner} for the blocks the readable part of
+    the rmap names as that tree's nodes (not the free-space and rmap
+    trees: their owner is the pool's)."""
     owners = {own_tree(t.tid): t.tid for t in st.vol.trees.values()
               if own_tree(t.tid) != OWN_AG}
-    out: dict[int, set[int]] = {}
+    out: dict[int, dict[int, int]] = {}
     for r in _named(rmap):
         tid = owners.get(r.owner)
         if tid is not None:
-            out.setdefault(tid, set()).add(r.bno)
+            out.setdefault(tid, {})[r.bno] = r.offset     # (dup: the other copy)
     return out
+
+
+def _pair(tree, b: int, partner: int) -> tuple[int, int]:
+    """(the node, its twin) of a block and the partner the rmap gives it:
+    the copy whose header names itself is the node (the other copy's
+    header names the node too); (b, 0) without a partner."""
+    if not partner:
+        return b, 0
+    first = tree.header_blkno(b)
+    if first is None:
+        first = tree.header_blkno(partner)
+    return (partner, b) if first == partner else (b, partner)
 
 
 def _used_elsewhere(st) -> np.ndarray:

@@ -1,14 +1,15 @@
 """Phase 5 of a repair, second half: writing the result.
 
 Each tree being rebuilt is bulk-loaded (BTree.bulk_load) into the fresh
-blocks layout.py chose: sealed node images stored straight into the
+blocks layout.py chose (with dup metadata, both copies of every node): sealed node images stored straight into the
 blocks and flushed like file data.  Then one journal transaction switches
 both superblocks to the new roots, record counts, counters and reserve
 pool: the commit point.  Until then the old image is unchanged.
 
 Metadata the repair rewrote whole is no longer bad: a poisoned superblock
-copy (the commit writes both) and poisoned blocks of the log (stored over
-with zeros first: the log was replayed when the image was opened) leave
+copy (the commit writes both) and poisoned blocks of the log or of its
+twin (stored over with zeros first: the log was replayed when the image
+was opened) leave
 the device's bad-block list.  A poisoned block that is free after the
 repair (an old node of a rebuilt tree) is cleared by the next mount, as
 any poisoned free space is.
@@ -24,8 +25,11 @@ def run(st) -> None:
     vol, sb = st.vol, st.sb
     for name in sorted(st.rebuild):
         tree = vol.trees[name]
-        root, height = tree.bulk_load(st.records[name], st.nodes[name])
+        blocks = [b for b, _ in st.nodes[name]]
+        twins = [t for _, t in st.nodes[name]] if vol.dup else None
+        root, height = tree.bulk_load(st.records[name], blocks, twins)
         sb["roots"][tree.tid] = root
+        sb["roots2"][tree.tid] = twins[-1] if twins else 0
         sb["heights"][tree.tid] = height
         s = st.salv[name]
         if s.damaged:
@@ -48,8 +52,9 @@ def run(st) -> None:
     sb["state"] = int(sb["state"]) & ~STATE_NEEDS_CHECK
     if any(e.flags & EXT_UNWRITTEN for e in st.extents):
         sb["features"] = int(sb["features"]) | FEAT_UNWRITTEN
-    log_start, log_blocks = int(sb["log_start"]), int(sb["log_blocks"])
-    bad_log = [b for b in range(log_start, log_start + log_blocks)
+    log_blocks = int(sb["log_blocks"])
+    bad_log = [b for start in (int(sb["log_start"]), int(sb["log2_start"])) if start
+               for b in range(start, start + log_blocks)
                if st.pmem.bad.first_bad(b, 1) is not None]
     for b in bad_log:
         st.pmem.blocks(b, 1)[:] = 0
