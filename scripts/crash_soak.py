@@ -1077,7 +1077,7 @@ class Soak:
 
     def fresh_image(self) -> None:
         from daxfs.engine.mkfs import mkfs
-        mkfs(self.image, self.args.size, rmap=True)
+        mkfs(self.image, self.args.size, rmap=True, dup=self.args.metadata == "dup")
         self.logs.clear()
 
     def check(self, it: int) -> None:
@@ -1390,6 +1390,8 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=parse_size, default=128 << 20)
     p.add_argument("--min-delay", type=float, default=0.3)
     p.add_argument("--max-delay", type=float, default=2.5)
+    p.add_argument("--metadata", choices=["dup", "single"], default="dup",
+                   help="the image's metadata profile (default dup, as mkfs)")
     p.add_argument("--workdir")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     p.add_argument("-v", "--verbose", action="store_true")

@@ -87,8 +87,8 @@ if ROOT not in sys.path:
 
 from daxfs.cli import check as cmd_check  # noqa: E402
 from daxfs.engine.errors import DaxfsError, DamagedFile, MediaError, Shutdown  # noqa: E402
-from daxfs.engine.format import (BLOCK_SIZE as BS, LOG_HDR_DTYPE, LOG_HDR_SIZE, LOG_MAGIC,
-                                 ROOT_INO, SB_MAGIC)  # noqa: E402
+from daxfs.engine.format import (BLOCK_SIZE as BS, LOG_ENT_DTYPE, LOG_HDR_DTYPE,  # noqa: E402
+                                 LOG_HDR_SIZE, LOG_MAGIC, ROOT_INO, SB_MAGIC)
 from daxfs.engine.journal import sealed_ok  # noqa: E402
 from daxfs.engine.fs import Filesystem  # noqa: E402
 from daxfs.engine.mkfs import mkfs  # noqa: E402
@@ -111,11 +111,11 @@ MARKER = b"daxfs-fuzz-write:"          # what the mounted walk writes (semantic 
 
 # =============================================================== the base image
 
-def populate(path: str, seed: int) -> dict:
-    """Make the base image; returns the expected tree {path: entry} where an
+def populate(path: str, seed: int, dup: bool = True) -> dict:
+    """Make the base image (duplicated metadata unless not `dup`); returns the expected tree {path: entry} where an
     entry is ("dir", [names]) | ("file", bytes, {xattrs}, ino) | ("link", target)."""
     rng = random.Random(seed)
-    mkfs(path, IMAGE_SIZE)
+    mkfs(path, IMAGE_SIZE, dup=dup)
     fs = Filesystem.open(path)
     tree = {"/": ["dir", []]}
     dirs = [(ROOT_INO, "/")]
@@ -186,9 +186,12 @@ def inventory(path: str) -> dict:
     try:
         total = vol.total_blocks
         nodes = {}                  # bno -> (tree, level, parent bno or None)
+        twin_of = {}                # dup: node -> the block of its second copy
         for name, tree in vol.trees.items():
             for v in tree.walk(leaves=False):
                 nodes[v.bno] = (name, v.level, v.parent)
+                if v.twin:
+                    twin_of[v.bno] = v.twin
         sb = vol.sb
         log_start, log_blocks = int(sb["log_start"]), int(sb["log_blocks"])
         hdr = vol.pmem.block(log_start)[:LOG_HDR_SIZE].view(LOG_HDR_DTYPE)[0]
@@ -196,13 +199,19 @@ def inventory(path: str) -> dict:
         if bytes(hdr["magic"]) == LOG_MAGIC:
             n, hb = int(hdr["nblocks"]), int(hdr["hdr_blocks"])
             area = vol.pmem.blocks(log_start, hb)
-            healed = [int(b) for b in area[LOG_HDR_SIZE:LOG_HDR_SIZE + 8 * n].view("<u8")]
+            ents = area[LOG_HDR_SIZE:LOG_HDR_SIZE + LOG_ENT_DTYPE.itemsize * n] \
+                .view(LOG_ENT_DTYPE)
+            healed = [int(e["bno"]) for e in ents] + [int(e["twin"]) for e in ents if e["twin"]]
+            del ents
             log_used = hb + n
             del area
         del hdr
         return {
             "total": total,
             "nodes": nodes,
+            "twin_of": twin_of,
+            "twins": {t: b for b, t in twin_of.items()},
+            "dup": vol.dup,
             "sbs": [0, total - 1],
             "log": (log_start, log_blocks),
             "log_used": log_used,
@@ -228,7 +237,7 @@ class Damage:
 
 
 def _meta_candidates(inv) -> list[int]:
-    return sorted(inv["nodes"]) + inv["sbs"] + [inv["log"][0]]
+    return sorted(inv["nodes"]) + sorted(inv["twins"]) + inv["sbs"] + [inv["log"][0]]
 
 
 def apply_damage(path: str, inv: dict, rng: random.Random, kind: str, dmg: Damage) -> None:
@@ -244,10 +253,13 @@ def apply_damage(path: str, inv: dict, rng: random.Random, kind: str, dmg: Damag
 
         def pick(k):
             nodes = sorted(inv["nodes"])
+            twins = sorted(inv["twins"])
             out = set()
             while len(out) < k:
                 r = rng.random()
-                if r < 0.8:
+                if r < 0.8 and twins and rng.random() < 0.35:
+                    out.add(rng.choice(twins))
+                elif r < 0.8:
                     out.add(rng.choice(nodes))
                 elif r < 0.9:
                     out.add(rng.choice(inv["sbs"]))
@@ -422,9 +434,13 @@ def damage_case(path: str, inv: dict, rng: random.Random, kind: str | None = Non
 
 def expected_reports(inv: dict, dmg: Damage) -> set[int]:
     """Damaged metadata blocks that `check` must name: reachable (every
-    ancestor intact) and not restored by replaying the log."""
+    ancestor readable: intact, or with dup metadata one of its two copies)
+    and not restored by replaying the log (with dup, replay reads the
+    log's twin when the first copy is damaged).  A damaged twin is named
+    as the copy that differs, unless its node is damaged too (then the
+    node is named)."""
     ls, _ = inv["log"]
-    log_ok = not any(ls <= b < ls + inv["log_used"] for b in dmg.blocks)
+    log_ok = inv["dup"] or not any(ls <= b < ls + inv["log_used"] for b in dmg.blocks)
     healed = inv["healed"] if log_ok else set()
     bad = {b for b in dmg.blocks if b not in healed}
     out = set()
@@ -434,12 +450,13 @@ def expected_reports(inv: dict, dmg: Damage) -> set[int]:
         if b in inv["sbs"]:
             out.add(b)
             continue
-        if b not in inv["nodes"]:
+        node = inv["twins"].get(b, b)
+        if node not in inv["nodes"] or (node != b and node in bad):
             continue
-        p = inv["nodes"][b][2]
+        p = inv["nodes"][node][2]
         reachable = True
         while p is not None:
-            if p in bad:
+            if p in bad and (not inv["twin_of"].get(p) or inv["twin_of"][p] in bad):
                 reachable = False
                 break
             p = inv["nodes"][p][2]
@@ -946,9 +963,9 @@ def run_case(case: int, seed: int, base: str, inv: dict, expect: dict, work: str
     return res
 
 
-def make_base(work: str, seed: int) -> tuple[str, dict, dict]:
+def make_base(work: str, seed: int, dup: bool = True) -> tuple[str, dict, dict]:
     base = os.path.join(work, "base.img")
-    expect = populate(base, seed)
+    expect = populate(base, seed, dup)
     inv = inventory(base)
     return base, inv, expect
 
@@ -973,6 +990,8 @@ def main(argv=None) -> int:
                    help="only this kind of damage")
     p.add_argument("--semantic", action="store_true",
                    help="semantic damage behind valid checksums (the kinds cycle)")
+    p.add_argument("--metadata", choices=["dup", "single"], default="dup",
+                   help="the base image's metadata profile (default dup, as mkfs)")
     p.add_argument("--quiet", "-q", action="store_true", help="print failures and the summary only")
     args = p.parse_args(argv)
 
@@ -985,9 +1004,9 @@ def main(argv=None) -> int:
     cases = args.case or list(range(args.count))
     with tempfile.TemporaryDirectory(prefix="daxfs-fuzz-") as work:
         os.chmod(work, 0o755)
-        base, inv, expect = make_base(work, args.seed)
+        base, inv, expect = make_base(work, args.seed, args.metadata == "dup")
         if not args.quiet:
-            print(f"base image: {len(inv['nodes'])} tree nodes, "
+            print(f"base image: {len(inv['nodes'])} tree nodes ({args.metadata}), "
                   f"{sum(1 for e in expect.values() if e[0] == 'file')} files; "
                   f"{len(cases)} cases, seed {args.seed}", flush=True)
         for i, case in enumerate(cases):

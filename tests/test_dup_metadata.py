@@ -225,3 +225,26 @@ def test_single_image_has_no_twins(tmp_path):
         assert fs.shutdown_reason and "shut down" in rep.action
     finally:
         fs.close()
+
+
+def test_read_only_open_reads_the_twins(base, tmp_path):
+    """A read-only open writes nothing: a poisoned node is read from its
+    twin every time, the damage assessment counts nothing, the poison stays
+    for a writable open to heal."""
+    from daxfs.engine import damage
+    img, want = _copy(base, tmp_path)
+    fs = Filesystem.open(str(img), readonly=True)
+    targets = [node_of(fs.vol.trees[n], w) for n in ("inode", "dir", "bmap", "xattr")
+               for w in ("root", "leaf")]
+    fs.close()
+    bad = BadBlocks(str(img))
+    for b in targets:
+        bad.add(b, 1)
+    fs = Filesystem.open(str(img), readonly=True)
+    try:
+        assert damage.assess(fs) is None
+        assert snapshot(fs) == want
+        assert not fs.shutdown_reason
+    finally:
+        fs.close()
+    assert len(BadBlocks(str(img)).ranges()) == len(targets)

@@ -1,7 +1,8 @@
 """Poison through a real mount: a media error injected on the live daemon
 (or into an unmounted image) reaches every owner the rmap names, as EIO for
-read(2) and SIGBUS for mmap loads; free space is cleared; metadata shuts the
-filesystem down."""
+read(2) and SIGBUS for mmap loads; free space is cleared; metadata is
+healed from its copy (dup, the default) or shuts the filesystem down
+(single)."""
 
 import errno
 import json
@@ -102,7 +103,10 @@ def test_shared_extent_poison_through_the_mount(live):
 
 
 def test_free_space_and_metadata_poison(live):
+    """A single image (one copy of metadata): metadata poison shuts down."""
     image, mnt = live
+    from daxfs.engine.mkfs import mkfs
+    mkfs(str(image), os.path.getsize(image), dup=False, force=True)
     with mount_image(image, mnt, check_log=False) as m:
         (m / "f").write_bytes(b"x" * 10000)
         free_off = 200 * 1024 * 1024                # far past anything a small fs uses
@@ -118,6 +122,29 @@ def test_free_space_and_metadata_poison(live):
             os.listdir(m)
     res = daxfs("check", image)
     assert res.returncode == 4 and "poisoned" in res.stdout
+
+
+def test_metadata_poison_heals_from_its_copy(live):
+    """A dup image: poison on a node, a leaf, the log is healed at once from
+    the other copy; nothing shuts down, every file reads back, `poison
+    list` says what was healed, and check is clean afterwards."""
+    image, mnt = live
+    with mount_image(image, mnt, check_log=False) as m:
+        for i in range(400):
+            (m / f"f{i:03d}").write_bytes(b"%d" % i * 300)
+        os.sync()
+        for kind in ("inode-tree", "dir-tree:leaf", "extent-map-tree", "rmap-tree:leaf",
+                     "free-space-tree", "log"):
+            out = inject(m, "--metadata", kind)
+            assert "healed from" in out and "shut down" not in out, (kind, out)
+        for i in range(400):
+            assert (m / f"f{i:03d}").read_bytes() == b"%d" % i * 300
+        (m / "after").write_bytes(b"still writable")
+        os.sync()
+        listing = daxfs("poison", "list", m)
+        assert listing.stdout.count("healed from its copy") >= 6, listing.stdout
+        assert "no bad ranges" in listing.stdout
+    check_image(image)
 
 
 def test_poison_in_unmounted_image_is_handled_at_mount(live):

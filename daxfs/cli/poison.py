@@ -128,9 +128,12 @@ def listing(args) -> int:
     if args.json:
         print(json.dumps(reports, indent=1))
         return 0
-    if not reports:
+    if not any(not rep.get("healed") for rep in reports):
         print("no bad ranges")
     for rep in reports:
+        if rep.get("healed"):
+            print(f"block {rep['bno']}: {rep['action']} (no longer bad)")
+            continue
         print(f"bad blocks {rep['bno']}+{rep['nblocks']} (bytes {rep['bno'] * BS}"
               f"+{rep['nblocks'] * BS}):" + ("" if rep["owners"] else " no owner"))
         for o in rep["owners"]:

@@ -107,7 +107,7 @@ def metadata_block(fs, request: str) -> int:
 
 def report_dict(rep) -> dict:
     return {"bno": rep.bno, "nblocks": rep.nblocks, "action": rep.action,
-            "seconds": rep.seconds, "lines": rep.lines(),
+            "seconds": rep.seconds, "lines": rep.lines(), "healed": rep.healed,
             "owners": [{"ino": o.owner, "kind": o.kind, "bno": o.bno, "nblocks": o.nblocks,
                         "offset": o.offset, "paths": o.paths, "what": o.describe()}
                        for o in rep.owners]}

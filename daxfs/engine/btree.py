@@ -241,11 +241,16 @@ class BTree:
     def _node(self, bno: int, level: int, twin: int = 0) -> Node:
         """The node at `bno` (its second copy at `twin`, 0 if none): decoded
         and verified on first use; a copy that fails verification or sits on
-        a poisoned range is mended from its twin (`_heal`) when it can be."""
+        a poisoned range is mended from its twin (`_heal`) when it can be,
+        or on a read-only device read from the twin each time."""
         try:
             return self._read_node(bno, level, twin)
         except Corrupted:
-            if not twin or bno in self.j.dirty or not self._heal(bno, twin, level):
+            if not twin or bno in self.j.dirty:
+                raise
+            if self.j.pmem.readonly:            # nothing may be written: read the twin
+                return self._read_verified(bno, level, at=twin)
+            if not self._heal(bno, twin, level):
                 raise
             return self._read_node(bno, level, twin)
 

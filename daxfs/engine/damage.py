@@ -6,7 +6,8 @@ failing.
 Two looks, both cheap:
 
 * every bad (poisoned) range the device still has after the open: its
-  owners (an rmap overlap query; without the rmap, or when the rmap
+  owners (with duplicated metadata a piece whose other copy is readable
+  does not count: it is read from there) (an rmap overlap query; without the rmap, or when the rmap
   itself cannot be read, the scan poison.scan_owners does); a poisoned
   superblock copy does not count (the other copy serves, and a writable
   open rewrites it);
@@ -49,6 +50,15 @@ class Damage:
                            f" 'daxfs check --repair {image}'", readonly_ok=self.readable)
 
 
+def _copy_serves(vol, o) -> bool:
+    """Dup metadata: is the other copy of this poisoned piece readable
+    (a read-only open reads it; a writable one has healed what it could)?"""
+    bad = vol.pmem.bad
+    if o.owner == OWN_LOG:
+        return True          # the log's twin; replay took the newest valid copy
+    return bool(o.partner) and bad.first_bad(o.partner, 1) is None
+
+
 def assess(fs) -> Damage | None:
     """The metadata damage of an open filesystem, or None."""
     from . import poison
@@ -67,6 +77,8 @@ def assess(fs) -> Damage | None:
                     " cannot be read", readable=False)
             continue
         for o in owners:
+            if vol.dup and _copy_serves(vol, o):
+                continue
             if o.kind == "metadata" and o.owner != OWN_FS:
                 dmg.add(f"{owner_name(o.owner)} block {o.bno} is on a poisoned (bad) range",
                         readable=o.owner in _NOT_NEEDED_TO_READ)

@@ -58,6 +58,7 @@ class Report:
     owners: list
     action: str            # what the handler did
     seconds: float = 0.0
+    healed: bool = False   # a metadata copy mended from its twin (no longer bad)
 
     @property
     def data_inodes(self) -> list[int]:
@@ -256,7 +257,8 @@ def handle_all(fs) -> list[Report]:
 
 
 def listing(fs) -> list[Report]:
-    """Every bad range with its owners, without acting."""
+    """Every bad range with its owners, without acting; then every metadata
+    block this open healed from its copy (dup), no longer bad."""
     out = []
     for b, n in fs.vol.pmem.bad.ranges():
         try:
@@ -265,4 +267,7 @@ def listing(fs) -> list[Report]:
         except (Corrupted, MediaError, Shutdown) as e:
             owners, state = [], f"owners unknown ({e})"
         out.append(Report(b, n, owners, state))
+    for b, twin, what in fs.vol.healed:
+        out.append(Report(b, 1, [], f"{what} healed from its copy at block {twin}",
+                          healed=True))
     return out

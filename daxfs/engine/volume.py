@@ -32,6 +32,7 @@ from .trees import SPECS
 log = logging.getLogger(__name__)
 
 MAX_IMAGE_BYTES = 1 << 50
+HEALED_KEPT = 1000
 
 
 def _back_fixed(pmem: Pmem, log_start: int, log_blocks: int, log2_start: int = 0) -> None:
@@ -70,7 +71,9 @@ class Volume:
         self.dup = bool(int(self.sb["features"]) & FEAT_DUP)
         self.journal = Journal(pmem, int(self.sb["log_start"]), int(self.sb["log_blocks"]),
                                int(self.sb["generation"]), int(self.sb["log2_start"]))
-        self.healed: list[str] = []    # metadata blocks mended from their twins (reports)
+        # metadata blocks mended from their twins: (block, twin, what), the
+        # latest HEALED_KEPT (poison.listing shows them)
+        self.healed: list[tuple[int, int, str]] = []
         self.verified: set[int] = set()
         self.participants = []
         self.trees = {}
@@ -129,9 +132,11 @@ class Volume:
         return None
 
     def _healed(self, bno: int, twin: int, tree: str) -> None:
-        what = f"{tree} at block {bno} healed from its copy at block {twin}"
-        log.warning("%s: %s", self.pmem.path, what)
-        self.healed.append(what)
+        log.warning("%s: %s at block %d healed from its copy at block %d",
+                    self.pmem.path, tree, bno, twin)
+        if len(self.healed) >= HEALED_KEPT:
+            del self.healed[:HEALED_KEPT // 2]
+        self.healed.append((bno, twin, tree))
 
     def drop_node_caches(self) -> None:
         """Forget every tree's decoded nodes (btree.py)."""
