@@ -53,9 +53,10 @@ def daxfs(*args, timeout=CMD_TIMEOUT):
     return run([sys.executable, "-m", "daxfs.cli", *args], timeout=timeout, env=env)
 
 
-def make_image(path, size=IMAGE_SIZE) -> Path:
+def make_image(path, size=IMAGE_SIZE, *, dup=True) -> Path:
+    """A fresh image (duplicated metadata, mkfs's default, unless not `dup`)."""
     from daxfs.engine.mkfs import mkfs
-    mkfs(str(path), size, rmap=True)
+    mkfs(str(path), size, rmap=True, dup=dup)
     return Path(path)
 
 

@@ -71,7 +71,9 @@ def test_free_space_poison_is_cleared(fs):
     assert_clean(fs)
 
 
-def test_metadata_poison_shuts_down(fs):
+def test_metadata_poison_shuts_down(tmp_path):
+    """One copy of metadata (dup images heal: tests/test_dup_metadata.py)."""
+    fs = make_fs(tmp_path / "single.img", dup=False)
     ino = _file(fs, b"f", b"x" * 100)
     fs.commit()
     root = fs.vol.trees["inode"].root

@@ -105,8 +105,7 @@ def test_shared_extent_poison_through_the_mount(live):
 def test_free_space_and_metadata_poison(live):
     """A single image (one copy of metadata): metadata poison shuts down."""
     image, mnt = live
-    from daxfs.engine.mkfs import mkfs
-    mkfs(str(image), os.path.getsize(image), dup=False, force=True)
+    image = make_image(image.parent / "single.img", dup=False)
     with mount_image(image, mnt, check_log=False) as m:
         (m / "f").write_bytes(b"x" * 10000)
         free_off = 200 * 1024 * 1024                # far past anything a small fs uses

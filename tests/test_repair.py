@@ -37,10 +37,11 @@ TREES = ["inode", "dir", "bmap", "free", "rmap", "refcount", "xattr", "orphan"]
 # ---------------------------------------------------------------- the image
 
 def populate(path, seed=7):
-    """A small image with every tree more than one level deep where it can
-    be; returns {ino: (path, bytes, {xattr name: value})} of regular files."""
+    """A small image (one copy of metadata: these tests are about what a
+    repair rebuilds; tests/test_dup_repair.py has the twins) with every
+    tree more than one level deep where it can be; returns {ino: (path, bytes, {xattr name: value})} of regular files."""
     rng = random.Random(seed)
-    mkfs(str(path), 32 << 20)
+    mkfs(str(path), 32 << 20, dup=False)
     fs = Filesystem.open(str(path))
     files = {}
     dirs = [(ROOT_INO, "")]
@@ -141,7 +142,9 @@ def engine(path):
 def clear_log(vol):
     """Make the last log invalid (harmless after a clean commit), so that
     replay at the next open does not mend the damage we write in place."""
-    vol.pmem.block(int(vol.sb["log_start"]))[:8] = 0
+    for start in (int(vol.sb["log_start"]), int(vol.sb["log2_start"])):
+        if start:
+            vol.pmem.block(start)[:8] = 0
     vol.pmem.flush_all()
 
 
@@ -559,7 +562,7 @@ def test_repair_command_line(img, base):
 def test_repair_without_rmap(tmp_path):
     """A filesystem made without the rmap btree: the same repairs, no rmap."""
     path = tmp_path / "normap.img"
-    mkfs(str(path), 32 << 20, rmap=False)
+    mkfs(str(path), 32 << 20, rmap=False, dup=False)
     fs = Filesystem.open(str(path))
     files = {}
     for i in range(60):

@@ -165,6 +165,15 @@ def handle(fs, bno: int, n: int) -> Report:
         return Report(bno, n, [], "the rmap itself is unreadable: filesystem shut down")
     meta = [o for o in owners if o.kind == "metadata"]
     actions = []
+    if vol.dup and vol.journal.dirty and not fs.shutdown_reason and not vol.pmem.readonly \
+            and any(o.owner != OWN_FS for o in meta):
+        # a node changed since the last commit has its new bytes only in
+        # the running transaction: commit first, so that both copies of
+        # every node are on the device to heal one from the other
+        try:
+            fs.commit()
+        except Shutdown as e:
+            actions.append(f"the commit before healing failed ({e})")
     for o in meta:
         if o.owner == OWN_FS:
             _rewrite_superblocks(fs)
