@@ -140,7 +140,7 @@ def node_of(path, tree: str, which: str) -> tuple[int, list[tuple]]:
     """The block `daxfs poison inject --metadata KIND:WHICH` aims at, and
     the records lost with it when it is a leaf (none when it is the root
     or an interior node: the rmap names the nodes below it)."""
-    from daxfs.control.admin import metadata_block
+    from daxfs.engine.poison_target import metadata_block
     fs = Filesystem.open(str(path), readonly=True)
     try:
         bno = metadata_block(fs, f"{TREE_KINDS[tree]}:{which}")

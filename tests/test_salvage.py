@@ -147,7 +147,7 @@ def _recreated(base_path, before, after, res, lost):
 def test_log_or_superblock_lost(base, img, kind):
     """A poisoned block of the log or a superblock copy: the repair rewrites
     it whole and it leaves the bad-block list; nothing else changes."""
-    from daxfs.control.admin import metadata_block
+    from daxfs.engine.poison_target import metadata_block
     fs = Filesystem.open(str(img), readonly=True)
     bno = metadata_block(fs, kind)
     fs.close()

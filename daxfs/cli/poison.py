@@ -19,6 +19,7 @@ import os
 import sys
 
 from daxfs.control import admin
+from daxfs.engine import poison_target
 from daxfs.engine.errors import DaxfsError
 from daxfs.engine.format import BLOCK_SIZE as BS
 from .common import BYTES_HELP, CommandError, Parser, byte_count, failed, target_kind
@@ -38,10 +39,10 @@ def _print_report(rep: dict) -> None:
 
 
 def _metadata(text: str) -> str:
-    if not admin.is_metadata_request(text):
+    if not poison_target.is_metadata_request(text):
         raise argparse.ArgumentTypeError(
-            f"{text!r}: one of {', '.join(sorted(admin.METADATA_KINDS))}, a tree kind"
-            f" optionally followed by :{', :'.join(admin.WHICH)}")
+            f"{text!r}: one of {', '.join(sorted(poison_target.METADATA_KINDS))}, a tree kind"
+            f" optionally followed by :{', :'.join(poison_target.WHICH)}")
     return text
 
 
@@ -67,7 +68,7 @@ def inject(args) -> int:
         fs = Filesystem.open(args.target, readonly=True)
         try:
             if args.metadata:
-                bno, n = admin.metadata_block(fs, args.metadata), 1
+                bno, n = poison_target.metadata_block(fs, args.metadata), 1
             else:
                 bno = args.offset // BS
                 n = -(-(args.offset + args.length) // BS) - bno
@@ -167,7 +168,7 @@ def parser() -> Parser:
     i.add_argument("--length", type=byte_count, metavar="BYTES", help="how many bytes")
     i.add_argument("--metadata", metavar="KIND[:WHICH]", type=_metadata,
                    help="poison one block of metadata instead: KIND is one of "
-                        + ", ".join(sorted(admin.METADATA_KINDS))
+                        + ", ".join(sorted(poison_target.METADATA_KINDS))
                         + "; for a tree, WHICH picks the node: root (the default), leaf (the"
                         " middle leaf in key order) or interior (the middle interior node"
                         " below the root; the tree must have one)")

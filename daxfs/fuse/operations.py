@@ -118,7 +118,8 @@ from daxfs.engine import acl
 from daxfs.control import protocol as control
 from . import binding
 from .inode_locks import InodeLocks, between_steps
-from daxfs.control.admin import AdminServer, is_admin_name
+from daxfs.control.admin import is_admin_name
+from daxfs.fuse.admin_server import AdminServer
 from .control_server import Caller, ControlServer, own_mount_device
 from daxfs.engine.errors import DaxfsError, DamagedFile, TrimFirst
 from daxfs.engine.fs import STEP_BUDGET
@@ -277,7 +278,7 @@ class Operations(pyfuse3.Operations):
         fs.budget = STEP_BUDGET            # long work in steps (inode_locks.py)
         self.locks = InodeLocks()
         self.control = ControlServer(fs)   # daxfs/fuse/control_server.py
-        self.admin = AdminServer(fs)       # daxfs/control/admin.py
+        self.admin = AdminServer(fs)       # daxfs/fuse/admin_server.py
         self.errors = ErrorLog(log)        # daxfs/fuse/error_log.py
 
     # ---------------------------------------------------------------- helpers
