@@ -6,7 +6,7 @@ and shared / poisoned flags.  Only the records: drawing them is the
 The records come from the rmap and the free-space tree, read lazily from a
 starting block and put in block order (`_ordered`), so that a piece of the
 map costs what its own records cost: a live daemon serves the map in
-pieces (`piece`, daxfs/control/admin.py) and holds the filesystem only for
+pieces (`piece`, daxfs/fuse/admin_server.py) and holds the filesystem only for
 one piece per request.  Records are in (block, owner, file offset) order
 and a piece goes on from a cursor (block, records of that block already
 read); records are split where their sharing or poisoned state

@@ -4,8 +4,8 @@
 superblock2, log or a tree such as inode-tree; WHICH is root, leaf or
 interior)."""
 
-from daxfs.engine.errors import InvalidArgument
-from daxfs.engine.format import TREE_NAMES
+from .errors import InvalidArgument
+from .format import TREE_NAMES
 
 METADATA_KINDS = {"superblock": None, "superblock2": None, "log": None}
 METADATA_KINDS.update({f"{name.replace(' ', '-')}-tree": tid for tid, name in TREE_NAMES.items()})

@@ -790,7 +790,7 @@ class Operations(pyfuse3.Operations):
         self.fs.removexattr(inode, name)
 
     async def _admin_setxattr(self, name, value, ctx) -> None:
-        """Root's requests to the daemon (daxfs/control/admin.py): inject poison and
+        """Root's requests to the daemon (daxfs/fuse/admin_server.py): inject poison and
         run the failure handler, then drop the cached pages of every file
         that owns bad bytes so their next load (read or mmap fault) asks us
         and fails."""
