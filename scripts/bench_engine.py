@@ -492,7 +492,7 @@ class Engine:
                 theirs.append(size / 1e9 / (t1 - t0))
                 log(f"compare run {run + 1}: same_bytes {ours[-1]:.2f} GB/s, numpy "
                     f"{theirs[-1]:.2f} GB/s ({len(ea)}+{len(eb)} extents)")
-            del buf
+            buf = None        # the mapping has no export left when it closes
         finally:
             fs.close()
             img.unlink(missing_ok=True)

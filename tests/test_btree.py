@@ -6,8 +6,7 @@ import random
 
 import pytest
 
-from daxfs.engine.format import RMAP_DTYPE, TREE_RMAP, TREE_FREE, FREE_DTYPE
-from daxfs.engine.btree import BTree, TreeSpec
+from daxfs.engine.btree import BTree
 from daxfs.engine.errors import Corrupted
 from daxfs.engine.volume import Volume
 
@@ -34,8 +33,6 @@ def _tree(vol, spec):
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_overlapping_tree_matches_model(vol, seed):
     rnd = random.Random(seed)
-    spec = TreeSpec(TREE_RMAP, RMAP_DTYPE, 3, overlap=("bno", "len"))
-    # use a scratch tree id slot: the real rmap tree is vol.trees["rmap"]; use it directly
     t = vol.trees["rmap"]
     vol.commit()                       # the volume's own (delayed) rmap records
     base = {r[:3]: r for r in t.scan()}

@@ -11,8 +11,6 @@ claims 2 GiB costs one refused readlink, not 4 GiB of daemon memory.
 
 import os
 import stat
-import subprocess
-import threading
 import time
 
 import pytest

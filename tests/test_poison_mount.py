@@ -6,7 +6,6 @@ healed from its copy (dup, the default) or shuts the filesystem down
 
 import errno
 import json
-import mmap
 import os
 import signal
 import subprocess
@@ -14,7 +13,7 @@ import sys
 
 import pytest
 
-from conftest import check_image, daxfs, make_image, mount_image, run
+from conftest import check_image, daxfs, make_image, mount_image
 
 BS = 4096
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -18,7 +18,7 @@ import subprocess
 import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
-from conftest import daxfs, run
+from conftest import run
 from daxfs.engine import ranges
 from daxfs.engine.errors import DaxfsError
 from engine_helpers import assert_clean, make_fs
