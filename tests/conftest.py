@@ -13,12 +13,25 @@ mount in the tests follows.
   more than once (persistence) or with options.
 
 Every subprocess runs with a timeout (`run`, `daxfs`).
+
+Tiers (markers, registered in pyproject.toml; README says how to pick):
+
+* `engine`: no mount. The engine, fsck and the tools on an image; runs
+  anywhere Python does. A test is put here unless it mounts.
+* `mount`: mounts through the kernel (root and /dev/fuse): it asks for a
+  mount fixture (`mnt`, `mounted`, `mount_root`, `installed_helpers`), or its
+  code, or a helper of its module it calls, mounts. An `engine` test that
+  tries to mount fails at once (`_tier_guard`), so the tiers stay true.
+* `slow`: the long scenarios (`SLOW_MODULES`: fsx, soaks, fuzzing, crash
+  loops), in either tier; `-m "not slow"` is the quick run.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -42,6 +55,7 @@ from daxfs import host  # noqa: E402
 
 def run(cmd, *, timeout=CMD_TIMEOUT, check=False, cwd=None, input=None, env=None):
     """Run a command with a timeout; text output captured."""
+    _tier_guard(cmd)
     return subprocess.run([str(c) for c in cmd], capture_output=True, text=True,
                           timeout=timeout, check=check, cwd=cwd, input=input, env=env)
 
@@ -108,6 +122,85 @@ def mount_image(image, mnt, options: str | None = None, log: Path | None = None,
         force_unmount(mnt, pids)
     if check_log:
         assert_clean_log(log)
+
+
+# -------------------------------------------------------------- tiers
+
+MOUNT_FIXTURES = {"mnt", "mounted", "mount_root", "installed_helpers"}
+# code that mounts: the helpers above, the daxfs command's mount, mount(8)
+_MOUNTS = re.compile(r"\bmount_image\(|\bmounted\b|[\"']mount[\"']\s*,|\bmount\.fuse")
+# the long scenarios (measured: each module takes 20 s or more of a full run)
+SLOW_MODULES = {"test_soak", "test_crash", "test_fuzz", "test_fsx", "test_damaged_mount",
+                "test_concurrency", "test_dup_repair", "test_salvage"}
+_current_tier: list[str] = []
+
+
+def _mounting_helpers(module) -> set[str]:
+    """Names of the module's own functions whose code mounts."""
+    names = set()
+    for name, obj in vars(module).items():
+        if inspect.isfunction(obj) and obj.__module__ == module.__name__ \
+                and not name.startswith("test_"):
+            try:
+                if _MOUNTS.search(inspect.getsource(obj)):
+                    names.add(name)
+            except (OSError, TypeError):
+                pass
+    return names
+
+
+def _code_mounts(func, helpers: set[str]) -> bool:
+    try:
+        src = inspect.getsource(func)
+    except (OSError, TypeError):
+        return True                       # cannot tell: not in the engine tier
+    return bool(_MOUNTS.search(src)) or any(re.search(rf"\b{h}\(", src) for h in helpers)
+
+
+def _mounts(item, helpers: set[str]) -> bool:
+    """Does the test, or a fixture it uses (however indirectly), mount?"""
+    names = set(getattr(item, "fixturenames", ()))
+    if MOUNT_FIXTURES & names:
+        return True
+    info = getattr(item, "_fixtureinfo", None)
+    for name in names:
+        for fdef in (info.name2fixturedefs.get(name, ()) if info else ()):
+            if fdef.baseid and _code_mounts(fdef.func, helpers):   # the project's fixtures only
+                return True
+    return _code_mounts(getattr(item, "function", None), helpers)
+
+
+def pytest_collection_modifyitems(config, items):
+    helpers_of: dict = {}
+    for item in items:
+        module = getattr(item, "module", None)
+        if module is not None and module not in helpers_of:
+            helpers_of[module] = _mounting_helpers(module)
+        mounts = _mounts(item, helpers_of.get(module, set()))
+        item.add_marker(pytest.mark.mount if mounts else pytest.mark.engine)
+        if module is not None and module.__name__ in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(autouse=True)
+def _tier(request):
+    _current_tier.append("engine" if request.node.get_closest_marker("engine") else "mount")
+    try:
+        yield
+    finally:
+        _current_tier.pop()
+
+
+def _tier_guard(cmd) -> None:
+    """An engine-tier test must not mount: it would need root and /dev/fuse
+    where the engine tier promises neither."""
+    words = [os.path.basename(str(c)) for c in cmd]
+    mounting = words[:1] == ["mount"] or words[0].startswith("mount.fuse") or any(
+        w in ("daxfs", "daxfs.cli") and words[i + 1:i + 2] == ["mount"]
+        for i, w in enumerate(words[:3]))
+    if mounting and _current_tier and _current_tier[-1] == "engine":
+        pytest.fail("a test in the engine tier mounts: give it a mount fixture "
+                    "(tests/conftest.py, Tiers)", pytrace=False)
 
 
 # -------------------------------------------------------------- fixtures
