@@ -301,6 +301,23 @@ static int fail(int err)
     return -1;
 }
 
+/* The request was for daxfs and fails with err: *ret is the call's -1. */
+static int refuse(int *ret, int err)
+{
+    *ret = fail(err);
+    return 1;
+}
+
+/* An fd the wrappers act on: open for I/O (not O_PATH) on a daxfs mount.
+   Its status flags (>= 0) and its stat in *st, or -1 for any other fd. */
+static int daxfs_fd(int fd, struct stat *st)
+{
+    int fl = fd_flags(fd);
+    if (fl < 0 || (fl & O_PATH) || fstat(fd, st) < 0 || fd_on_daxfs(fd, st) != 1)
+        return -1;
+    return fl;
+}
+
 /* --- FICLONE / FICLONERANGE ---------------------------------------------- */
 /* Returns 1 and sets *ret if the request was for daxfs, else 0. */
 static int do_clone(int dst_fd, unsigned long request, void *arg, int *ret)
@@ -410,29 +427,21 @@ static int32_t dedupe_one(int src_fd, const struct stat *src_st, uint64_t src_of
 static int do_dedupe(int src_fd, struct file_dedupe_range *arg, int *ret)
 {
     struct stat src_st;
-    int sfl = fd_flags(src_fd);
-    if (sfl < 0 || (sfl & O_PATH) || fstat(src_fd, &src_st) < 0)
+    int sfl = daxfs_fd(src_fd, &src_st);
+    if (sfl < 0)
         return 0;
-    if (fd_on_daxfs(src_fd, &src_st) != 1)
-        return 0;
-    if (!arg) {
-        *ret = fail(EFAULT);
-        return 1;
-    }
+    if (!arg)
+        return refuse(ret, EFAULT);
     /* as ioctl_file_dedupe_range: work on a copy, copy back on success */
     uint16_t count = arg->dest_count;
     size_t size = offsetof(struct file_dedupe_range, info) +
                   (size_t)count * sizeof(struct file_dedupe_range_info);
     long page = sysconf(_SC_PAGESIZE);
-    if (size > (size_t)(page > 0 ? page : 4096)) {
-        *ret = fail(ENOMEM);
-        return 1;
-    }
+    if (size > (size_t)(page > 0 ? page : 4096))
+        return refuse(ret, ENOMEM);
     struct file_dedupe_range *same = malloc(size);
-    if (!same) {
-        *ret = fail(ENOMEM);
-        return 1;
-    }
+    if (!same)
+        return refuse(ret, ENOMEM);
     memcpy(same, arg, size);
     same->dest_count = count;
 
@@ -471,20 +480,13 @@ static int do_dedupe(int src_fd, struct file_dedupe_range *arg, int *ret)
 static int do_fiemap(int fd, struct fiemap *fm, int *ret)
 {
     struct stat st;
-    int fl = fd_flags(fd);
-    if (fl < 0 || (fl & O_PATH) || fstat(fd, &st) < 0)
-        return 0;
-    if (fd_on_daxfs(fd, &st) != 1)
+    if (daxfs_fd(fd, &st) < 0)
         return 0;
     *ret = 0;
-    if (!fm) {
-        *ret = fail(EFAULT);
-        return 1;
-    }
-    if (fm->fm_extent_count > UINT_MAX / sizeof(struct fiemap_extent)) {
-        *ret = fail(EINVAL);
-        return 1;
-    }
+    if (!fm)
+        return refuse(ret, EFAULT);
+    if (fm->fm_extent_count > UINT_MAX / sizeof(struct fiemap_extent))
+        return refuse(ret, EINVAL);
     uint32_t max = fm->fm_extent_count, mapped = 0, flags = fm->fm_flags;
     uint64_t start = fm->fm_start, len = fm->fm_length;
     uint64_t end = start + len < start ? UINT64_MAX : start + len;
@@ -661,28 +663,6 @@ static int fake_xfs_enabled(void)
     return v && strcmp(v, "1") == 0;
 }
 
-EXPORT int statfs(const char *path, struct statfs *buf)
-{
-    statfs_fn real = REAL(statfs_fn, statfs);
-    if (!real)
-        return fail(ENOSYS);
-    int r = real(path, buf);
-    if (r == 0 && buf->f_type == FUSE_MAGIC && fake_xfs_enabled() && path_on_daxfs(path))
-        buf->f_type = XFS_MAGIC;
-    return r;
-}
-
-EXPORT int statfs64(const char *path, struct statfs64 *buf)
-{
-    statfs64_fn real = REAL(statfs64_fn, statfs64);
-    if (!real)
-        return fail(ENOSYS);
-    int r = real(path, buf);
-    if (r == 0 && buf->f_type == FUSE_MAGIC && fake_xfs_enabled() && path_on_daxfs(path))
-        buf->f_type = XFS_MAGIC;
-    return r;
-}
-
 static int fd_is_daxfs_for_statfs(int fd)
 {
     struct stat st;
@@ -692,24 +672,23 @@ static int fd_is_daxfs_for_statfs(int fd)
     return v == 1;
 }
 
-EXPORT int fstatfs(int fd, struct statfs *buf)
-{
-    fstatfs_fn real = REAL(fstatfs_fn, fstatfs);
-    if (!real)
-        return fail(ENOSYS);
-    int r = real(fd, buf);
-    if (r == 0 && buf->f_type == FUSE_MAGIC && fake_xfs_enabled() && fd_is_daxfs_for_statfs(fd))
-        buf->f_type = XFS_MAGIC;
-    return r;
-}
+/* statfs, statfs64, fstatfs, fstatfs64: the real call, and with
+   DAXFS_FAKE_XFS=1 a daxfs mount's f_type reads as XFS's.  ON_DAXFS is how
+   the argument (a path or an fd) is asked whether it is on daxfs. */
+#define STATFS_WRAPPER(name, argtype, buftype, on_daxfs)                     \
+    EXPORT int name(argtype arg, struct buftype *buf)                        \
+    {                                                                        \
+        name##_fn real = REAL(name##_fn, name);                              \
+        if (!real)                                                           \
+            return fail(ENOSYS);                                             \
+        int r = real(arg, buf);                                              \
+        if (r == 0 && buf->f_type == FUSE_MAGIC && fake_xfs_enabled() &&     \
+            on_daxfs(arg))                                                   \
+            buf->f_type = XFS_MAGIC;                                         \
+        return r;                                                            \
+    }
 
-EXPORT int fstatfs64(int fd, struct statfs64 *buf)
-{
-    fstatfs64_fn real = REAL(fstatfs64_fn, fstatfs64);
-    if (!real)
-        return fail(ENOSYS);
-    int r = real(fd, buf);
-    if (r == 0 && buf->f_type == FUSE_MAGIC && fake_xfs_enabled() && fd_is_daxfs_for_statfs(fd))
-        buf->f_type = XFS_MAGIC;
-    return r;
-}
+STATFS_WRAPPER(statfs, const char *, statfs, path_on_daxfs)
+STATFS_WRAPPER(statfs64, const char *, statfs64, path_on_daxfs)
+STATFS_WRAPPER(fstatfs, int, statfs, fd_is_daxfs_for_statfs)
+STATFS_WRAPPER(fstatfs64, int, statfs64, fd_is_daxfs_for_statfs)
