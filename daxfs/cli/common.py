@@ -122,6 +122,20 @@ class CommandError(Exception):
     """A command cannot go on: its message is the one line to print."""
 
 
+def one_line_errors(prog: str, what: str, body, hints: dict | None = None) -> int:
+    """`body()`'s exit status, or 1 with one line on stderr when it fails: a
+    CommandError or an engine error says itself, a failed system call says
+    what could not be done (`failed`) and the hint for its errno."""
+    from daxfs.engine.errors import DaxfsError
+    try:
+        return body()
+    except (CommandError, DaxfsError) as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+    except OSError as e:
+        print(failed(prog, what, e, (hints or {}).get(e.errno, "")), file=sys.stderr)
+    return 1
+
+
 # ---- targets ---------------------------------------------------------------------
 
 

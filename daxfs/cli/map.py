@@ -6,6 +6,7 @@ path or metadata kind), file offset, shared and poisoned flags; and with
 Owns the command line: an image is read directly (daxfs/engine/devmap.py),
 a mount from its daemon in pieces (daxfs/control/admin.py `client_map`)."""
 
+import errno
 import os
 import sys
 import time
@@ -13,8 +14,7 @@ import time
 from daxfs import host
 from daxfs.control import admin
 from daxfs.engine import devmap
-from daxfs.engine.errors import DaxfsError
-from .common import CommandError, Parser, failed, target_kind
+from .common import Parser, failed, one_line_errors, target_kind
 
 PROG = "daxfs map"
 
@@ -58,18 +58,13 @@ def main(argv=None) -> int:
     p.add_argument("--png", metavar="FILE", help="also draw the map as a PNG picture")
     p.add_argument("--no-free", action="store_true", help="leave free space out of the listing")
     args = p.parse_args(argv)
-    try:
-        recs, total, image, mountpoint = read_map(args.target)
-    except CommandError as e:
-        print(f"{PROG}: {e}", file=sys.stderr)
-        return 1
-    except DaxfsError as e:
-        print(f"{PROG}: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:
-        hint = "only root may read the map of a mount" if e.errno in (1, 13) else ""
-        print(failed(PROG, f"read the map of {args.target}", e, hint), file=sys.stderr)
-        return 1
+    only_root = "only root may read the map of a mount"
+    return one_line_errors(PROG, f"read the map of {args.target}", lambda: _show(args),
+                           {errno.EPERM: only_root, errno.EACCES: only_root})
+
+
+def _show(args) -> int:
+    recs, total, image, mountpoint = read_map(args.target)
     lines = [f"{'device offset':>14} {'length':>12}  {'owner':<40} {'file offset':<18} flags"]
     lines += [r.line() for r in recs if not (args.no_free and r.what == "free")]
     sys.stdout.write("\n".join(lines) + "\n")

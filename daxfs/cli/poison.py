@@ -20,9 +20,8 @@ import sys
 
 from daxfs.control import admin
 from daxfs.engine import poison_target
-from daxfs.engine.errors import DaxfsError
 from daxfs.engine.format import BLOCK_SIZE as BS
-from .common import BYTES_HELP, CommandError, Parser, byte_count, failed, target_kind
+from .common import BYTES_HELP, Parser, byte_count, one_line_errors, target_kind
 
 PROG = "daxfs poison"
 
@@ -188,17 +187,8 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     what = (f"inject a media error on {args.target}" if args.cmd == "inject"
             else f"list the bad ranges of {args.target}")
-    try:
-        return inject(args) if args.cmd == "inject" else listing(args)
-    except CommandError as e:
-        print(f"{PROG}: {e}", file=sys.stderr)
-        return 1
-    except DaxfsError as e:
-        print(f"{PROG}: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:
-        print(failed(PROG, what, e, HINTS.get(e.errno, "")), file=sys.stderr)
-        return 1
+    return one_line_errors(PROG, what, lambda: inject(args) if args.cmd == "inject"
+                           else listing(args), HINTS)
 
 
 if __name__ == "__main__":
