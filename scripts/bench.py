@@ -274,6 +274,24 @@ def kernel_unmount(mnt) -> None:
         REG.kernel.discard(mnt)
 
 
+@contextlib.contextmanager
+def _serving(cmd: list, mnt: Path, fstype: str, log: Path, output: Path):
+    """Start a FUSE daemon (`cmd`, its output appended to `output`), wait
+    until `mnt` is its mount, register it for the emergency unmount, and
+    always take it down on the way out."""
+    with open(output, "ab") as out:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                env=py_env(), start_new_session=True, cwd="/")
+    try:
+        conn = _wait_fuse(mnt, fstype, proc, log)
+        with REG.lock:
+            REG.fuse[str(mnt)] = (conn, proc)
+            REG.logs[str(mnt)] = log
+        yield mnt
+    finally:
+        fuse_unmount(mnt, proc)
+
+
 def _wait_fuse(mnt: Path, fstype: str, proc: subprocess.Popen, log: Path) -> str:
     deadline = time.monotonic() + MOUNT_TIMEOUT
     while time.monotonic() < deadline:
@@ -371,19 +389,10 @@ class Bench:
         prefix, prof = self._profiler(tag)
         cmd = prefix + [sys.executable, "-m", "daxfs.cli", "mount", "--foreground",
                         str(image), str(mnt), "--log", str(log)]
-        err = open(self.dir / f"{tag}.stderr", "ab")
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=err,
-                                env=py_env(), start_new_session=True, cwd="/")
-        err.close()
-        conn = "?"
         try:
-            conn = _wait_fuse(mnt, "fuse.daxfs", proc, log)
-            with REG.lock:
-                REG.fuse[str(mnt)] = (conn, proc)
-                REG.logs[str(mnt)] = log
-            yield mnt
+            with _serving(cmd, mnt, "fuse.daxfs", log, self.dir / f"{tag}.stderr"):
+                yield mnt
         finally:
-            fuse_unmount(mnt, proc)
             with contextlib.suppress(OSError):
                 text = log.read_text(errors="replace")
                 bad = [ln for ln in text.splitlines() if "Traceback" in ln or " ERROR " in ln]
@@ -395,44 +404,41 @@ class Bench:
             if not self.args.keep:
                 image.unlink(missing_ok=True)
 
+    def rounds(self, mnts: dict, res: "Results", group: str, body) -> None:
+        """`body(run, target, mountpoint)` for every run and every target
+        still standing, targets taking turns within a run; a target whose
+        body raises is failed (its error and daemon log said) and skipped
+        from then on."""
+        for r in range(self.runs):
+            for t, m in mnts.items():
+                if t in res.err:
+                    continue
+                try:
+                    body(r, t, m)
+                except Exception as e:
+                    res.fail(t, f"{type(e).__name__}: {e}")
+                    say(f"  [{group}] {t} failed: {e}" + log_tail(m))
+
     @contextlib.contextmanager
     def passthrough(self):
         src = self.dir / f"pt-src-{self._n}"
         src.mkdir()
         mnt = self.mountpoint("passthrough")
         log = self.dir / "passthrough.log"
-        with open(log, "ab") as out:
-            proc = subprocess.Popen([sys.executable, str(HERE / "peers" / "passthrough.py"),
-                                     str(src), str(mnt)], stdin=subprocess.DEVNULL,
-                                    stdout=out, stderr=out, env=py_env(),
-                                    start_new_session=True, cwd="/")
-        conn = "?"
         try:
-            conn = _wait_fuse(mnt, "fuse.passthrough", proc, log)
-            with REG.lock:
-                REG.fuse[str(mnt)] = (conn, proc)
-                REG.logs[str(mnt)] = log
-            yield mnt
+            with _serving([sys.executable, str(HERE / "peers" / "passthrough.py"), str(src),
+                           str(mnt)], mnt, "fuse.passthrough", log, log):
+                yield mnt
         finally:
-            fuse_unmount(mnt, proc)
             shutil.rmtree(src, ignore_errors=True)
 
     @contextlib.contextmanager
     def memfs(self):
         mnt = self.mountpoint("ceiling")
         log = self.dir / "memfs.log"
-        with open(log, "ab") as out:
-            proc = subprocess.Popen([sys.executable, str(HERE / "peers" / "memfs.py"), str(mnt)],
-                                    stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                    env=py_env(), start_new_session=True, cwd="/")
-        try:
-            conn = _wait_fuse(mnt, "fuse.memfs", proc, log)
-            with REG.lock:
-                REG.fuse[str(mnt)] = (conn, proc)
-                REG.logs[str(mnt)] = log
+        with _serving([sys.executable, str(HERE / "peers" / "memfs.py"), str(mnt)], mnt,
+                      "fuse.memfs", log, log):
             yield mnt
-        finally:
-            fuse_unmount(mnt, proc)
 
     @contextlib.contextmanager
     def tmpfs(self, size: int):
@@ -536,6 +542,19 @@ class Results:
 
     def fail(self, target: str, why: str) -> None:
         self.err.setdefault(target, why[:200])
+
+    def failed(self, group: str, target: str, exc: Exception) -> None:
+        """A target that could not run (Unavailable: said once, no fuss) or
+        broke: the error, and for daxfs the tail of its daemon's log."""
+        if isinstance(exc, Unavailable):
+            self.fail(target, str(exc))
+            return
+        self.fail(target, f"{type(exc).__name__}: {exc}")
+        say(f"  [{group}] {target} failed: {exc}")
+        if target == "daxfs":
+            for mnt in [k for k in REG.logs if "mnt-daxfs" in k][-1:]:
+                say(log_tail(mnt))
+        traceback.print_exc()
 
     def note(self, target: str, metric: str, text: str) -> None:
         self.notes.setdefault(target, {})[metric] = text
@@ -666,48 +685,45 @@ def group_io(bench: Bench, want_seq: bool, want_rand: bool) -> list[dict]:
     how = ""
     with contextlib.ExitStack() as stack:
         mnts = bench.mount_all(stack, ("daxfs",) + PEERS, max(2 * GiB, 4 * size), "io", res)
-        for r in range(bench.runs):
-            for t, m in mnts.items():
-                if t in res.err:
-                    continue
-                try:
-                    p = m / f"seq{r}"
-                    with bench.phase(t, m, "seq-write", r):
-                        w = write_file(p, size)
-                    res.add(t, "write", size / 1e6 / w)
-                    bench.drop_caches()
-                    with bench.phase(t, m, "seq-read", r):
-                        n, rd = read_file(p)
-                    if n != size:
-                        raise RuntimeError(f"read back {n} bytes of {size}")
-                    res.add(t, "read", size / 1e6 / rd)
-                    # again with only this file's cached pages dropped: the
-                    # image / backing file stays in memory
-                    fd = os.open(p, os.O_RDONLY)
-                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-                    os.close(fd)
-                    with bench.phase(t, m, "seq-read-warm", r):
-                        n, rd = read_file(p)
-                    res.add(t, "read-warm", size / 1e6 / rd)
-                    if want_rand:
-                        bench.drop_caches()
-                        with bench.phase(t, m, "rand-read", r):
-                            iops, how = rand_io(bench, p, size, False)
-                        res.add(t, "rread", iops)
-                        with bench.phase(t, m, "rand-write", r):
-                            iops, how = rand_io(bench, p, size, True)
-                        res.add(t, "rwrite", iops)
-                    os.unlink(p)
-                    if t == "daxfs":
-                        fsync_path(m)         # commit: the space is reusable
-                    say(f"  [io] run {r + 1}/{bench.runs} {t:<12} write "
-                        f"{res.get(t, 'write')[-1]:8.0f} MB/s  read {res.get(t, 'read')[-1]:8.0f} MB/s"
-                        f"  read (backing warm) {res.get(t, 'read-warm')[-1]:8.0f} MB/s"
-                        + (f"  4k rand read {res.get(t, 'rread')[-1]:8.0f} IOPS  write "
-                           f"{res.get(t, 'rwrite')[-1]:8.0f} IOPS" if want_rand else ""))
-                except Exception as e:
-                    res.fail(t, f"{type(e).__name__}: {e}")
-                    say(f"  [io] {t} failed: {e}" + log_tail(m))
+
+        def one(r, t, m):
+            nonlocal how
+            p = m / f"seq{r}"
+            with bench.phase(t, m, "seq-write", r):
+                w = write_file(p, size)
+            res.add(t, "write", size / 1e6 / w)
+            bench.drop_caches()
+            with bench.phase(t, m, "seq-read", r):
+                n, rd = read_file(p)
+            if n != size:
+                raise RuntimeError(f"read back {n} bytes of {size}")
+            res.add(t, "read", size / 1e6 / rd)
+            # again with only this file's cached pages dropped: the
+            # image / backing file stays in memory
+            fd = os.open(p, os.O_RDONLY)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            os.close(fd)
+            with bench.phase(t, m, "seq-read-warm", r):
+                n, rd = read_file(p)
+            res.add(t, "read-warm", size / 1e6 / rd)
+            if want_rand:
+                bench.drop_caches()
+                with bench.phase(t, m, "rand-read", r):
+                    iops, how = rand_io(bench, p, size, False)
+                res.add(t, "rread", iops)
+                with bench.phase(t, m, "rand-write", r):
+                    iops, how = rand_io(bench, p, size, True)
+                res.add(t, "rwrite", iops)
+            os.unlink(p)
+            if t == "daxfs":
+                fsync_path(m)         # commit: the space is reusable
+            say(f"  [io] run {r + 1}/{bench.runs} {t:<12} write "
+                f"{res.get(t, 'write')[-1]:8.0f} MB/s  read {res.get(t, 'read')[-1]:8.0f} MB/s"
+                f"  read (backing warm) {res.get(t, 'read-warm')[-1]:8.0f} MB/s"
+                + (f"  4k rand read {res.get(t, 'rread')[-1]:8.0f} IOPS  write "
+                   f"{res.get(t, 'rwrite')[-1]:8.0f} IOPS" if want_rand else ""))
+
+        bench.rounds(mnts, res, "io", one)
     s = size_text(size)
     figs = []
     if want_seq:
@@ -868,27 +884,23 @@ def group_untar(bench: Bench) -> list[dict]:
     tar, what = make_tar(bench.quick)
     with contextlib.ExitStack() as stack:
         mnts = bench.mount_all(stack, ("daxfs",) + META_PEERS, 2 * GiB, "untar", res)
-        for r in range(bench.runs):
-            for t, m in mnts.items():
-                if t in res.err:
-                    continue
-                try:
-                    d = m / f"untar{r}"
-                    d.mkdir()
-                    with bench.phase(t, m, "untar", r):
-                        t0 = time.perf_counter()
-                        out = run(["tar", "-xf", tar, "-C", d], timeout=900)
-                        dt = time.perf_counter() - t0
-                    if out.returncode != 0:
-                        raise RuntimeError(f"tar -x: {out.stderr.strip()[:200]}")
-                    res.add(t, "untar", dt)
-                    run(["rm", "-rf", d], timeout=900)
-                    if t in ("daxfs", SINGLE):
-                        fsync_path(m)
-                    say(f"  [untar] run {r + 1}/{bench.runs} {t:<12} {dt:7.2f} s")
-                except Exception as e:
-                    res.fail(t, f"{type(e).__name__}: {e}")
-                    say(f"  [untar] {t} failed: {e}" + log_tail(m))
+
+        def one(r, t, m):
+            d = m / f"untar{r}"
+            d.mkdir()
+            with bench.phase(t, m, "untar", r):
+                t0 = time.perf_counter()
+                out = run(["tar", "-xf", tar, "-C", d], timeout=900)
+                dt = time.perf_counter() - t0
+            if out.returncode != 0:
+                raise RuntimeError(f"tar -x: {out.stderr.strip()[:200]}")
+            res.add(t, "untar", dt)
+            run(["rm", "-rf", d], timeout=900)
+            if t in ("daxfs", SINGLE):
+                fsync_path(m)
+            say(f"  [untar] run {r + 1}/{bench.runs} {t:<12} {dt:7.2f} s")
+
+        bench.rounds(mnts, res, "untar", one)
     return res.figures("untar", f"untar {what}", "s", hib=False,
                        targets={"passthrough": 1.5, SINGLE: DUP_TARGET,
                                 CEILING: CEILING_TARGET},
@@ -948,15 +960,8 @@ def group_reflink(bench: Bench) -> list[dict]:
                     fsync_path(m)
                     say(f"  [reflink] run {r + 1}/{bench.runs} {t:<5} " + "  ".join(
                         f"{k} {v:.3f} s" for k, v in times.items()))
-        except Unavailable as e:
-            res.fail(t, str(e))
         except Exception as e:
-            res.fail(t, f"{type(e).__name__}: {e}")
-            say(f"  [reflink] {t} failed: {e}")
-            if t == "daxfs":
-                for mnt in [k for k in REG.logs if "mnt-daxfs" in k][-1:]:
-                    say(log_tail(mnt))
-            traceback.print_exc()
+            res.failed("reflink", t, e)
     # the wrapper's own start-up, for the record
     if env is not None:
         for _ in range(bench.runs):
@@ -1037,14 +1042,8 @@ def group_dedupe(bench: Bench) -> list[dict]:
                     fsync_path(m)
                 res.note(t, "dedupe", f"freed {bc.median(freed) / MiB:.0f} MiB of "
                                       f"{size // MiB} MiB duplicated")
-        except Unavailable as e:
-            res.fail(t, str(e))
         except Exception as e:
-            res.fail(t, f"{type(e).__name__}: {e}")
-            say(f"  [dedupe] {t} failed: {e}")
-            if t == "daxfs":
-                for mnt in [k for k in REG.logs if "mnt-daxfs" in k][-1:]:
-                    say(log_tail(mnt))
+            res.failed("dedupe", t, e)
     return res.figures("dedupe", f"duperemove -dr, {size_text(size)} duplicated", "s",
                        peers=("xfs",), hib=False, group="dedupe")
 

@@ -24,14 +24,14 @@ import argparse
 import errno
 import logging
 import os
-import signal
 import stat
 import sys
 import time
 from bisect import bisect_right
 
 import pyfuse3
-import trio
+
+from serving import mount_options, serve, setup_logging
 
 log = logging.getLogger("memfs")
 
@@ -318,36 +318,13 @@ class MemFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR) from None
 
 
-async def _serve() -> None:
-    async with trio.open_nursery() as nursery:
-
-        async def on_signal():
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async for _ in signals:
-                    pyfuse3.terminate()
-                    return
-
-        nursery.start_soon(on_signal)
-        await pyfuse3.main()
-        nursery.cancel_scope.cancel()
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("mountpoint")
     p.add_argument("--debug", action="store_true")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    opts = {"fsname=memfs", "subtype=memfs", "default_permissions"}
-    if os.geteuid() == 0:
-        opts.add("allow_other")
-    pyfuse3.init(MemFS(), args.mountpoint, opts)
-    try:
-        trio.run(_serve)
-    finally:
-        pyfuse3.close(unmount=True)
-    return 0
+    setup_logging(args.debug)
+    return serve(MemFS(), args.mountpoint, mount_options("memfs", "memfs", os.geteuid() == 0))
 
 
 if __name__ == "__main__":

@@ -30,13 +30,13 @@ import argparse
 import errno
 import logging
 import os
-import signal
 import stat
 import sys
 from collections import defaultdict
 
 import pyfuse3
-import trio
+
+from serving import mount_options, serve, setup_logging
 
 log = logging.getLogger("passthrough")
 
@@ -214,19 +214,19 @@ class Passthrough(pyfuse3.Operations):
         os.link(self._path(inode), path, follow_symlinks=False)
         return self._stat_new(path)
 
-    @_os_errors
-    async def unlink(self, parent_inode, name, ctx):
+    def _remove(self, parent_inode, name, remove) -> None:
         path = self._child(parent_inode, name)
         ino = os.lstat(path).st_ino
-        os.unlink(path)
+        remove(path)
         self._forget_path(ino, path)
 
     @_os_errors
+    async def unlink(self, parent_inode, name, ctx):
+        self._remove(parent_inode, name, os.unlink)
+
+    @_os_errors
     async def rmdir(self, parent_inode, name, ctx):
-        path = self._child(parent_inode, name)
-        ino = os.lstat(path).st_ino
-        os.rmdir(path)
-        self._forget_path(ino, path)
+        self._remove(parent_inode, name, os.rmdir)
 
     @_os_errors
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
@@ -327,20 +327,6 @@ class Passthrough(pyfuse3.Operations):
         os.removexattr(self._path(inode), os.fsdecode(name), follow_symlinks=False)
 
 
-async def _serve(loop_args: dict) -> None:
-    async with trio.open_nursery() as nursery:
-
-        async def on_signal():
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async for _ in signals:
-                    pyfuse3.terminate()
-                    return
-
-        nursery.start_soon(on_signal)
-        await pyfuse3.main(**loop_args)
-        nursery.cancel_scope.cancel()
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("source")
@@ -356,13 +342,9 @@ def main(argv=None) -> int:
     p.add_argument("--daxfs-loop", action="store_true",
                    help="serve with the daxfs daemon's request loop and collector set-up")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    opts = {"fsname=passthrough:" + os.path.abspath(args.source), "subtype=" + args.subtype,
-            "default_permissions"}
-    if os.geteuid() == 0:
-        opts.add("allow_other")
-    pyfuse3.init(Passthrough(args.source, args.fail_when), args.mountpoint, opts)
+    setup_logging(args.debug)
+    opts = mount_options("passthrough:" + os.path.abspath(args.source), args.subtype,
+                         os.geteuid() == 0)
     loop_args = {}
     if args.daxfs_loop:
         sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(
@@ -371,11 +353,7 @@ def main(argv=None) -> int:
         from daxfs.fuse import binding
         gc_tuning.tune()
         loop_args = binding.main_args()
-    try:
-        trio.run(_serve, loop_args)
-    finally:
-        pyfuse3.close(unmount=True)
-    return 0
+    return serve(Passthrough(args.source, args.fail_when), args.mountpoint, opts, loop_args)
 
 
 if __name__ == "__main__":
