@@ -787,6 +787,22 @@ def unmount(mnt: str, pids: list[int]) -> list[str]:
     return problems
 
 
+
+def _child(res, what: str, argv: list):
+    """Run a child program (`python -c CODE ARGS`, CODE argv[0]) that
+    works on the mount and prints its findings as JSON; None (and the
+    case failed) when it hangs or fails."""
+    try:
+        w = subprocess.run([sys.executable, "-c", *argv], capture_output=True, text=True,
+                           timeout=WALK_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        res.fail(f"mount: the child that {what}s the mount hung (timeout)")
+        return None
+    if w.returncode != 0:
+        res.fail(f"mount: the child that {what}s the mount failed: {w.stderr[-2000:]}")
+        return None
+    return json.loads(w.stdout)
+
 def mount_step(res: CaseResult, image: str, expect: dict, work: str, lax: bool = False,
                dmg: Damage | None = None) -> None:
     from daxfs import host
@@ -829,31 +845,16 @@ def mount_step(res: CaseResult, image: str, expect: dict, work: str, lax: bool =
         spec_path = os.path.join(work, "expect.json")
         with open(spec_path, "w") as f:
             json.dump(spec, f)
-        try:
-            w = subprocess.run([sys.executable, "-c", WALKER, spec_path, mnt],
-                               capture_output=True, text=True, timeout=WALK_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            res.fail("mount: walking the mount hung (timeout)")
+        out = _child(res, "walk", [WALKER, spec_path, mnt])
+        if out is None:
             return
-        if w.returncode != 0:
-            res.fail(f"mount: walker failed: {w.stderr[-2000:]}")
-            return
-        out = json.loads(w.stdout)
         if out["wrong"] and not lax:
             res.fail("mount: wrong answers: " + "; ".join(out["wrong"][:5]))
         res.stats["mount served, EIO" if out["eio"] else "mount served, all intact"] += 1
         if dmg is not None and dmg.semantic:
-            try:
-                w = subprocess.run([sys.executable, "-c", WRITER, mnt, dmg.target or "",
-                                    MARKER.decode()],
-                                   capture_output=True, text=True, timeout=WALK_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                res.fail("mount: writing to the mount hung (timeout)")
+            out = _child(res, "write", [WRITER, mnt, dmg.target or "", MARKER.decode()])
+            if out is None:
                 return
-            if w.returncode != 0:
-                res.fail(f"mount: writer failed: {w.stderr[-2000:]}")
-                return
-            out = json.loads(w.stdout)
             if out["wrong"]:
                 res.fail("mount: wrong answers to writes: " + "; ".join(out["wrong"]))
             res.stats["mount writes refused" if out["refused"] else "mount writes done"] += 1

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import random
 import stat
+import subprocess
 
 from daxfs.engine import acl
 from daxfs.engine.dirs import DIR_HEAD_BYTES, dir_sizes
@@ -126,6 +127,13 @@ def populate(path, *, size=256 * MiB, files=5600, seed=5, close=False, dup=False
         fs.close()
     else:
         fs.vol.pmem.close()
+
+
+def sparse_copy(src, dst):
+    """A copy of the image at `src` (holes kept): one populated image, a
+    fresh copy for each test."""
+    subprocess.run(["cp", "--sparse=always", str(src), str(dst)], check=True, timeout=60)
+    return dst
 
 
 def tree_shapes(path) -> dict[str, int]:

@@ -11,6 +11,7 @@ flipped byte, not a reported media error) uses the twin and rewrites the
 bad copy.  Both copies bad: shutdown, as on a single image.
 """
 
+import contextlib
 import os
 import stat
 
@@ -107,6 +108,20 @@ def _copy(base, tmp_path):
     return img, want
 
 
+@contextlib.contextmanager
+def intact_after(img, want):
+    """The image opened for the body; afterwards it must still serve
+    everything it held (`want`), not be shut down, and check clean."""
+    fs = Filesystem.open(str(img))
+    try:
+        yield fs
+        assert not fs.shutdown_reason, fs.shutdown_reason
+        assert snapshot(fs) == want
+        assert_clean(fs)
+    finally:
+        fs.close()
+
+
 def _trees_with(fs, where):
     out = []
     for name in TREES:
@@ -131,23 +146,17 @@ def test_offline_poison_heals_at_open(base, tmp_path, where):
     bad = BadBlocks(str(img))
     for b in targets.values():
         bad.add(b, 1)
-    fs = Filesystem.open(str(img))
-    try:
+    with intact_after(img, want) as fs:
         assert not fs.shutdown_reason, fs.shutdown_reason
         assert all("healed" in r.action for r in fs.poison_reports), \
             [r.action for r in fs.poison_reports]
         assert not fs.vol.pmem.bad.ranges()
-        assert snapshot(fs) == want
-        assert_clean(fs)
-    finally:
-        fs.close()
 
 
 @pytest.mark.parametrize("where", ["root", "leaf", "interior"])
 def test_live_poison_heals_at_once(base, tmp_path, where):
     img, want = _copy(base, tmp_path)
-    fs = Filesystem.open(str(img))
-    try:
+    with intact_after(img, want) as fs:
         for name in _trees_with(fs, where):
             b = node_of(fs.vol.trees[name], where)
             rep = poison.inject(fs, b, 1)
@@ -157,24 +166,15 @@ def test_live_poison_heals_at_once(base, tmp_path, where):
             twin = fs.vol.rmap.owners(b, b)[0][2]
             rep = poison.inject(fs, twin, 1)
             assert "healed from its copy" in rep.action, (name, "twin", rep.action)
-        assert snapshot(fs) == want
-        assert_clean(fs)
-    finally:
-        fs.close()
 
 
 def test_log_and_superblock_poison(base, tmp_path):
     img, want = _copy(base, tmp_path)
-    fs = Filesystem.open(str(img))
-    try:
+    with intact_after(img, want) as fs:
         sb = fs.vol.sb
         for b in (int(sb["log_start"]), int(sb["log2_start"]) + 1, 0, fs.vol.total_blocks - 1):
             rep = poison.inject(fs, b, 1)
             assert not fs.shutdown_reason, (b, rep.action)
-        assert snapshot(fs) == want
-        assert_clean(fs)
-    finally:
-        fs.close()
 
 
 def test_a_flipped_byte_is_read_from_the_twin(base, tmp_path):
@@ -190,14 +190,9 @@ def test_a_flipped_byte_is_read_from_the_twin(base, tmp_path):
             byte = f.read(1)
             f.seek(b * BS + 100)
             f.write(bytes([byte[0] ^ 0xFF]))
-    fs = Filesystem.open(str(img))
-    try:
-        assert snapshot(fs) == want
-        assert not fs.shutdown_reason
+    with intact_after(img, want) as fs:
+        assert snapshot(fs) == want          # reading the leaves heals them
         assert len(fs.vol.healed) >= len(blocks), fs.vol.healed
-        assert_clean(fs)
-    finally:
-        fs.close()
 
 
 def test_both_copies_bad_shuts_down(base, tmp_path):

@@ -90,12 +90,6 @@ def populate(path, seed=7):
     return {k: tuple(v) for k, v in files.items()}
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _no_fuse_left_behind():
-    """These tests mount nothing; other people's mounts on this machine are
-    none of their business (overrides the conftest check)."""
-    yield
-
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
