@@ -48,7 +48,7 @@ def last_fsync(journal):
 
 
 def run_and_kill(image, seed, mode, journal, delay):
-    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "crash_workload.py"),
+    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "support", "crash_workload.py"),
                              image, str(seed), mode, journal],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:

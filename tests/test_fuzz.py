@@ -1,4 +1,4 @@
-"""Fuzzed images (scripts/fuzz_images.py): damaged copies of a populated
+"""Fuzzed images (tests/support/image_fuzz.py): damaged copies of a populated
 image must be reported by `daxfs check` (exit 0/4/8, no traceback, every
 reachable damaged block named), opened or refused cleanly, read back as
 the original bytes or EIO, repaired to a clean image; with a real mount,
@@ -9,7 +9,6 @@ A few dozen cases here, every kind of damage; the script runs thousands
 (`scripts/fuzz_images.py --count 1000 --seed S [--mount]`).
 """
 
-import importlib.util
 import os
 import shutil
 from pathlib import Path
@@ -22,15 +21,7 @@ ENGINE_CASES_PER_KIND = 5
 MOUNT_KINDS = ["flip", "zero", "swap", "truncate", "mixed"]
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("fuzz_images",
-                                                  ROOT / "scripts" / "fuzz_images.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-F = _load_script()
+import image_fuzz as F  # noqa: E402  (tests/support)
 
 
 @pytest.fixture(scope="module")

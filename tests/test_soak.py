@@ -1,4 +1,4 @@
-"""The crash soak (scripts/crash_soak.py), short: 20 crash points -- the
+"""The crash soak (tests/support/crash_soak.py), short: 20 crash points -- the
 daemon of a real mount killed with SIGKILL under a mixed workload of
 several processes (16 times) and power losses of the engine on a private
 mapping (4 times) -- each followed by a clean `daxfs check`, a mount, and

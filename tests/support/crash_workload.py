@@ -14,7 +14,7 @@ import random
 import stat
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
 from daxfs.engine.errors import DaxfsError, NoSpace  # noqa: E402
 from daxfs.engine.fs import Filesystem  # noqa: E402
