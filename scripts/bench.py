@@ -909,9 +909,15 @@ def group_untar(bench: Bench) -> list[dict]:
                                    CEILING: "in-memory pyfuse3: the engine's share"})
 
 
-def preload_env() -> dict:
+def preload_env(res: "Results") -> dict | None:
+    """The environment that preloads the reflink/dedupe library, or None
+    (and daxfs failed in `res`) when the library cannot be built."""
     from daxfs.cli.exec import ensure_library, environment
-    return environment(ensure_library(), py_env())
+    try:
+        return environment(ensure_library(), py_env())
+    except Exception as e:
+        res.fail("daxfs", f"no preload library: {e}")
+        return None
 
 
 def timed_cp(src, dst, mode: str, env=None) -> float:
@@ -926,11 +932,7 @@ def timed_cp(src, dst, mode: str, env=None) -> float:
 def group_reflink(bench: Bench) -> list[dict]:
     small, big = bench.reflink_sizes
     res = Results()
-    env = None
-    try:
-        env = preload_env()
-    except Exception as e:
-        res.fail("daxfs", f"no preload library: {e}")
+    env = preload_env(res)
     for t in ("daxfs", "xfs"):
         if t in res.err:
             continue
@@ -1001,11 +1003,7 @@ def free_bytes(path) -> int:
 def group_dedupe(bench: Bench) -> list[dict]:
     size = bench.dedupe
     res = Results()
-    env = None
-    try:
-        env = preload_env()
-    except Exception as e:
-        res.fail("daxfs", f"no preload library: {e}")
+    env = preload_env(res)
     if not shutil.which("duperemove"):
         res.fail("daxfs", "duperemove is not installed")
         res.fail("xfs", "duperemove is not installed")

@@ -1,15 +1,8 @@
 #!/usr/bin/env python3
-"""Run the crash soak (tests/support/crash_soak.py, whose docstring says what it
-does and promises) by hand, as long as you like: `crash_soak.py --help`."""
-
+"""Kill a daxfs daemon at random moments, again and again (the crash soak
+of tests/support/crash_soak.py, whose docstring is the manual), by hand."""
 import os
-import sys
+import runpy
 
-_SUPPORT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                        "tests", "support")
-sys.path.insert(0, _SUPPORT)
-
-from crash_soak import main  # noqa: E402
-
-if __name__ == "__main__":
-    sys.exit(main())
+runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests",
+                            "support", "crash_soak.py"), run_name="__main__")

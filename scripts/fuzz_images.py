@@ -1,15 +1,9 @@
 #!/usr/bin/env python3
-"""Run the image fuzzer (tests/support/image_fuzz.py, whose docstring says what it
-does and promises) by hand, as long as you like: `fuzz_images.py --help`."""
-
+"""Damage copies of a populated image at random, many times, and hold check,
+repair and mount to their promises: the image fuzzer of
+tests/support/image_fuzz.py (its docstring is the manual) run by hand."""
 import os
-import sys
+import runpy
 
-_SUPPORT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                        "tests", "support")
-sys.path.insert(0, _SUPPORT)
-
-from image_fuzz import main  # noqa: E402
-
-if __name__ == "__main__":
-    sys.exit(main())
+runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests",
+                            "support", "image_fuzz.py"), run_name="__main__")
