@@ -17,7 +17,7 @@ import pytest
 
 from daxfs.engine.badblocks import BadBlocks
 from daxfs.engine.format import NODE_HDR_SIZE
-from daxfs.engine.journal import seal
+from daxfs.engine.checksum import seal
 from daxfs.engine.volume import Volume
 from daxfs.fsck.check import check_image
 from daxfs.fsck.repair import repair

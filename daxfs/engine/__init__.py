@@ -7,6 +7,7 @@ From the bottom up (each module imports only the ones above it in this list):
 * errors      one exception class per meaning, each with its errno
 * ranges      byte ranges callers supply, checked in one place
 * files       files kept beside an image, opened safely (no symlink, FIFO, huge file)
+* checksum    the crc32c that seals every metadata block
 * badblocks   the device's list of bad (poisoned) ranges
 * pmem        the device: the image mapped MAP_SHARED, flush, poison checks
 * journal     redo log, the running transaction, commit order

@@ -43,7 +43,7 @@ import numpy as np
 
 from .errors import Corrupted, MediaError
 from .format import BLOCK_SIZE, NODE_HDR_DTYPE, NODE_HDR_SIZE, TREE_MAGICS, TREE_NAMES
-from .journal import seal, sealed_ok
+from .checksum import seal, sealed_ok
 
 MAX_HEIGHT = 16
 _LEVEL_NRECS = struct.Struct("<HI")     # format.NODE_HDR_DTYPE: level u16 at 10, nrecs u32 at 12

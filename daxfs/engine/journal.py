@@ -24,33 +24,16 @@ a valid log is always replayed.
 
 import logging
 
-import crc32c
 import numpy as np
 
+from .checksum import seal, sealed_ok
 from .errors import Corrupted, MediaError, WriteFailed
 from .format import (BLOCK_SIZE, LOG_BNOS_FIRST, LOG_BNOS_NEXT, LOG_ENT_DTYPE, LOG_HDR_DTYPE,
                      LOG_HDR_SIZE, LOG_MAGIC)
 
 log = logging.getLogger(__name__)
 
-_ZERO4 = bytes(4)
 LOOSE_MAX = 16384            # overwritten ranges remembered before fsync flushes everything
-
-
-def seal(block: np.ndarray) -> None:
-    """Store the crc32c of a metadata block at bytes 4..8."""
-    block[4:8] = 0
-    c = crc32c.crc32c(block)
-    block[4:8] = np.frombuffer(c.to_bytes(4, "little"), dtype=np.uint8)
-
-
-def sealed_ok(block: np.ndarray) -> bool:
-    """True if the block's stored crc32c matches its contents."""
-    stored = int.from_bytes(bytes(block[4:8]), "little")
-    c = crc32c.crc32c(block[:4])
-    c = crc32c.crc32c(_ZERO4, c)
-    c = crc32c.crc32c(block[8:], c)
-    return c == stored
 
 
 def log_capacity(log_blocks: int) -> int:
@@ -258,8 +241,7 @@ class Journal:
         body = area[hdr_blocks * BLOCK_SIZE:].reshape(n, BLOCK_SIZE)
         for i, b in enumerate(bnos):
             body[i] = self.dirty[b]
-        c = crc32c.crc32c(area)
-        area[4:8] = np.frombuffer(c.to_bytes(4, "little"), dtype=np.uint8)
+        seal(area)                      # one crc32c over the header and every image
         logs = [(self.log_start, hdr_blocks + n)]
         if self.log2_start:
             pm.blocks(self.log2_start, hdr_blocks + n)[:] = area
@@ -297,11 +279,7 @@ def _valid_log(pmem, log_start: int, log_blocks: int):
             LOG_HDR_SIZE + LOG_ENT_DTYPE.itemsize * n > hdr_blocks * BLOCK_SIZE:
         return None
     area = pmem.blocks(log_start, hdr_blocks + n)
-    stored = int.from_bytes(bytes(area[4:8]), "little")
-    c = crc32c.crc32c(area[:4])
-    c = crc32c.crc32c(_ZERO4, c)
-    c = crc32c.crc32c(area[8:], c)
-    if c != stored:
+    if not sealed_ok(area):
         return None
     ents = area[LOG_HDR_SIZE:LOG_HDR_SIZE + LOG_ENT_DTYPE.itemsize * n].view(LOG_ENT_DTYPE).copy()
     return int(hdr["seq"]), hdr_blocks, ents, area

@@ -15,7 +15,7 @@ import numpy as np
 from .errors import Corrupted, NotAnImage
 from .format import (BLOCK_SIZE, FEAT_DUP, FORMAT_VERSION, KNOWN_FEATURES, OWN_AG, OWN_FS, OWN_LOG,
                      SB_DTYPE, SB_MAGIC, SB_POOL_MAX)
-from .journal import sealed_ok
+from .checksum import sealed_ok
 
 log = logging.getLogger(__name__)
 

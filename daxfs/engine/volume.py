@@ -22,7 +22,8 @@ from .errors import Corrupted, Exists, InvalidArgument, UnsafeFile
 from .format import (BLOCK_SIZE, FEAT_DUP, FEAT_REFLINK, FEAT_RMAP, FIRST_INO, FORMAT_VERSION,
                      MIN_IMAGE_BYTES, NODE_HDR_DTYPE, NODE_HDR_SIZE, SB_DTYPE, SB_MAGIC,
                      TREE_MAGICS)
-from .journal import Journal, replay, sealed_ok
+from .checksum import sealed_ok
+from .journal import Journal, replay
 from .pmem import Pmem, lock_for_create
 from .refcount import Refcount
 from .rmap import Rmap

@@ -90,7 +90,7 @@ from daxfs.cli import check as cmd_check  # noqa: E402
 from daxfs.engine.errors import DaxfsError, DamagedFile, MediaError, Shutdown  # noqa: E402
 from daxfs.engine.format import (BLOCK_SIZE as BS, LOG_ENT_DTYPE, LOG_HDR_DTYPE,  # noqa: E402
                                  LOG_HDR_SIZE, LOG_MAGIC, ROOT_INO, SB_MAGIC)
-from daxfs.engine.journal import sealed_ok  # noqa: E402
+from daxfs.engine.checksum import sealed_ok  # noqa: E402
 from daxfs.engine.fs import Filesystem  # noqa: E402
 from daxfs.engine.mkfs import mkfs  # noqa: E402
 from daxfs.engine.volume import Volume  # noqa: E402
@@ -314,7 +314,7 @@ def apply_damage(path: str, inv: dict, rng: random.Random, kind: str, dmg: Damag
                     dmg.blocks.add(b)
                 dmg.desc.append(f"sbrandom {b}[{lo}:{hi}]")
         elif kind == "resealed":
-            from daxfs.engine.journal import seal
+            from daxfs.engine.checksum import seal
             from daxfs.engine.trees import SPECS
             b = rng.choice(sorted(inv["nodes"]))
             data = bytearray(rd(b))
