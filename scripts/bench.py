@@ -387,7 +387,7 @@ class Bench:
         mnt = self.mountpoint("daxfs" if metadata == "dup" else f"daxfs-{metadata}")
         log = self.dir / f"{tag}.log"
         prefix, prof = self._profiler(tag)
-        cmd = prefix + [sys.executable, "-m", "daxfs.cli", "mount", "--foreground",
+        cmd = (prefix or [sys.executable]) + ["-m", "daxfs.cli", "mount", "--foreground",
                         str(image), str(mnt), "--log", str(log)]
         try:
             with _serving(cmd, mnt, "fuse.daxfs", log, self.dir / f"{tag}.stderr"):
