@@ -593,6 +593,10 @@ class Results:
 _BLOCK = os.urandom(MiB)
 
 
+def _small_block(i: int) -> bytes:
+    return _BLOCK[(i % 256) * 4096:(i % 256 + 1) * 4096]
+
+
 def write_file(path, size: int, *, data_fn=None, fsync=True) -> float:
     """Write `size` bytes in 1 MiB blocks (+ fsync); returns seconds."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -681,6 +685,7 @@ def rand_io(bench: Bench, path, size: int, write: bool) -> tuple[float, str]:
 
 def group_io(bench: Bench, want_seq: bool, want_rand: bool) -> list[dict]:
     size = bench.seq
+    small = min(size, 128 * MiB) // (8 if bench.quick else 1)
     res = Results()
     how = ""
     with contextlib.ExitStack() as stack:
@@ -692,6 +697,14 @@ def group_io(bench: Bench, want_seq: bool, want_rand: bool) -> list[dict]:
             with bench.phase(t, m, "seq-write", r):
                 w = write_file(p, size)
             res.add(t, "write", size / 1e6 / w)
+            # the same sequential write in 4 KiB write(2)s (`head -c N
+            # /dev/urandom > f` writes 4 KiB at a time): one FUSE request each
+            p4 = m / f"seq4k{r}"
+            with bench.phase(t, m, "seq-write-4k", r):
+                w4 = write_file(p4, small, data_fn=_small_block)
+            res.add(t, "write4k", small / 1e6 / w4)
+            res.add(t, "small/big", (small / w4) / (size / w))
+            os.unlink(p4)
             bench.drop_caches()
             with bench.phase(t, m, "seq-read", r):
                 n, rd = read_file(p)
@@ -729,6 +742,13 @@ def group_io(bench: Bench, want_seq: bool, want_rand: bool) -> list[dict]:
     if want_seq:
         figs += res.figures("write", f"seq write {s}, 1 MiB blocks + fsync", "MB/s",
                             targets={"passthrough": 0.8}, group="seq")
+        s4 = size_text(small)
+        figs += res.figures("write4k", f"seq write {s4}, 4 KiB blocks + fsync", "MB/s",
+                            group="seq")
+        sb = res.get("daxfs", "small/big")
+        figs.append(bc.figure(f"seq write: 4 KiB blocks ({s4}) / 1 MiB blocks ({s})", "x",
+                              runs=sb, target=0.5, target_on="value", group="seq",
+                              note="" if sb else "not measured: " + res.err.get("daxfs", "")))
         figs += res.figures("read", f"seq read {s} (caches dropped)", "MB/s",
                             targets={"passthrough": 1.0}, group="seq")
         figs += res.figures("read-warm", f"seq read {s} (file's pages dropped, backing warm)",
