@@ -123,6 +123,10 @@ DUP_TARGET = 0.87      # dup's speed >= 0.87x single's: it costs under 15%
 CEILING = "ceiling"
 CEILING_TARGET = 0.8
 META_PEERS = (CEILING, SINGLE) + PEERS
+# the seq group's small-write figures also ask the ceiling, with and without
+# the kernel's writeback cache (which daxfs leaves off: README, Performance)
+CEILING_WB = "ceiling-writeback"
+SMALL_WRITE_PEERS = (CEILING, CEILING_WB)
 META_CHUNK = 250       # meta group: files each system does back to back per turn
 MAIN_GROUPS = ("seq", "rand", "meta", "untar", "reflink", "dedupe", "engine")
 ENGINE_GROUPS = ("btree", "bigimage", "rmapcost", "compare")
@@ -433,10 +437,11 @@ class Bench:
             shutil.rmtree(src, ignore_errors=True)
 
     @contextlib.contextmanager
-    def memfs(self):
-        mnt = self.mountpoint("ceiling")
+    def memfs(self, writeback: bool = False):
+        mnt = self.mountpoint(CEILING_WB if writeback else CEILING)
         log = self.dir / "memfs.log"
-        with _serving([sys.executable, str(HERE / "peers" / "memfs.py"), str(mnt)], mnt,
+        with _serving([sys.executable, str(HERE / "peers" / "memfs.py"), str(mnt)]
+                      + (["--writeback-cache"] if writeback else []), mnt,
                       "fuse.memfs", log, log):
             yield mnt
 
@@ -494,6 +499,8 @@ class Bench:
             return self.daxfs(size, tag, "single")
         if name == CEILING:
             return self.memfs()
+        if name == CEILING_WB:
+            return self.memfs(writeback=True)
         if name == "passthrough":
             return self.passthrough()
         if name == "tmpfs":
@@ -689,7 +696,9 @@ def group_io(bench: Bench, want_seq: bool, want_rand: bool) -> list[dict]:
     res = Results()
     how = ""
     with contextlib.ExitStack() as stack:
-        mnts = bench.mount_all(stack, ("daxfs",) + PEERS, max(2 * GiB, 4 * size), "io", res)
+        extra = SMALL_WRITE_PEERS if want_seq else ()
+        mnts = bench.mount_all(stack, ("daxfs",) + PEERS + extra, max(2 * GiB, 4 * size), "io",
+                               res)
 
         def one(r, t, m):
             nonlocal how
@@ -705,6 +714,11 @@ def group_io(bench: Bench, want_seq: bool, want_rand: bool) -> list[dict]:
             res.add(t, "write4k", small / 1e6 / w4)
             res.add(t, "small/big", (small / w4) / (size / w))
             os.unlink(p4)
+            if t in SMALL_WRITE_PEERS:      # there only for the small writes
+                os.unlink(p)
+                say(f"  [io] run {r + 1}/{bench.runs} {t:<12} write {size / 1e6 / w:8.0f} MB/s"
+                    f"  4 KiB writes {small / 1e6 / w4:8.0f} MB/s")
+                return
             bench.drop_caches()
             with bench.phase(t, m, "seq-read", r):
                 n, rd = read_file(p)
@@ -744,11 +758,14 @@ def group_io(bench: Bench, want_seq: bool, want_rand: bool) -> list[dict]:
                             targets={"passthrough": 0.8}, group="seq")
         s4 = size_text(small)
         figs += res.figures("write4k", f"seq write {s4}, 4 KiB blocks + fsync", "MB/s",
-                            group="seq")
-        sb = res.get("daxfs", "small/big")
-        figs.append(bc.figure(f"seq write: 4 KiB blocks ({s4}) / 1 MiB blocks ({s})", "x",
-                              runs=sb, target=0.5, target_on="value", group="seq",
-                              note="" if sb else "not measured: " + res.err.get("daxfs", "")))
+                            group="seq", peers=SMALL_WRITE_PEERS + PEERS)
+        for t in ("daxfs",) + SMALL_WRITE_PEERS:
+            sb = res.get(t, "small/big")
+            figs.append(bc.figure(f"seq write 4 KiB / 1 MiB blocks"
+                                  + ("" if t == "daxfs" else f" ({t})"), "x", runs=sb,
+                                  target=0.5 if t == "daxfs" else None, target_on="value",
+                                  group="seq",
+                                  note="" if sb else "not measured: " + res.err.get(t, "")))
         figs += res.figures("read", f"seq read {s} (caches dropped)", "MB/s",
                             targets={"passthrough": 1.0}, group="seq")
         figs += res.figures("read-warm", f"seq read {s} (file's pages dropped, backing warm)",

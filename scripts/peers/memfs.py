@@ -322,8 +322,12 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("mountpoint")
     p.add_argument("--debug", action="store_true")
+    p.add_argument("--writeback-cache", action="store_true",
+                   help="let the kernel cache writes (FUSE_WRITEBACK_CACHE) and send them in"
+                        " batches: what the kernel's own batching gives small writes")
     args = p.parse_args(argv)
     setup_logging(args.debug)
+    MemFS.enable_writeback_cache = args.writeback_cache
     return serve(MemFS(), args.mountpoint, mount_options("memfs", "memfs", os.geteuid() == 0))
 
 
