@@ -335,15 +335,11 @@ class Allocator:
         appending owner holds the free blocks after it."""
         e = s + n
         for o, (a, b) in list(self._held.items()):
-            if a < e and b > s:
-                if o == owner and spec:
-                    continue
+            if a < e and b > s and not (o == owner and spec):
                 if a >= s:
-                    self._held[o] = (e, b) if b > e else None
+                    del self._held[o]       # (its file cannot continue in place now)
                 else:
                     self._held[o] = (a, s)
-                if self._held[o] is None:
-                    del self._held[o]
         if not (owner and spec):
             return
         self._held.pop(owner, None)
