@@ -114,6 +114,9 @@ class Allocator:
                 break
         self._busy_added = []
         for added, n, start in reversed(self._size_undo):
+            if added is None:
+                self._by_size = None
+                break
             if added:
                 self._size_del(start, n, undo=False)
             else:
@@ -234,6 +237,9 @@ class Allocator:
     def _sizes(self) -> list[tuple[int, int]]:
         if self._by_size is None:
             self._by_size = sorted((n, s) for s, n in self.free_tree.scan())
+            # (built mid-operation, it holds changes a rollback takes back
+            # but has no undo for: rebuilt then)
+            self._size_undo.append((None, 0, 0))
         return self._by_size
 
     def _size_add(self, s: int, n: int, undo: bool = True) -> None:
