@@ -1000,9 +1000,9 @@ def free_bytes(path) -> int:
     return st.f_bfree * st.f_frsize
 
 
-def group_dedupe(bench: Bench) -> list[dict]:
-    size = bench.dedupe
-    res = Results()
+def duperemove_env(res: Results) -> dict | None:
+    """The environment duperemove runs in on daxfs (`daxfs exec`'s), or
+    None with daxfs (and XFS, without duperemove) marked failed."""
     env = None
     try:
         env = preload_env()
@@ -1011,6 +1011,33 @@ def group_dedupe(bench: Bench) -> list[dict]:
     if not shutil.which("duperemove"):
         res.fail("daxfs", "duperemove is not installed")
         res.fail("xfs", "duperemove is not installed")
+    return env
+
+
+def duperemove(d, env) -> None:
+    out = run(["duperemove", "-dr", "-q", d], timeout=1800, env=env)
+    if out.returncode != 0:
+        raise RuntimeError(f"duperemove exit {out.returncode}: "
+                           f"{(out.stderr or out.stdout).strip()[-200:]}")
+
+
+def target_failed(res: Results, t: str, group: str, e: Exception) -> None:
+    """A daxfs-vs-XFS group's target failed: recorded, said, with the
+    daxfs daemon's log tail."""
+    if isinstance(e, Unavailable):
+        res.fail(t, str(e))
+        return
+    res.fail(t, f"{type(e).__name__}: {e}")
+    say(f"  [{group}] {t} failed: {e}")
+    if t == "daxfs":
+        for mnt in [k for k in REG.logs if "mnt-daxfs" in k][-1:]:
+            say(log_tail(mnt))
+
+
+def group_dedupe(bench: Bench) -> list[dict]:
+    size = bench.dedupe
+    res = Results()
+    env = duperemove_env(res)
     for t in ("daxfs", "xfs"):
         if t in res.err:
             continue
@@ -1028,12 +1055,8 @@ def group_dedupe(bench: Bench) -> list[dict]:
                     before = free_bytes(m)
                     with bench.phase(t, m, "duperemove", r):
                         t0 = time.perf_counter()
-                        out = run(["duperemove", "-dr", "-q", d], timeout=1800,
-                                  env=env if t == "daxfs" else None)
+                        duperemove(d, env if t == "daxfs" else None)
                         dt = time.perf_counter() - t0
-                    if out.returncode != 0:
-                        raise RuntimeError(f"duperemove exit {out.returncode}: "
-                                           f"{(out.stderr or out.stdout).strip()[-200:]}")
                     fsync_path(m)
                     gained = free_bytes(m) - before
                     freed.append(gained)
@@ -1044,14 +1067,8 @@ def group_dedupe(bench: Bench) -> list[dict]:
                     fsync_path(m)
                 res.note(t, "dedupe", f"freed {bc.median(freed) / MiB:.0f} MiB of "
                                       f"{size // MiB} MiB duplicated")
-        except Unavailable as e:
-            res.fail(t, str(e))
         except Exception as e:
-            res.fail(t, f"{type(e).__name__}: {e}")
-            say(f"  [dedupe] {t} failed: {e}")
-            if t == "daxfs":
-                for mnt in [k for k in REG.logs if "mnt-daxfs" in k][-1:]:
-                    say(log_tail(mnt))
+            target_failed(res, t, "dedupe", e)
     return res.figures("dedupe", f"duperemove -dr, {size_text(size)} duplicated", "s",
                        peers=("xfs",), hib=False, group="dedupe")
 
@@ -1128,14 +1145,7 @@ def extent_count(path) -> int:
 
 def group_aged(bench: Bench) -> list[dict]:
     res = Results()
-    env = None
-    try:
-        env = preload_env()
-    except Exception as e:
-        res.fail("daxfs", f"no preload library: {e}")
-    if not shutil.which("duperemove"):
-        res.fail("daxfs", "duperemove is not installed")
-        res.fail("xfs", "duperemove is not installed")
+    env = duperemove_env(res)
     big = 640 * MiB if bench.quick else 5 * GiB
     for t in ("daxfs", "xfs"):
         if t in res.err:
@@ -1152,11 +1162,7 @@ def group_aged(bench: Bench) -> list[dict]:
                     timed_cp(d / "a", d / "b", "never", env if t == "daxfs" else None)
                     fsync_path(d)
                     before = settle_space(m)
-                    out = run(["duperemove", "-dr", "-q", d], timeout=1800,
-                              env=env if t == "daxfs" else None)
-                    if out.returncode != 0:
-                        raise RuntimeError(f"duperemove exit {out.returncode}: "
-                                           f"{(out.stderr or out.stdout).strip()[-200:]}")
+                    duperemove(d, env if t == "daxfs" else None)
                     share = 100 * (settle_space(m) - before) / AGED_FILE
                     res.add(t, "extents", n)
                     res.add(t, "reclaim", share)
@@ -1164,14 +1170,8 @@ def group_aged(bench: Bench) -> list[dict]:
                         f"duperemove reclaimed {share:.0f}% of the copy")
                     shutil.rmtree(d)
                     settle_space(m)
-        except Unavailable as e:
-            res.fail(t, str(e))
         except Exception as e:
-            res.fail(t, f"{type(e).__name__}: {e}")
-            say(f"  [aged] {t} failed: {e}")
-            if t == "daxfs":
-                for mnt in [k for k in REG.logs if "mnt-daxfs" in k][-1:]:
-                    say(log_tail(mnt))
+            target_failed(res, t, "aged", e)
     F = size_text(AGED_FILE)
     figs = []
     for metric, name, unit, target, hib in (
