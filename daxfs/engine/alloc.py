@@ -173,7 +173,7 @@ class Allocator:
             raise NoSpace("no space left on device (free space is busy until the next commit)")
         s, n, rec = got
         self._take(s, n, rec)
-        self._after_take(s, n, owner, spec)
+        self._after_take(s, n, owner, spec, rec[0] + rec[1])
         return s, n
 
     def _idle_pieces(self, s: int, e: int):
@@ -336,9 +336,10 @@ class Allocator:
             if a < b:
                 yield a, b
 
-    def _after_take(self, s: int, n: int, owner: int, spec: int) -> None:
-        """[s, s+n) was allocated: no held range covers it any more; an
-        appending owner holds the free blocks after it."""
+    def _after_take(self, s: int, n: int, owner: int, spec: int, free_end: int = 0) -> None:
+        """[s, s+n) was allocated (from a free extent that ended at
+        `free_end`): no held range covers it any more; an appending owner
+        holds the free blocks after it."""
         e = s + n
         for o, (a, b) in list(self._held.items()):
             if a < e and b > s and not (o == owner and spec):
@@ -349,10 +350,9 @@ class Allocator:
         if not (owner and spec):
             return
         self._held.pop(owner, None)
-        r = self.free_tree.last_le((e,))
-        if r is None or r[0] + r[1] <= e:
+        if free_end <= e:
             return                          # the blocks after are not free
-        hold_end = min(r[0] + r[1], e + spec)
+        hold_end = min(free_end, e + spec)
         for a, _ in self._held.values():
             if e <= a < hold_end:
                 hold_end = a
