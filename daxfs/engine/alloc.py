@@ -217,10 +217,9 @@ class Allocator:
         if goal:
             r = tree.last_le((goal,))
             if r and r[0] + r[1] > goal:
-                for a, b in self._usable_pieces(goal, r[0] + r[1], owner):
-                    if a == goal and b - a >= minlen:
-                        return a, min(want, b - a), r
-                    break
+                a, b = next(self._usable_pieces(goal, r[0] + r[1], owner), (0, 0))
+                if a == goal and b - a >= minlen:
+                    return a, min(want, b - a), r
         sizes = [want + spec, want] if spec else [want]
         for size in sizes:
             got = self._smallest(size, goal, owner)
