@@ -64,6 +64,7 @@ class Allocator:
         self.vol = vol
         self.sb = vol.sb
         self._pool_n = vol.sb_arr["pool_count"]    # (an array view reads faster than sb["..."])
+        self._free_n = vol.sb_arr["free_blocks"]
         self.free_tree = vol.trees["free"]
         self.rmap = vol.rmap
         self._busy_s: list[int] = []
@@ -87,10 +88,10 @@ class Allocator:
     # ---- counters -------------------------------------------------------------
     @property
     def free_blocks(self) -> int:
-        return int(self.sb["free_blocks"])
+        return self._free_n.item(0)
 
     def _add_free(self, d: int) -> None:
-        self.sb["free_blocks"] = self.free_blocks + d
+        self._free_n[0] = self._free_n.item(0) + d
 
     def available(self) -> int:
         """Blocks an ordinary allocation may still take."""
