@@ -49,6 +49,13 @@ Groups (--only takes a comma-separated list; default all):
            standard library without its tests, caches and static library),
            made once in /tmp/daxfs-bench-cache; seconds.  Targets: vs
            passthrough >= 1.5x, vs ceiling >= 0.8x, vs daxfs-single >= 0.87x.
+  aged     allocation on an aged image: untar (kept), 5000 small files
+           (2000) of which every other one is unlinked, then 1 GiB and
+           4 GiB files (128 and 512 MiB) written and deleted; then a
+           256 MiB file written in 1 MiB appends + fsync: its extent count
+           (FIEMAP), and after a `cp --reflink=never` copy, the share of
+           the copy `duperemove -dr` reclaims (df before and after);
+           daxfs vs XFS.  Targets: <= 8 extents, >= 90% reclaimed.
   reflink  `cp --reflink=always` of a 1 GiB and an 8 GiB file (128 MiB and
            1 GiB) and a plain `cp --reflink=never`, each followed by an
            fsync of the copy, page cache dropped before each; daxfs vs XFS.
@@ -128,7 +135,7 @@ META_PEERS = (CEILING, SINGLE) + PEERS
 CEILING_WB = "ceiling-writeback"
 SMALL_WRITE_PEERS = (CEILING, CEILING_WB)
 META_CHUNK = 250       # meta group: files each system does back to back per turn
-MAIN_GROUPS = ("seq", "rand", "meta", "untar", "reflink", "dedupe", "engine")
+MAIN_GROUPS = ("seq", "rand", "meta", "untar", "aged", "reflink", "dedupe", "engine")
 ENGINE_GROUPS = ("btree", "bigimage", "rmapcost", "compare")
 
 
@@ -761,7 +768,7 @@ def group_io(bench: Bench, want_seq: bool, want_rand: bool) -> list[dict]:
                             group="seq", peers=SMALL_WRITE_PEERS + PEERS)
         for t in ("daxfs",) + SMALL_WRITE_PEERS:
             sb = res.get(t, "small/big")
-            figs.append(bc.figure(f"seq write 4 KiB / 1 MiB blocks"
+            figs.append(bc.figure("seq write 4 KiB / 1 MiB blocks"
                                   + ("" if t == "daxfs" else f" ({t})"), "x", runs=sb,
                                   target=0.5 if t == "daxfs" else None, target_on="value",
                                   group="seq",
@@ -1037,13 +1044,27 @@ def free_bytes(path) -> int:
     return st.f_bfree * st.f_frsize
 
 
-def group_dedupe(bench: Bench) -> list[dict]:
-    size = bench.dedupe
-    res = Results()
+def duperemove_env(res: Results) -> dict | None:
+    """The environment duperemove runs in on daxfs (`daxfs exec`'s), or
+    None with daxfs (and XFS, without duperemove) marked failed."""
     env = preload_env(res)
     if not shutil.which("duperemove"):
         res.fail("daxfs", "duperemove is not installed")
         res.fail("xfs", "duperemove is not installed")
+    return env
+
+
+def duperemove(d, env) -> None:
+    out = run(["duperemove", "-dr", "-q", d], timeout=1800, env=env)
+    if out.returncode != 0:
+        raise RuntimeError(f"duperemove exit {out.returncode}: "
+                           f"{(out.stderr or out.stdout).strip()[-200:]}")
+
+
+def group_dedupe(bench: Bench) -> list[dict]:
+    size = bench.dedupe
+    res = Results()
+    env = duperemove_env(res)
     for t in ("daxfs", "xfs"):
         if t in res.err:
             continue
@@ -1061,12 +1082,8 @@ def group_dedupe(bench: Bench) -> list[dict]:
                     before = free_bytes(m)
                     with bench.phase(t, m, "duperemove", r):
                         t0 = time.perf_counter()
-                        out = run(["duperemove", "-dr", "-q", d], timeout=1800,
-                                  env=env if t == "daxfs" else None)
+                        duperemove(d, env if t == "daxfs" else None)
                         dt = time.perf_counter() - t0
-                    if out.returncode != 0:
-                        raise RuntimeError(f"duperemove exit {out.returncode}: "
-                                           f"{(out.stderr or out.stdout).strip()[-200:]}")
                     fsync_path(m)
                     gained = free_bytes(m) - before
                     freed.append(gained)
@@ -1081,6 +1098,122 @@ def group_dedupe(bench: Bench) -> list[dict]:
             res.failed("dedupe", t, e)
     return res.figures("dedupe", f"duperemove -dr, {size_text(size)} duplicated", "s",
                        peers=("xfs",), hib=False, group="dedupe")
+
+
+AGED_FILE = 256 * MiB
+AGED_EXTENTS = 8           # target: the appended file has at most this many extents
+AGED_RECLAIM = 90          # target: duperemove reclaims >= 90% of the copy
+
+
+def age_image(bench: Bench, m: Path) -> None:
+    """What a busy image has been through: a tree untarred (and kept),
+    small files created and every other one unlinked, then large files
+    written and deleted."""
+    tar, _ = make_tar(bench.quick)
+    d = m / "aging"
+    d.mkdir()
+    out = run(["tar", "-xf", tar, "-C", d], timeout=900)
+    if out.returncode != 0:
+        raise RuntimeError(f"tar -x: {out.stderr.strip()[:200]}")
+    rng = random.Random(20)
+    small = d / "small"
+    small.mkdir()
+    names = [small / f"f{i:05d}" for i in range(2000 if bench.quick else 5000)]
+    for p in names:
+        with open(p, "wb") as fh:
+            fh.write(_BLOCK[:rng.choice((1, 2, 3, 5, 8, 16)) * 4 * KiB])
+    for p in names[::2]:
+        p.unlink()
+    settle_space(m)
+    for size in ((128 * MiB, 512 * MiB) if bench.quick else (1 * GiB, 4 * GiB)):
+        write_file(m / "big", size)
+        (m / "big").unlink()
+        settle_space(m)
+
+
+def settle_space(m: Path, timeout: float = 120) -> int:
+    """Free bytes once what was deleted is given back and committed (daxfs
+    frees unlinked files in the background; statfs frees some itself)."""
+    last = None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        fsync_path(m)
+        now = free_bytes(m)
+        if now == last:
+            return now
+        last = now
+        time.sleep(0.2)
+    return last
+
+
+def append_file(path, size: int) -> None:
+    """`size` bytes in 1 MiB appends (O_APPEND), each its own write, + fsync."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC, 0o644)
+    try:
+        for i in range(size // MiB):
+            mv = memoryview(_dup_block(i))
+            while len(mv):
+                mv = mv[os.write(fd, mv):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def extent_count(path) -> int:
+    """The file's extents as FIEMAP gives them (daxfs's through its
+    control channel, a kernel filesystem's through the ioctl)."""
+    from daxfs.control import client
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return len(client.fiemap(fd))
+    finally:
+        os.close(fd)
+
+
+def group_aged(bench: Bench) -> list[dict]:
+    res = Results()
+    env = duperemove_env(res)
+    big = 640 * MiB if bench.quick else 5 * GiB
+    for t in ("daxfs", "xfs"):
+        if t in res.err:
+            continue
+        try:
+            with bench.target(t, big + 2 * GiB, "aged") as m:
+                say(f"  [aged] {t}: ageing the image")
+                age_image(bench, m)
+                for r in range(bench.runs):
+                    d = m / f"aged{r}"
+                    d.mkdir()
+                    append_file(d / "a", AGED_FILE)
+                    n = extent_count(d / "a")
+                    timed_cp(d / "a", d / "b", "never", env if t == "daxfs" else None)
+                    fsync_path(d)
+                    before = settle_space(m)
+                    duperemove(d, env if t == "daxfs" else None)
+                    share = 100 * (settle_space(m) - before) / AGED_FILE
+                    res.add(t, "extents", n)
+                    res.add(t, "reclaim", share)
+                    say(f"  [aged] run {r + 1}/{bench.runs} {t:<5} {n} extents, "
+                        f"duperemove reclaimed {share:.0f}% of the copy")
+                    shutil.rmtree(d)
+                    settle_space(m)
+        except Exception as e:
+            res.failed("aged", t, e)
+    F = size_text(AGED_FILE)
+    figs = []
+    for metric, name, unit, target, hib in (
+            ("extents", f"aged image: extents of a {F} file written in 1 MiB appends",
+             "extents", AGED_EXTENTS, False),
+            ("reclaim", f"aged image: duperemove -dr reclaims of a {F} plain copy",
+             "%", AGED_RECLAIM, True)):
+        ours, theirs = res.get("daxfs", metric), res.get("xfs", metric)
+        notes = [] if ours else ["not measured: " + res.err.get("daxfs", "no value")]
+        if not theirs:
+            notes.append("xfs not measured: " + res.err.get("xfs", "no value"))
+        figs.append(bc.figure(name, unit, runs=ours, peer="xfs", peer_runs=theirs,
+                              target=target, target_on="value", higher_is_better=hib,
+                              group="aged", note="; ".join(notes)))
+    return figs
 
 
 def group_engine(bench: Bench, sub: list[str]) -> list[dict]:
@@ -1223,6 +1356,8 @@ def main(argv=None) -> int:
                         bench.figs += group_meta(bench)
                     elif g == "untar":
                         bench.figs += group_untar(bench)
+                    elif g == "aged":
+                        bench.figs += group_aged(bench)
                     elif g == "reflink":
                         bench.figs += group_reflink(bench)
                     elif g == "dedupe":

@@ -242,7 +242,7 @@ def test_read_only_open_reads_the_twins(base, tmp_path):
         assert not fs.shutdown_reason
     finally:
         fs.close()
-    assert len(BadBlocks(str(img)).ranges()) == len(targets)
+    assert sum(n for _, n in BadBlocks(str(img)).ranges()) == len(set(targets))
 
 
 def test_poison_on_a_node_changed_since_the_last_commit(base, tmp_path):

@@ -366,7 +366,7 @@ def test_copy_is_bounded_per_call(tmp_path, monkeypatch):
     fs.budget = 4                                    # (the daemon's step budget, made small)
     a = new_file(fs, b"a")
     data = bytes(random.Random(6).randbytes(40 * BS))
-    for i in range(40):                              # 40 one-block extents (interleaved)
+    for i in reversed(range(40)):        # 40 one-block extents (written last block first)
         fs.write(a, i * BS, data[i * BS:(i + 1) * BS])
         new_file(fs, b"x%d" % i, b"x")
     for src_off, dst_off in ((0, 0), (3, 0)):

@@ -384,11 +384,9 @@ def test_punch_of_many_extents_goes_in_steps(mounted):
     (other requests served in between) and frees them all."""
     a, b = mounted / "frag", mounted / "other"
     with open(a, "wb") as fa, open(b, "wb") as fb:
-        for i in range(400):                      # interleaved: one extent per block
-            fa.write(os.urandom(BS))
-            fa.flush()
-            fb.write(b"o" * BS)
-            fb.flush()
+        for i in reversed(range(400)):    # interleaved, last block first: one extent per block
+            os.pwrite(fa.fileno(), os.urandom(BS), i * BS)
+            os.pwrite(fb.fileno(), b"o" * BS, i * BS)
     assert len(filefrag(a)) > 200
     ok(["fallocate", "-p", "-o", "100", "-l", str(400 * BS), a])
     assert read(a) == read(a)[:100] + bytes(400 * BS - 100) and os.stat(a).st_blocks == 8

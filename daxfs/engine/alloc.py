@@ -1,7 +1,24 @@
 """Free space: the free-space B+tree (start -> length), the reserve pool of
-btree blocks, busy extents and the space reserve.
+btree blocks, busy extents, the space reserve, and the blocks held in
+memory for appending files (speculative preallocation).
 
-* Data extents come from the free-space tree, nearest the goal first.
+* Data extents come from the free-space tree: the blocks at the goal (the
+  file's last block + 1) when they are free, else the smallest free extent
+  that holds the whole request (nearest the goal among equals), else the
+  largest.  An in-memory index of free extents by size (`_by_size`) finds
+  them; it follows every change this class makes to the tree, an
+  operation's rollback undoes its changes, and each entry is checked
+  against the tree before use.
+* Speculative preallocation: a file growing at EOF asks for `spec` blocks
+  more than it writes (the caller sizes it with the file, `prealloc_for`).
+  They are not taken: the free blocks right after the file's new last
+  block are held for it in memory (`_held`), and other allocations go
+  elsewhere while any other space fits them, so the file's next append
+  continues in place.  Nothing of this reaches the image: after a crash
+  or unmount the blocks are just free, `df` and `check` count them free,
+  and an allocation that finds no other space takes them (a held range
+  never causes an ENOSPC).  `release(ino)` forgets a file's range (last
+  close, unlink, truncate).
 * Btree nodes come from the reserve pool (kept in the superblock, like XFS's
   AGFL), so that splitting the free-space or rmap tree never has to allocate
   from the tree it is changing.  Pool blocks, free-space tree nodes and rmap
@@ -36,12 +53,18 @@ POOL_LOW = 96
 POOL_TARGET = 128
 POOL_HIGH = 200
 
+PREALLOC_MIN = 16            # blocks: files smaller than this get no speculative blocks
+PREALLOC_MAX = 16384         # blocks (64 MiB): the most held ahead of one file
+PREALLOC_FILES = 64          # files with held blocks at once (the oldest is forgotten)
+FIT_TRIES = 64               # index entries tried before falling back to a tree scan
+
 
 class Allocator:
     def __init__(self, vol):
         self.vol = vol
         self.sb = vol.sb
         self._pool_n = vol.sb_arr["pool_count"]    # (an array view reads faster than sb["..."])
+        self._free_n = vol.sb_arr["free_blocks"]
         self.free_tree = vol.trees["free"]
         self.rmap = vol.rmap
         self._busy_s: list[int] = []
@@ -56,14 +79,19 @@ class Allocator:
         self._rotor = 0
         self._trusted_s: list[int] = []      # free ranges known not to be owned:
         self._trusted_e: list[int] = []      # sorted, disjoint [s, e)
+        # free extents by size: sorted (length, start), None until first needed
+        self._by_size: list[tuple[int, int]] | None = None
+        self._size_undo: list[tuple[bool, int, int]] = []   # (added, length, start) this op
+        # speculative preallocation: ino -> (start, end) of free blocks held for it
+        self._held: dict[int, tuple[int, int]] = {}
 
     # ---- counters -------------------------------------------------------------
     @property
     def free_blocks(self) -> int:
-        return int(self.sb["free_blocks"])
+        return self._free_n.item(0)
 
     def _add_free(self, d: int) -> None:
-        self.sb["free_blocks"] = self.free_blocks + d
+        self._free_n[0] = self._free_n.item(0) + d
 
     def available(self) -> int:
         """Blocks an ordinary allocation may still take."""
@@ -74,7 +102,9 @@ class Allocator:
         operation, so remembering the ones added since is enough (copying
         the lists made every operation cost O(blocks freed since commit))."""
         self._busy_added = []
-        return ({k: list(v) for k, v in self._owner_changes.items()}, list(self._overflow))
+        self._size_undo = []
+        return ({k: list(v) for k, v in self._owner_changes.items()}, list(self._overflow),
+                dict(self._held) if self._held else {})
 
     def restore_state(self, state) -> None:
         for start in reversed(getattr(self, "_busy_added", [])):
@@ -84,7 +114,16 @@ class Allocator:
                 del self._busy_e[i]
                 break
         self._busy_added = []
-        self._owner_changes, self._overflow = state
+        for added, n, start in reversed(self._size_undo):
+            if added is None:
+                self._by_size = None
+                break
+            if added:
+                self._size_del(start, n, undo=False)
+            else:
+                self._size_add(start, n, undo=False)
+        self._size_undo = []
+        self._owner_changes, self._overflow, self._held = state
 
     def has_busy(self) -> bool:
         """Are blocks freed by the running transaction waiting for its commit?"""
@@ -120,18 +159,22 @@ class Allocator:
 
     # ---- data extents ---------------------------------------------------------
     def alloc(self, want: int, goal: int = 0, *, use_reserve: bool = False,
-              minlen: int = 1) -> tuple[int, int]:
-        """Allocate between `minlen` and `want` contiguous blocks near `goal`:
-        (start, count)."""
+              minlen: int = 1, owner: int = 0, spec: int = 0) -> tuple[int, int]:
+        """Allocate between `minlen` and `want` contiguous blocks: at `goal`
+        if free, else best fit by size near it.  `owner` (an inode) may use
+        the blocks held for it; `spec` > 0 (it appends) holds up to that
+        many free blocks after the ones allocated for its next append.
+        Returns (start, count)."""
         avail = self.free_blocks if use_reserve else self.available()
         if avail < minlen or avail <= 0:
             raise NoSpace("no space left on device")
         want = min(want, avail)
-        got = self._find(want, goal, minlen)
+        got = self._fit(want, goal, minlen, owner, spec)
         if got is None:
             raise NoSpace("no space left on device (free space is busy until the next commit)")
         s, n, rec = got
         self._take(s, n, rec)
+        self._after_take(s, n, owner, spec, rec[0] + rec[1])
         return s, n
 
     def _idle_pieces(self, s: int, e: int):
@@ -142,23 +185,203 @@ class Allocator:
             yield idle
             s = idle[1]
 
-    def _find(self, want: int, goal: int, minlen: int = 1):
-        """(start, count, the free record holding them) or None."""
+    def _find(self, want: int, goal: int, minlen: int = 1, owner: int | None = None):
+        """(start, count, the free record holding them) or None: the first
+        idle blocks at or after `goal`, then from the start (the reserve
+        pool's way, and the last resort of data allocations).  With
+        `owner` not None, blocks held for other files are passed over."""
         tree = self.free_tree
+        pieces = self._idle_pieces if owner is None else \
+            (lambda a, b: self._usable_pieces(a, b, owner))
         if goal:
             r = tree.last_le((goal,))
             if r and r[0] + r[1] > goal:
-                for a, b in self._idle_pieces(goal, r[0] + r[1]):
+                for a, b in pieces(goal, r[0] + r[1]):
                     if b - a >= minlen:
                         return a, min(want, b - a), r
         for start in ((goal,), None) if goal else (None,):
             for s, n in tree.scan(lo=start):
                 if n < minlen:
                     continue
-                for a, b in self._idle_pieces(s, s + n):
+                for a, b in pieces(s, s + n):
                     if b - a >= minlen:
                         return a, min(want, b - a), (s, n)
         return None
+
+    # ---- best fit -------------------------------------------------------------
+    def _fit(self, want: int, goal: int, minlen: int, owner: int, spec: int):
+        """Data allocation: (start, count, record) or None.  The blocks at
+        `goal` if free (a file continuing where it ends); else the smallest
+        free extent that holds want + spec, then want, nearest the goal
+        among equals; else the largest; blocks held for other files last."""
+        tree = self.free_tree
+        if goal:
+            r = tree.last_le((goal,))
+            if r and r[0] + r[1] > goal:
+                a, b = next(self._usable_pieces(goal, r[0] + r[1], owner), (0, 0))
+                if a == goal and b - a >= minlen:
+                    return a, min(want, b - a), r
+        sizes = [want + spec, want] if spec else [want]
+        for size in sizes:
+            got = self._smallest(size, goal, owner)
+            if got:
+                return got[0], want, got[1]
+        got = self._largest(minlen, owner)
+        if got:
+            return got[0], min(want, got[2]), got[1]
+        got = self._find(want, goal, minlen, owner)
+        if got is not None:
+            return got
+        return self._find(want, goal, minlen)     # (what is held for others, if nothing else)
+
+    def _sizes(self) -> list[tuple[int, int]]:
+        if self._by_size is None:
+            self._by_size = sorted((n, s) for s, n in self.free_tree.scan())
+            # (built mid-operation, it holds changes a rollback takes back
+            # but has no undo for: rebuilt then)
+            self._size_undo.append((None, 0, 0))
+        return self._by_size
+
+    def _size_add(self, s: int, n: int, undo: bool = True) -> None:
+        if self._by_size is not None:
+            bisect.insort(self._by_size, (n, s))
+            if undo:
+                self._size_undo.append((True, n, s))
+
+    def _size_del(self, s: int, n: int, undo: bool = True) -> None:
+        idx = self._by_size
+        if idx is not None:
+            i = bisect.bisect_left(idx, (n, s))
+            if i < len(idx) and idx[i] == (n, s):
+                del idx[i]
+                if undo:
+                    self._size_undo.append((False, n, s))
+            else:                           # (out of step: rebuilt when next needed)
+                self._by_size = None
+
+    def _entry(self, n: int, s: int):
+        """The free record of index entry (n, s), or None if the tree has
+        another (then the index is rebuilt)."""
+        r = self.free_tree.last_le((s,))
+        if r is None or r[0] != s or r[1] != n:
+            log.warning("free-space size index out of step at %d+%d: rebuilt", s, n)
+            self._by_size = None
+            return None
+        return r
+
+    def _smallest(self, size: int, goal: int, owner: int):
+        """(start, record) of `size` usable blocks in the smallest free
+        extent that has them, nearest `goal` among extents of that size."""
+        idx = self._sizes()
+        i = bisect.bisect_left(idx, (size, 0))
+        tries = 0
+        while i < len(idx) and tries < FIT_TRIES:
+            n = idx[i][0]
+            j = bisect.bisect_left(idx, (n + 1, 0))       # [i, j): extents of length n
+            k = bisect.bisect_left(idx, (n, goal), i, j)
+            # nearest the goal first: alternate after and before it
+            order = []
+            lo, hi = k - 1, k
+            while (lo >= i or hi < j) and len(order) < FIT_TRIES - tries:
+                if hi < j:
+                    order.append(hi)
+                    hi += 1
+                if lo >= i:
+                    order.append(lo)
+                    lo -= 1
+            for m in order:
+                tries += 1
+                _, s = idx[m]
+                for a, b in self._usable_pieces(s, s + n, owner):
+                    if b - a >= size:
+                        r = self._entry(n, s)
+                        return (a, r) if r else None
+            i = j
+        return None
+
+    def _largest(self, minlen: int, owner: int):
+        """(start, record, usable length) of the most usable blocks in one of
+        the largest free extents."""
+        idx = self._sizes()
+        best = None
+        for m in range(len(idx) - 1, max(-1, len(idx) - 1 - FIT_TRIES), -1):
+            n, s = idx[m]
+            if best and n <= best[2]:
+                break
+            for a, b in self._usable_pieces(s, s + n, owner):
+                if b - a >= minlen and (best is None or b - a > best[2]):
+                    best = (a, (n, s), b - a)
+        if best is None:
+            return None
+        r = self._entry(*best[1])
+        return (best[0], r, best[2]) if r else None
+
+    # ---- blocks held for appending files ---------------------------------------
+    def _usable_pieces(self, s: int, e: int, owner: int):
+        """The idle sub-ranges of [s, e) not held for a file other than `owner`."""
+        held = [(a, b) for o, (a, b) in self._held.items() if o != owner and a < e and b > s]
+        if not held:
+            yield from self._idle_pieces(s, e)
+            return
+        held.sort()
+        for a, b in self._idle_pieces(s, e):
+            for ha, hb in held:
+                if hb <= a or ha >= b:
+                    continue
+                if ha > a:
+                    yield a, ha
+                a = max(a, hb)
+                if a >= b:
+                    break
+            if a < b:
+                yield a, b
+
+    def _after_take(self, s: int, n: int, owner: int, spec: int, free_end: int = 0) -> None:
+        """[s, s+n) was allocated (from a free extent that ended at
+        `free_end`): no held range covers it any more; an appending owner
+        holds the free blocks after it."""
+        e = s + n
+        for o, (a, b) in list(self._held.items()):
+            if a < e and b > s and not (o == owner and spec):
+                if a >= s:
+                    del self._held[o]       # (its file cannot continue in place now)
+                else:
+                    self._held[o] = (a, s)
+        if not (owner and spec):
+            return
+        self._held.pop(owner, None)
+        if free_end <= e:
+            return                          # the blocks after are not free
+        hold_end = min(free_end, e + spec)
+        for a, _ in self._held.values():
+            if e <= a < hold_end:
+                hold_end = a
+        j = bisect.bisect_right(self._busy_s, e - 1)
+        if j > 0 and self._busy_e[j - 1] > e:
+            return
+        if j < len(self._busy_s):
+            hold_end = min(hold_end, self._busy_s[j])
+        if hold_end > e:
+            if len(self._held) >= PREALLOC_FILES:
+                del self._held[next(iter(self._held))]
+            self._held[owner] = (e, hold_end)
+
+    def prealloc_for(self, blocks: int) -> int:
+        """How many blocks to hold after a file growing to `blocks` blocks:
+        as many as it has (doubling), at most PREALLOC_MAX, none for a small
+        file or when space is low."""
+        if blocks < PREALLOC_MIN:
+            return 0
+        return max(0, min(blocks, PREALLOC_MAX, self.available() // 16))
+
+    def release(self, ino: int) -> None:
+        """Forget the blocks held for file `ino` (last close, unlink,
+        truncate): they are free, for anyone."""
+        self._held.pop(ino, None)
+
+    def held(self, ino: int) -> tuple[int, int] | None:
+        """The free blocks [start, end) held for file `ino`, if any."""
+        return self._held.get(ino)
 
     # ---- trusting the free-space tree ---------------------------------------------
     def _is_trusted(self, s: int, e: int) -> bool:
@@ -219,6 +442,11 @@ class Allocator:
             if re > s + n:
                 tree.insert((s + n, re - s - n))
         self._add_free(-n)
+        self._size_del(rs, rl)
+        if rs < s:
+            self._size_add(rs, s - rs)
+        if re > s + n:
+            self._size_add(s + n, re - s - n)
 
     def free(self, s: int, n: int, *, busy: bool = True) -> None:
         """Return [s, s+n) to free space (merging with neighbours)."""
@@ -236,15 +464,20 @@ class Allocator:
             raise Corrupted(s, f"freeing blocks {s}+{n}: overlaps free extent {nxt[0]}+{nxt[1]}")
         if prev and prev[0] + prev[1] == s:
             s = prev[0]
+            self._size_del(*prev)
             if nxt and nxt[0] == e:
                 tree.discard(nxt[:1])
+                self._size_del(*nxt)
                 e = nxt[0] + nxt[1]
             tree.update((s, e - s))
         elif nxt and nxt[0] == e:
             tree.discard(nxt[:1])
-            tree.insert((s, nxt[0] + nxt[1] - s))
+            self._size_del(*nxt)
+            e = nxt[0] + nxt[1]
+            tree.insert((s, e - s))
         else:
             tree.insert((s, n))
+        self._size_add(s, e - s)
         self._add_free(n)
         self._trust(fs_, fe_)
         if busy:
@@ -338,11 +571,12 @@ class Allocator:
         self.rmap.map_meta(b, OWN_AG, offset=partner)
 
     def _take_run(self, want: int, goal: int) -> list[int] | None:
-        got = self._find(want, goal)
+        got = self._find(want, goal, owner=0) or self._find(want, goal)
         if got is None:
             return None
         s, n, rec = got
         self._take(s, n, rec)
+        self._after_take(s, n, 0, 0)
         return list(range(s, s + n))
 
     def _refill(self) -> None:

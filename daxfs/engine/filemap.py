@@ -321,8 +321,11 @@ class FileMap:
         ino = inode.ino
         if not goal:
             goal = self._goal(ino, f0)
+        # a write that extends the file and ends in this hole appends: hold
+        # free blocks after it for the next append (alloc.py)
+        spec = self.alloc.prealloc_for(f1) if end > inode.size and f1 * BS >= end else 0
         while f0 < f1:
-            p, k = self.alloc.alloc(f1 - f0, goal)
+            p, k = self.alloc.alloc(f1 - f0, goal, owner=ino, spec=spec)
             self._fill_new(p, f0, k, off, end, data, None)
             prev = self.map(ino, f0, p, k, prev)
             inode.blocks += k

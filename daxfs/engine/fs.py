@@ -361,6 +361,7 @@ class Filesystem:
 
     def _truncate(self, inode, size: int) -> None:
         old = inode.size
+        self.vol.alloc.release(inode.ino)       # (blocks held for its appends)
         with self._stepping(inode):
             if size < old:
                 keep = -(-size // BS)
@@ -667,6 +668,7 @@ class Filesystem:
         if inode.nlink:
             self.orphans.remove(ino)
             return True
+        self.vol.alloc.release(ino)
         with self._stepping(inode):
             done = self.filemap.truncate_blocks(inode, 0, budget)
         if not done:
@@ -861,6 +863,13 @@ class Filesystem:
         self._touch(inode)
         self.inodes.put(inode)
         return done
+
+    def release(self, ino: int) -> None:
+        """A file was closed: forget the free blocks held for its next
+        appends (speculative preallocation, alloc.py; kept in memory only,
+        so nothing on the image changes)."""
+        if self.vol is not None:
+            self.vol.alloc.release(ino)
 
     def fsync(self, ino: int = 0) -> None:
         """Returns when the data and metadata of the file (and everything

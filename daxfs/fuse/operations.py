@@ -655,7 +655,7 @@ class Operations(pyfuse3.Operations):
 
     @_boundary()
     async def release(self, fh):
-        return None
+        self.fs.release(self._ino(fh))
 
     @_boundary()
     async def fsync(self, fh, datasync):
