@@ -55,7 +55,7 @@ _TWIN = struct.Struct("<Q")             # format.NODE_HDR_DTYPE: twin u64 at 32
 _NRECS = struct.Struct("<I")
 _INT_FORMATS = {("u", 1): "B", ("u", 2): "H", ("u", 4): "I", ("u", 8): "Q",
                 ("i", 1): "b", ("i", 2): "h", ("i", 4): "i", ("i", 8): "q"}
-NODE_CACHE_MAX = 8192       # decoded leaves kept per tree
+NODE_CACHE_MAX = 32768      # leaves kept per tree (about 1.1 KB of views each)
 INNER_CACHE_MAX = 65536     # decoded internal nodes kept per tree (all, in practice)
 
 
@@ -163,8 +163,9 @@ def _narrow(cols, k, lo, hi):
 def _left_n(cols, k, lo, hi):
     if len(k) == 2:             # (the usual case, inline)
         c0, v = cols[0], k[0]
-        lo = bisect_left(c0, v, lo, hi)
-        hi = bisect_right(c0, v, lo, hi)
+        if not (lo < hi and c0[lo] == v == c0[hi - 1]):    # (often all of a leaf)
+            lo = bisect_left(c0, v, lo, hi)
+            hi = bisect_right(c0, v, lo, hi)
     else:
         lo, hi = _narrow(cols, k, lo, hi)
     return bisect_left(cols[len(k) - 1], k[-1], lo, hi) if lo < hi else lo
@@ -173,8 +174,9 @@ def _left_n(cols, k, lo, hi):
 def _right_n(cols, k, lo, hi):
     if len(k) == 2:
         c0, v = cols[0], k[0]
-        lo = bisect_left(c0, v, lo, hi)
-        hi = bisect_right(c0, v, lo, hi)
+        if not (lo < hi and c0[lo] == v == c0[hi - 1]):
+            lo = bisect_left(c0, v, lo, hi)
+            hi = bisect_right(c0, v, lo, hi)
     else:
         lo, hi = _narrow(cols, k, lo, hi)
     return bisect_right(cols[len(k) - 1], k[-1], lo, hi) if lo < hi else lo
@@ -565,7 +567,7 @@ class BTree:
         st = self.spec.rec_struct
         if st is None:
             return node.recs[i].item()
-        return st.unpack_from(node.buf, NODE_HDR_SIZE + i * st.size)
+        return st.unpack_from(node.mv, NODE_HDR_SIZE + i * st.size)
 
     def scan(self, lo=None, hi=None):
         """Records with lo <= key <= hi in key order (prefix keys allowed for
