@@ -457,11 +457,11 @@ class BTree:
         """The writable version of a node.  Always asks the journal, which
         shadows the block and records how to undo the current operation."""
         blk = self.j.write(node.bno, node.twin)
-        if blk is node.buf:
-            return node
-        new = Node(self.spec, node.bno, blk, blk)
-        self._remember(new)
-        return new
+        if blk is not node.buf:
+            # the same node on the shadow (same bytes): views rebuilt in place
+            node.token = blk
+            node._view(self.spec, blk)
+        return node
 
     def _new_node(self, level: int) -> Node:
         bno, twin = self.alloc.node_alloc(self.tid)
@@ -680,26 +680,35 @@ class BTree:
     def insert(self, rec: tuple) -> None:
         """Add a record; its key must not be present."""
         spec = self.spec
-        key = rec[:spec.nkey]
-        if not self.height:
+        if not self._heights.item(self.tid):
             leaf = self._new_node(0)
             leaf.recs[0] = rec
             leaf.set_n(1)
             self._set_root(leaf.bno, 1, leaf.twin)
             self._add_count(1)
             return
-        path = self._descend(key)
+        k = int(rec[0]) if spec.single else tuple(map(int, rec[:spec.nkey]))
+        path = []
+        leaf, i = self._leaf(k, path)
         # keep entry-0 keys lower bounds along the leftmost path
-        for k in range(len(path) - 1):
-            node, i = path[k]
-            if i == 0 and node.n and key < self._key_at(node, 0):
-                node = path[k][0] = self._w(node)
-                for f, v in zip(spec.key_fields, key):
+        for d in range(len(path) - 1):
+            node, j = path[d]
+            if j == 0 and node.n and k < self._decoded_at(node, 0):
+                node = path[d][0] = self._w(node)
+                for f, v in zip(spec.key_fields, rec[:spec.nkey]):
                     node.recs[0][f] = v
-        leaf, i = path[-1]
-        if i < leaf.n and self._key_at(leaf, i) == tuple(key):
-            raise Corrupted(leaf.bno, f"{spec.name} btree: duplicate key {tuple(key)}")
-        self._insert_at(path, len(path) - 1, i, rec)
+        n = leaf.n
+        if i < n and self._decoded_at(leaf, i) == k:
+            raise Corrupted(leaf.bno, f"{spec.name} btree: duplicate key {tuple(rec[:spec.nkey])}")
+        if n < leaf.cap:                # (the usual case, inline: no split)
+            leaf = path[-1][0] = self._w(leaf)
+            _shift(leaf, i, n, 1)
+            self._put(leaf, i, rec)
+            leaf.set_n(n + 1)
+            if spec.overlap:
+                self._fix_hi(path, len(path) - 1)
+        else:
+            self._insert_at(path, len(path) - 1, i, rec)
         self._add_count(1)
 
     def _put(self, node: Node, i: int, item) -> None:
