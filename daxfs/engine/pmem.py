@@ -256,7 +256,7 @@ class Pmem:
             return
         for i in range(0, len(bufs), IOV_MAX):
             chunk = bufs[i:i + IOV_MAX]
-            want = sum(b.size for b in chunk)
+            want = sum(map(len, chunk))       # (1-D uint8 arrays: len is bytes)
             done = os.pwritev(self.fd, chunk, o)
             if done != want:            # (short: the host is out of space or failing)
                 rest = b"".join(bytes(b) for b in chunk)[done:]
