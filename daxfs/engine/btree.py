@@ -229,7 +229,7 @@ class Node:
             stride, at, child, twin = spec.ent_cols
             self.child = words[child::stride]
             self.twinc = words[twin::stride]
-        self.cols = tuple(words[i::stride] for i in at)
+        self.cols = tuple([words[i::stride] for i in at])
         self._recs = None
 
     @property
