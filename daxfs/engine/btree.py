@@ -14,12 +14,15 @@ in the subtree, so an interval query prunes whole subtrees (XFS's
 "overlapped" btrees keep the same low/high keys).
 
 Records are numpy structured arrays viewed on the block; shifting is one
-slice assignment.  Searching a node bisects a Python list of its keys,
-decoded once and kept on the node (`Node.keys`) until the node changes:
-each tree keeps its decoded nodes (`_inner`, `_cache`: bno -> Node), and a cached
-node is used only while the journal still hands out the very buffer it
-was decoded from (a shadow, or the mapping for a clean block), so a
-commit, a rollback or a new shadow makes it decode again.  Callers pass keys
+move of bytes.  Every key field is a little-endian u64 at a multiple of 8
+bytes in a record whose size is a multiple of 8, so each key field (and an
+entry's child and twin) is also a strided memoryview of u64 over the block
+(`Node.cols`): searching a node bisects those columns in C, one field after
+the other, with nothing decoded, and the columns follow every change of
+the bytes by themselves.  Each tree keeps its nodes (`_inner`, `_cache`:
+bno -> Node), and a cached node is used only while the journal still hands
+out the very buffer it views (a shadow, or the mapping for a clean block),
+so a commit, a rollback or a new shadow makes a new one.  Callers pass keys
 and records as tuples of Python ints/bytes and get tuples back.  Node blocks
 come from and return to the allocator passed in (`node_alloc`, `node_free`);
 all writes go through the journal's shadows.
@@ -36,6 +39,7 @@ poison and the tests use these; nothing outside this module reads a node.
 import errno
 import os
 import struct
+import sys
 from bisect import bisect_left, bisect_right
 from collections import OrderedDict, namedtuple
 
@@ -51,7 +55,7 @@ _TWIN = struct.Struct("<Q")             # format.NODE_HDR_DTYPE: twin u64 at 32
 _NRECS = struct.Struct("<I")
 _INT_FORMATS = {("u", 1): "B", ("u", 2): "H", ("u", 4): "I", ("u", 8): "Q",
                 ("i", 1): "b", ("i", 2): "h", ("i", 4): "i", ("i", 8): "q"}
-NODE_CACHE_MAX = 8192       # decoded leaves kept per tree
+NODE_CACHE_MAX = 32768      # leaves kept per tree (about 1.1 KB of views each)
 INNER_CACHE_MAX = 65536     # decoded internal nodes kept per tree (all, in practice)
 
 
@@ -103,6 +107,79 @@ class TreeSpec:
         self.single = nkey == 1
         self.kf0 = self.key_fields[0]
         self.rec_struct = _int_struct(rec_dtype)
+        self.ent_struct = _int_struct(self.ent_dtype)
+        # the u64 columns (Node.cols): (record stride, key field indexes),
+        # (entry stride, key field indexes, child index, twin index)
+        self.rec_cols = (rec_dtype.itemsize // 8, _u64_columns(rec_dtype, self.key_fields))
+        self.ent_cols = (self.ent_dtype.itemsize // 8,
+                         _u64_columns(self.ent_dtype, self.key_fields),
+                         self.ent_dtype.fields["child"][1] // 8,
+                         self.ent_dtype.fields["twin"][1] // 8)
+        # left(cols, k, lo, hi) / right(...): bisect_left / bisect_right of
+        # a decoded key (int, or a tuple that may be a prefix) in columns
+        if nkey == 1:
+            self.left, self.right = _left1, _right1
+        else:
+            self.left, self.right = _left_n, _right_n
+
+
+def _u64_columns(dt: np.dtype, names) -> tuple:
+    """The u64 index of each named field in a record of `dt` seen as u64s;
+    a field that is not a little-endian u64 at a multiple of 8 (or a record
+    whose size is not one) cannot be a column: ValueError."""
+    if dt.itemsize % 8 or sys.byteorder != "little":
+        raise ValueError(f"{dt}: records of whole u64 words on a little-endian host only")
+    out = []
+    for name in names:
+        f, off = dt.fields[name][:2]
+        if f.kind != "u" or f.itemsize != 8 or f.byteorder == ">" or off % 8:
+            raise ValueError(f"key field {name} of {dt} is not a little-endian u64 at a"
+                             " multiple of 8 bytes")
+        out.append(off // 8)
+    return tuple(out)
+
+
+def _left1(cols, k, lo, hi):
+    return bisect_left(cols[0], k, lo, hi)
+
+
+def _right1(cols, k, lo, hi):
+    return bisect_right(cols[0], k, lo, hi)
+
+
+def _narrow(cols, k, lo, hi):
+    """(lo, hi): the records of [lo, hi) equal to k in all but k's last
+    field (records are sorted, so they are one run), each field bisected
+    in its column inside the run of the fields before it."""
+    for f in range(len(k) - 1):
+        col, v = cols[f], k[f]
+        lo = bisect_left(col, v, lo, hi)
+        hi = bisect_right(col, v, lo, hi)
+        if lo == hi:
+            break
+    return lo, hi
+
+
+def _left_n(cols, k, lo, hi):
+    if len(k) == 2:             # (the usual case, inline)
+        c0, v = cols[0], k[0]
+        if not (lo < hi and c0[lo] == v == c0[hi - 1]):    # (often all of a leaf)
+            lo = bisect_left(c0, v, lo, hi)
+            hi = bisect_right(c0, v, lo, hi)
+    else:
+        lo, hi = _narrow(cols, k, lo, hi)
+    return bisect_left(cols[len(k) - 1], k[-1], lo, hi) if lo < hi else lo
+
+
+def _right_n(cols, k, lo, hi):
+    if len(k) == 2:
+        c0, v = cols[0], k[0]
+        if not (lo < hi and c0[lo] == v == c0[hi - 1]):
+            lo = bisect_left(c0, v, lo, hi)
+            hi = bisect_right(c0, v, lo, hi)
+    else:
+        lo, hi = _narrow(cols, k, lo, hi)
+    return bisect_right(cols[len(k) - 1], k[-1], lo, hi) if lo < hi else lo
 
 
 def _int_struct(dt: np.dtype) -> struct.Struct | None:
@@ -121,53 +198,66 @@ def _int_struct(dt: np.dtype) -> struct.Struct | None:
 
 
 class Node:
-    """A view of one node block: header fields and its record array."""
+    """A view of one node block: header fields, its key columns (and an
+    internal node's child and twin columns), and its record array."""
 
-    __slots__ = ("bno", "twin", "buf", "level", "n", "recs", "cap", "keys", "kids", "twins",
-                 "token", "mv")
+    __slots__ = ("bno", "twin", "buf", "level", "n", "cap", "dt", "cols", "child", "twinc",
+                 "token", "mv", "_recs")
 
     def __init__(self, spec: TreeSpec, bno: int, buf: np.ndarray, token):
         self.bno = bno
+        self.token = token        # the journal's shadow this views, or None
+        # header fields read straight from the bytes; a structured view costs more
+        self.level, self.n = _LEVEL_NRECS.unpack_from(buf, 10)
         # the block holding this node's second copy (dup), or 0: from the
         # header, so that every write of the node knows where both go
         self.twin = _TWIN.unpack_from(buf, 32)[0]
-        self.twins = None         # decoded twins of the children (internal nodes, dup)
-        self.buf = buf
-        self.token = token        # the journal's shadow this was decoded from, or None
-        self.keys = None          # decoded keys (ints, or tuples), built on first search
-        self.kids = None          # decoded child block numbers (internal nodes)
-        self.mv = None            # memoryview of buf, made on first _shift
-        # header fields read straight from the bytes; a structured view costs more
-        self.level, self.n = _LEVEL_NRECS.unpack_from(buf, 10)
         if self.level == 0:
-            dt, self.cap = spec.rec_dtype, spec.leaf_cap
+            self.dt, self.cap = spec.rec_dtype, spec.leaf_cap
         else:
-            dt, self.cap = spec.ent_dtype, spec.node_cap
-        self.recs = buf[NODE_HDR_SIZE:NODE_HDR_SIZE + self.cap * dt.itemsize].view(dt)
+            self.dt, self.cap = spec.ent_dtype, spec.node_cap
+        self._view(spec, buf)
+
+    def _view(self, spec: TreeSpec, buf: np.ndarray) -> None:
+        self.buf = buf
+        mv = self.mv = memoryview(buf)
+        words = mv[NODE_HDR_SIZE:NODE_HDR_SIZE + self.cap * self.dt.itemsize].cast("Q")
+        if self.level == 0:
+            stride, at = spec.rec_cols
+            self.child = self.twinc = None
+        else:
+            stride, at, child, twin = spec.ent_cols
+            self.child = words[child::stride]
+            self.twinc = words[twin::stride]
+        self.cols = tuple([words[i::stride] for i in at])
+        self._recs = None
+
+    @property
+    def recs(self) -> np.ndarray:
+        """The records (entries) as a numpy structured array on the block."""
+        recs = self._recs
+        if recs is None:
+            recs = self._recs = self.buf[NODE_HDR_SIZE:NODE_HDR_SIZE + self.cap
+                                         * self.dt.itemsize].view(self.dt)
+        return recs
 
     def repoint(self, spec: TreeSpec, buf: np.ndarray) -> None:
         """Read the same bytes from `buf` instead (a committed shadow's
-        block in place), keeping what was decoded."""
-        dt = spec.rec_dtype if self.level == 0 else spec.ent_dtype
-        self.buf = buf
+        block in place)."""
         self.token = None
-        self.mv = None
-        self.recs = buf[NODE_HDR_SIZE:NODE_HDR_SIZE + self.cap * dt.itemsize].view(dt)
+        self._view(spec, buf)
 
     def set_n(self, n: int) -> None:
         self.n = n
-        self.keys = self.kids = self.twins = None
-        _NRECS.pack_into(self.buf, 12, n)
+        _NRECS.pack_into(self.mv, 12, n)
 
 
 def _shift(node: Node, a: int, b: int, by: int) -> None:
     """Move records [a, b) of a node by `by` places, as bytes through a
     memoryview (which moves overlapping ranges right, several times faster
     than numpy's slice copy, itself faster than a structured one)."""
-    sz = node.recs.itemsize
+    sz = node.dt.itemsize
     mv = node.mv
-    if mv is None:
-        mv = node.mv = memoryview(node.buf)
     o = NODE_HDR_SIZE
     mv[o + (a + by) * sz:o + (b + by) * sz] = mv[o + a * sz:o + b * sz]
 
@@ -367,12 +457,11 @@ class BTree:
         """The writable version of a node.  Always asks the journal, which
         shadows the block and records how to undo the current operation."""
         blk = self.j.write(node.bno, node.twin)
-        if blk is node.buf:
-            return node
-        new = Node(self.spec, node.bno, blk, blk)
-        new.keys, new.kids, new.twins = node.keys, node.kids, node.twins      # same bytes
-        self._remember(new)
-        return new
+        if blk is not node.buf:
+            # the same node on the shadow (same bytes): views rebuilt in place
+            node.token = blk
+            node._view(self.spec, blk)
+        return node
 
     def _new_node(self, level: int) -> Node:
         bno, twin = self.alloc.node_alloc(self.tid)
@@ -395,89 +484,63 @@ class BTree:
         self.alloc.node_free(self.tid, node.bno, node.twin)
 
     # ---- key helpers --------------------------------------------------------
-    def _keys(self, node: Node) -> list:
-        """The node's keys as a sorted Python list (ints for one-field keys,
-        tuples otherwise), decoded once per change of the node."""
-        keys = node.keys
-        if keys is None:
-            n = node.n
-            spec = self.spec
-            if spec.single:
-                keys = node.recs[spec.kf0][:n].tolist()
-            elif node.level:
-                keys = node.recs[:n].view(spec.ent_key_view).tolist()
-            else:
-                keys = node.recs[:n].view(spec.rec_key_view).tolist()
-            node.keys = keys
-        return keys
-
     def _search(self, node: Node, key, side: str) -> int:
         """Index of the first record >= key ('left') or > key ('right'),
         comparing lexicographically; key may be a prefix of the key fields
         (records that start with it count as equal to it)."""
-        keys = node.keys if node.keys is not None else self._keys(node)
-        if self.spec.single:
-            k = int(key[0])
-            return bisect_left(keys, k) if side == "left" else bisect_right(keys, k)
-        k = tuple(int(v) for v in key)
-        if side == "left":
-            return bisect_left(keys, k)
-        if len(k) == self.spec.nkey:
-            return bisect_right(keys, k)
-        return bisect_left(keys, k[:-1] + (k[-1] + 1,))
+        spec = self.spec
+        k = int(key[0]) if spec.single else tuple(int(v) for v in key)
+        find = spec.left if side == "left" else spec.right
+        return find(node.cols, k, 0, node.n)
 
     def _key_at(self, node: Node, i: int) -> tuple:
-        keys = node.keys if node.keys is not None else self._keys(node)
-        k = keys[i]
-        return (k,) if self.spec.single else k
+        """The key of record (entry) i, as a tuple."""
+        return tuple([c[i] for c in node.cols])
+
+    def _decoded_at(self, node: Node, i: int):
+        """The key of record (entry) i as decoded keys are (`_key`)."""
+        cols = node.cols
+        if self.spec.single:
+            return cols[0][i]
+        return tuple([c[i] for c in cols])
 
     # ---- descent ------------------------------------------------------------
     def _key(self, key):
-        """A key as the decoded key lists hold it (int, or tuple of ints)."""
+        """A key as searches take it (int, or tuple of ints)."""
         return int(key[0]) if self.spec.single else tuple(map(int, key))
 
     def _leaf(self, k, path: list | None = None):
         """(leaf, index of the first record >= k) for a decoded key k; with
         `path`, every node on the way and the index taken is appended."""
-        bno = self._roots.item(self.tid)
-        twin = self._roots2.item(self.tid)
+        tid = self.tid
+        bno = self._roots.item(tid)
+        twin = self._roots2.item(tid)
         dirty, inner, bad = self.j.dirty, self._inner, self._bad
-        for level in range(self._heights.item(self.tid) - 1, 0, -1):
+        right = self.spec.right
+        for level in range(self._heights.item(tid) - 1, 0, -1):
             # the cached, clean-or-current case inline; everything else
             # (decode, verify, poison, level mismatch) in _node
             node = inner.get(bno)
             if node is None or node.token is not dirty.get(bno) or node.level != level or bad:
                 node = self._node(bno, level, twin)
-            keys = node.keys if node.keys is not None else self._keys(node)
-            i = bisect_right(keys, k) - 1
+            i = right(node.cols, k, 0, node.n) - 1
             if i < 0:
                 i = 0
             if path is not None:
                 path.append([node, i])
-            kids = node.kids
-            if kids is None:
-                kids = node.kids = node.recs["child"][:node.n].tolist()
-            bno = kids[i]
-            twin = self._twin_at(node, i)
+            bno = node.child[i]
+            twin = node.twinc[i]
         leaf = self._cache.get(bno)
         if leaf is None or leaf.token is not dirty.get(bno) or leaf.level or bad:
             leaf = self._node(bno, 0, twin)
-        keys = leaf.keys if leaf.keys is not None else self._keys(leaf)
-        i = bisect_left(keys, k)
+        i = self.spec.left(leaf.cols, k, 0, leaf.n)
         if path is not None:
             path.append([leaf, i])
         return leaf, i
 
-    def _twin_at(self, node: Node, i: int) -> int:
-        """The twin of node's child i (0 without dup)."""
-        twins = node.twins
-        if twins is None:
-            twins = node.twins = node.recs["twin"][:node.n].tolist()
-        return twins[i]
-
     def _child(self, node: Node, i: int) -> Node:
         """Child i of an internal node."""
-        return self._node(int(node.recs["child"][i]), node.level - 1, self._twin_at(node, i))
+        return self._node(node.child[i], node.level - 1, node.twinc[i])
 
     def _descend(self, key) -> list:
         """Path from root to leaf as [(node, index)]; the leaf index is the
@@ -493,9 +556,10 @@ class BTree:
             return None
         k = self._key(key)
         leaf, i = self._leaf(k)
-        keys = leaf.keys
-        if i < len(keys) and keys[i] == k:
-            return self._record(leaf, i)
+        if i < leaf.n:
+            rec = self._record(leaf, i)
+            if (rec[0] if self.spec.single else rec[:self.spec.nkey]) == k:
+                return rec
         return None
 
     def _record(self, node: Node, i: int) -> tuple:
@@ -503,7 +567,7 @@ class BTree:
         st = self.spec.rec_struct
         if st is None:
             return node.recs[i].item()
-        return st.unpack_from(node.buf, NODE_HDR_SIZE + i * st.size)
+        return st.unpack_from(node.mv, NODE_HDR_SIZE + i * st.size)
 
     def scan(self, lo=None, hi=None):
         """Records with lo <= key <= hi in key order (prefix keys allowed for
@@ -534,7 +598,7 @@ class BTree:
         if not self._heights.item(self.tid):
             return []
         leaf, i = self._leaf(self._key(lo))
-        j = bisect_right(leaf.keys, self._key(hi), i)
+        j = self.spec.right(leaf.cols, self._key(hi), i, leaf.n)
         if j < leaf.n:
             return [self._record(leaf, x) for x in range(i, j)]
         return list(self.scan(lo, hi))
@@ -549,11 +613,10 @@ class BTree:
         k, khi = self._key(key), self._key(hi)
         path = []
         leaf, i = self._leaf(k, path)
-        keys = leaf.keys
-        j = i if i < leaf.n and keys[i] == k else i - 1
+        j = i if i < leaf.n and self._decoded_at(leaf, i) == k else i - 1
         if j < 0:
             return None
-        stop = bisect_right(keys, khi, j + 1)
+        stop = self.spec.right(leaf.cols, khi, j + 1, leaf.n)
         if stop >= leaf.n:
             limit = self._limit(path)       # the next leaf's keys start there
             if limit is not None and limit <= khi:
@@ -617,48 +680,59 @@ class BTree:
     def insert(self, rec: tuple) -> None:
         """Add a record; its key must not be present."""
         spec = self.spec
-        key = rec[:spec.nkey]
-        if not self.height:
+        if not self._heights.item(self.tid):
             leaf = self._new_node(0)
             leaf.recs[0] = rec
             leaf.set_n(1)
             self._set_root(leaf.bno, 1, leaf.twin)
             self._add_count(1)
             return
-        path = self._descend(key)
+        k = int(rec[0]) if spec.single else tuple(map(int, rec[:spec.nkey]))
+        path = []
+        leaf, i = self._leaf(k, path)
         # keep entry-0 keys lower bounds along the leftmost path
-        for k in range(len(path) - 1):
-            node, i = path[k]
-            if i == 0 and node.n and key < self._key_at(node, 0):
-                node = path[k][0] = self._w(node)
-                for f, v in zip(spec.key_fields, key):
+        for d in range(len(path) - 1):
+            node, j = path[d]
+            if j == 0 and node.n and k < self._decoded_at(node, 0):
+                node = path[d][0] = self._w(node)
+                for f, v in zip(spec.key_fields, rec[:spec.nkey]):
                     node.recs[0][f] = v
-                node.keys = None
-        leaf, i = path[-1]
-        if i < leaf.n and self._key_at(leaf, i) == tuple(key):
-            raise Corrupted(leaf.bno, f"{spec.name} btree: duplicate key {tuple(key)}")
-        leaf = path[-1][0] = self._w(leaf)
-        self._insert_at(path, len(path) - 1, i, rec)
+        n = leaf.n
+        if i < n and self._decoded_at(leaf, i) == k:
+            raise Corrupted(leaf.bno, f"{spec.name} btree: duplicate key {tuple(rec[:spec.nkey])}")
+        if n < leaf.cap:                # (the usual case, inline: no split)
+            leaf = path[-1][0] = self._w(leaf)
+            _shift(leaf, i, n, 1)
+            self._put(leaf, i, rec)
+            leaf.set_n(n + 1)
+            if spec.overlap:
+                self._fix_hi(path, len(path) - 1)
+        else:
+            self._insert_at(path, len(path) - 1, i, rec)
         self._add_count(1)
+
+    def _put(self, node: Node, i: int, item) -> None:
+        """Store record (entry) i of a writable node: packed by struct when
+        every field is an integer (several times faster than numpy's
+        structured assignment), else, or for a value struct refuses, by
+        numpy (which raises for a value the field cannot hold)."""
+        st = self.spec.ent_struct if node.level else self.spec.rec_struct
+        if st is not None:
+            try:
+                st.pack_into(node.mv, NODE_HDR_SIZE + i * st.size, *item)
+                return
+            except struct.error:
+                pass
+        node.recs[i] = item
 
     def _insert_at(self, path, depth: int, i: int, item) -> None:
         """Insert item at index i of path[depth]'s node, splitting upwards."""
         node = path[depth][0] = self._w(path[depth][0])
         n = node.n
         if n < node.cap:
-            keys, kids, twins = node.keys, node.kids, node.twins
             _shift(node, i, n, 1)
-            node.recs[i] = item
+            self._put(node, i, item)
             node.set_n(n + 1)
-            if keys is not None:
-                keys.insert(i, self._key(item[:self.spec.nkey]))
-                node.keys = keys
-            if kids is not None:
-                kids.insert(i, item[-2])        # (an entry ends with its child, its twin)
-                node.kids = kids
-            if twins is not None:
-                twins.insert(i, item[-1])
-                node.twins = twins
             self._fix_hi(path, depth)
             return
         # split: left keeps `half`, right gets the rest, then place the item
@@ -760,18 +834,8 @@ class BTree:
     def _remove_at(self, path, depth: int, i: int) -> None:
         node = path[depth][0] = self._w(path[depth][0])
         n = node.n
-        keys, kids, twins = node.keys, node.kids, node.twins
         _shift(node, i + 1, n, -1)
         node.set_n(n - 1)
-        if keys is not None:
-            del keys[i]
-            node.keys = keys
-        if kids is not None:
-            del kids[i]
-            node.kids = kids
-        if twins is not None:
-            del twins[i]
-            node.twins = twins
         if depth == 0:
             # an empty root leaf stays: freeing it would make the next
             # insert allocate it again (and move its rmap owner twice)
@@ -825,7 +889,6 @@ class BTree:
         right.set_n(total - want)
         for f, v in zip(self.spec.key_fields, self._key_at(right, 0)):
             parent.recs[li + 1][f] = v
-        parent.keys = None
         if self.spec.overlap:
             parent.recs["hi"][li] = self._node_hi(left)
             parent.recs["hi"][li + 1] = self._node_hi(right)
@@ -842,7 +905,7 @@ class BTree:
         for d in range(len(path) - 2, -1, -1):
             node, i = path[d]
             if i + 1 < node.n:
-                return self._keys(node)[i + 1]
+                return self._decoded_at(node, i + 1)
         return None
 
     def _cursor(self, k, path, limit):
@@ -854,9 +917,8 @@ class BTree:
             self._leaf(k, path)
             limit = self._limit(path)
         leaf = path[-1][0]
-        keys = leaf.keys if leaf.keys is not None else self._keys(leaf)
-        i = path[-1][1] = bisect_left(keys, k)
-        return path, limit, i < leaf.n and keys[i] == k
+        i = path[-1][1] = self.spec.left(leaf.cols, k, 0, leaf.n)
+        return path, limit, i < leaf.n and self._decoded_at(leaf, i) == k
 
     def insert_sorted(self, recs) -> None:
         """insert() of each record, keys ascending and not present.  The
@@ -896,16 +958,15 @@ class BTree:
         """Put ascending records, all of which belong in path's leaf (none
         below its first key) and fit there, into it at once."""
         leaf = path[-1][0] = self._w(path[-1][0])
-        old = self._keys(leaf)
-        at = [bisect_left(old, k) for k in keys]
-        for k, i in zip(keys, at):
-            if i < len(old) and old[i] == k:
-                raise Corrupted(leaf.bno, f"{self.spec.name} btree: duplicate key {k}")
         n = leaf.n
-        merged = np.insert(leaf.recs[:n], at, np.array(recs, dtype=leaf.recs.dtype))
+        left, cols = self.spec.left, leaf.cols
+        at = [left(cols, k, 0, n) for k in keys]
+        for k, i in zip(keys, at):
+            if i < n and self._decoded_at(leaf, i) == k:
+                raise Corrupted(leaf.bno, f"{self.spec.name} btree: duplicate key {k}")
+        merged = np.insert(leaf.recs[:n], at, np.array(recs, dtype=leaf.dt))
         leaf.recs[:n + len(recs)] = merged
         leaf.set_n(n + len(recs))
-        leaf.keys = sorted(old + keys)
         self._fix_hi(path, len(path) - 1)
 
     def update_sorted(self, recs) -> None:
@@ -923,7 +984,7 @@ class BTree:
             leaf, i = path[-1]
             if leaf is not written:                 # (once per leaf: _w asks the journal)
                 leaf = written = path[-1][0] = self._w(leaf)
-            leaf.recs[i] = rec
+            self._put(leaf, i, rec)
             if overlap:
                 self._fix_hi(path, len(path) - 1)
 
@@ -953,15 +1014,15 @@ class BTree:
                 path = None
                 at += 1
                 continue
-            keys = leaf.keys
+            left, cols = self.spec.left, leaf.cols
             gone, absent = [i], []
             at += 1
             while at < total and len(gone) < room:
                 kj = self._key(keys_in[at])
                 if limit is not None and kj >= limit:
                     break
-                j = bisect_left(keys, kj, gone[-1] + 1, leaf.n)
-                if j < leaf.n and keys[j] == kj:
+                j = left(cols, kj, gone[-1] + 1, leaf.n)
+                if j < leaf.n and self._decoded_at(leaf, j) == kj:
                     gone.append(j)
                 else:
                     absent.append(keys_in[at])
@@ -974,7 +1035,6 @@ class BTree:
         """Remove the records at ascending indexes `gone` of path's leaf,
         which stays at least a third full (or is the root)."""
         leaf = path[-1][0] = self._w(path[-1][0])
-        keys = self._keys(leaf)
         n = leaf.n
         if len(gone) == 1:
             _shift(leaf, gone[0] + 1, n, -1)
@@ -982,10 +1042,7 @@ class BTree:
             keep = np.ones(n, dtype=bool)
             keep[gone] = False
             leaf.recs[:n - len(gone)] = leaf.recs[:n][keep]
-        for i in reversed(gone):
-            del keys[i]
         leaf.set_n(n - len(gone))
-        leaf.keys = keys
         self._add_count(-len(gone))
         self._fix_hi(path, len(path) - 1)
 

@@ -23,10 +23,11 @@ a valid log is always replayed.
 """
 
 import logging
+from operator import itemgetter
 
 import numpy as np
 
-from .checksum import seal, sealed_ok
+from .checksum import seal, seal_pieces, sealed_ok
 from .errors import Corrupted, MediaError, WriteFailed
 from .format import (BLOCK_SIZE, LOG_BNOS_FIRST, LOG_BNOS_NEXT, LOG_ENT_DTYPE, LOG_HDR_DTYPE,
                      LOG_HDR_SIZE, LOG_MAGIC)
@@ -34,6 +35,21 @@ from .format import (BLOCK_SIZE, LOG_BNOS_FIRST, LOG_BNOS_NEXT, LOG_ENT_DTYPE, L
 log = logging.getLogger(__name__)
 
 LOOSE_MAX = 16384            # overwritten ranges remembered before fsync flushes everything
+
+
+def _store_runs(pm, bnos: list, imgs: list) -> list[tuple[int, int]]:
+    """Store block images at ascending block numbers, one store per run
+    of consecutive blocks; the runs, as (block, count)."""
+    runs = []
+    i, n = 0, len(bnos)
+    while i < n:
+        j = i + 1
+        while j < n and bnos[j] == bnos[j - 1] + 1:
+            j += 1
+        pm.store_blocks(bnos[i], imgs[i:j])
+        runs.append((bnos[i], j - i))
+        i = j
+    return runs
 
 
 def log_capacity(log_blocks: int) -> int:
@@ -218,18 +234,18 @@ class Journal:
         self.home_ranges = []
         # 2. seal
         bnos = sorted(self.dirty)
-        for b in bnos:
-            seal(self.dirty[b])
+        imgs = [self.dirty[b] for b in bnos]
+        for img in imgs:
+            seal(img)
         twins = [self.twins.get(b, 0) for b in bnos]
-        # 3. the log (and its twin, written alike)
+        # 3. the log (and its twin, written alike): its header blocks made
+        #    here, the images stored after them as they are
         seq = self.seq + 1
         n = len(bnos)
         hdr_blocks = 1
         if n > LOG_BNOS_FIRST:
             hdr_blocks += -(-(n - LOG_BNOS_FIRST) // LOG_BNOS_NEXT)
-        area = pm.blocks(self.log_start, hdr_blocks + n)
-        hdr_area = area[:hdr_blocks * BLOCK_SIZE]
-        hdr_area[:] = 0
+        hdr_area = np.zeros(hdr_blocks * BLOCK_SIZE, dtype=np.uint8)
         hdr = hdr_area[:LOG_HDR_SIZE].view(LOG_HDR_DTYPE)[0]
         hdr["magic"] = LOG_MAGIC
         hdr["seq"] = seq
@@ -238,24 +254,19 @@ class Journal:
         ents = hdr_area[LOG_HDR_SIZE:LOG_HDR_SIZE + LOG_ENT_DTYPE.itemsize * n].view(LOG_ENT_DTYPE)
         ents["bno"] = bnos
         ents["twin"] = twins
-        body = area[hdr_blocks * BLOCK_SIZE:].reshape(n, BLOCK_SIZE)
-        for i, b in enumerate(bnos):
-            body[i] = self.dirty[b]
-        seal(area)                      # one crc32c over the header and every image
+        seal_pieces(hdr_area, imgs)             # one crc32c over the whole log
+        area = [hdr_area] + imgs
+        pm.store_blocks(self.log_start, area)
         logs = [(self.log_start, hdr_blocks + n)]
         if self.log2_start:
-            pm.blocks(self.log2_start, hdr_blocks + n)[:] = area
+            pm.store_blocks(self.log2_start, area)
             logs.append((self.log2_start, hdr_blocks + n))
         pm.flush(logs, alone=self._alone())
-        # 4. checkpoint (each block and its twin)
-        home = []
-        for b, t in zip(bnos, twins):
-            img = self.dirty[b]
-            pm.block(b)[:] = img
-            home.append((b, 1))
-            if t:
-                pm.block(t)[:] = img
-                home.append((t, 1))
+        # 4. checkpoint (each block and its twin), run by run of blocks
+        home = _store_runs(pm, bnos, imgs)
+        if any(twins):
+            pairs = sorted(((t, img) for t, img in zip(twins, imgs) if t), key=itemgetter(0))
+            home += _store_runs(pm, [t for t, _ in pairs], [img for _, img in pairs])
         self.home_ranges = home
         self.seq = seq
         self.dirty = {}

@@ -32,6 +32,10 @@ _MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)   # (Linux; the module h
 WRITEBACK_MIN = 64 << 10    # stores this big start their writeback at once
 BACK_CHUNK = 256            # blocks: host space is reserved 1 MiB at a time (Pmem.back)
 _SYNC_FILE_RANGE_WRITE = 2
+try:
+    IOV_MAX = max(16, os.sysconf("SC_IOV_MAX"))     # buffers one pwritev takes
+except (ValueError, OSError):
+    IOV_MAX = 16
 
 
 def _libc(name: str, argtypes):
@@ -237,6 +241,32 @@ class Pmem:
             # request waits.
             _sync_file_range(self.fd, offset, len(data), _SYNC_FILE_RANGE_WRITE)
 
+    def store_blocks(self, bno: int, bufs) -> None:
+        """Store the buffers (uint8 arrays, each a whole number of blocks)
+        one after another from block `bno` on: pwritev, IOV_MAX buffers a
+        call, into the same page cache pages the mapping shows, without the
+        fault a store through the shared mapping takes on every page the
+        last flush write-protected; the private (power-loss) mapping keeps
+        plain stores, which stay in this process until flushed."""
+        o = bno * BLOCK_SIZE
+        if self.private:
+            for b in bufs:
+                self.buf[o:o + b.size] = b
+                o += b.size
+            return
+        for i in range(0, len(bufs), IOV_MAX):
+            chunk = bufs[i:i + IOV_MAX]
+            want = sum(map(len, chunk))       # (1-D uint8 arrays: len is bytes)
+            done = os.pwritev(self.fd, chunk, o)
+            if done != want:            # (short: the host is out of space or failing)
+                rest = b"".join(bytes(b) for b in chunk)[done:]
+                while rest:
+                    w = os.pwrite(self.fd, rest, o + want - len(rest))
+                    if w <= 0:
+                        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                    rest = rest[w:]
+            o += want
+
     def back(self, bno: int, n: int = 1) -> None:
         """Make the host filesystem hold space for blocks [bno, bno+n) of
         the (sparse) image before anything is stored there: a store
@@ -293,13 +323,17 @@ class Pmem:
         image, with its own device cache flush: for a commit's few hundred
         scattered metadata blocks, one fdatasync does in one device flush
         what an msync per block did in hundreds."""
-        merged = _merge(ranges)
         if self.private:
-            for bno, n in merged:
+            for bno, n in _merge(ranges):
                 o = bno * BLOCK_SIZE
                 os.pwrite(self.fd, self.mm[o:o + n * BLOCK_SIZE], o)
             os.fdatasync(self.fd)
             return
+        if alone and len(ranges) > 1:
+            # (whether or not they merge into one range: nothing else waits)
+            os.fdatasync(self.fd)
+            return
+        merged = _merge(ranges)
         if len(merged) > 256 or (alone and len(merged) > 1):
             os.fdatasync(self.fd)
             return
