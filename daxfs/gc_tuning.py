@@ -1,13 +1,14 @@
 """How daxfs's long-running processes set up Python's cyclic garbage
 collector.
 
-The engine keeps many small objects alive for long: decoded B+tree nodes
-(a list of key tuples each, up to thousands of leaves per tree), inode
-and name caches.  With CPython's default thresholds (700, 10, 10) a young
-collection runs every 700 container allocations and examines every young
-object that is still alive, so each decoded leaf's key tuples are walked
-again and again while they age into the old generation; on a tree bigger
-than the leaf cache, collections took about as long as the lookups
+The engine keeps many small objects alive for long: cached B+tree nodes
+(views of their blocks, tens of thousands of leaves per tree), inode and
+name caches, records decoded for the API.  With CPython's default
+thresholds (700, 10, 10) a young collection runs every 700 container
+allocations and examines every young object that is still alive, so
+long-lived caches are walked again and again while they age into the old
+generation; when nodes were still decoded into key tuples, on a tree
+bigger than the leaf cache collections took about as long as the lookups
 themselves (scripts/bench_engine.py --only btree, with DAXFS_GC=default
 for the comparison).  The engine makes little cyclic garbage, so
 collecting far less often costs little memory:
