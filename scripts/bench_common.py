@@ -1,6 +1,7 @@
 """Shared by scripts/bench.py and scripts/bench_engine.py: the figure record,
 medians, the terminal table, the JSON file, the PNG chart and hot-spot
-summaries of profiles.  The PNG chart is drawn with daxfs/picture.py (the
+summaries of profiles; run as `bench_common.py FILE.json`, a run's figures
+as the Markdown table docs/benchmarks.md keeps.  The PNG chart is drawn with daxfs/picture.py (the
 canvas, 5x7 font and PNG writer that `daxfs map --png` uses too).
 
 A figure compares one daxfs value with one peer value, or with an absolute
@@ -157,6 +158,20 @@ def table(figs: list[dict]) -> str:
         for f in notes:
             out.append(f"  {f['name']}" + (f" [vs {f['peer']}]" if f["peer"] else "")
                        + f": {f['note']}")
+    return "\n".join(out)
+
+
+def markdown(figs: list[dict]) -> str:
+    """The figures as a Markdown table (docs/benchmarks.md), with each
+    figure's run values: the same numbers as `table`, for the record."""
+    out = ["| figure | unit | daxfs | peer | peer value | ratio | target | meets | runs (daxfs / peer) |",
+           "|---|---|---:|---|---:|---:|---|---|---|"]
+    for f in figs:
+        runs = " ".join(fmt(v) for v in f.get("runs") or [])
+        theirs = " ".join(fmt(v) for v in f.get("peer_runs") or [])
+        out.append(f"| {f['name']} | {f['unit']} | {fmt(f['daxfs'])} | {f['peer'] or '-'} | "
+                   f"{fmt(f['peer_value'])} | {ratio_text(f['ratio'])} | {target_text(f)} | "
+                   f"{meets_text(f)} | {runs}{' / ' + theirs if theirs else ''} |")
     return "\n".join(out)
 
 
@@ -413,3 +428,8 @@ def hotspot_lines(rows, header: str) -> list[str]:
     for r in rows:
         out.append(f"  {r[1]:6.1f} {r[2]:6.1f}  {r[0]}")
     return out
+
+
+if __name__ == "__main__":
+    # `bench_common.py FILE.json`: a run's figures (bench.py --json) as Markdown
+    print(markdown(read_json(sys.argv[1])))
