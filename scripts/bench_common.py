@@ -1,8 +1,9 @@
 """Shared by scripts/bench.py and scripts/bench_engine.py: the figure record,
 medians, the terminal table, the JSON file, the PNG chart and hot-spot
 summaries of profiles; run as `bench_common.py FILE.json`, a run's figures
-as the Markdown table docs/benchmarks.md keeps.  The PNG chart is drawn with daxfs/picture.py (the
-canvas, 5x7 font and PNG writer that `daxfs map --png` uses too).
+as the Markdown table docs/benchmarks.md keeps.  The PNG chart is drawn
+with daxfs/picture.py (the canvas, 5x7 font and PNG writer that
+`daxfs map --png` uses too).
 
 A figure compares one daxfs value with one peer value, or with an absolute
 target:
