@@ -233,8 +233,12 @@ class ControlServer:
         Writers are not held back meanwhile (the kernel holds their pages,
         see inode_locks.py), so the range is settled first: a partial last
         block at the source's EOF goes in the first step, with the checks
-        of the whole request; the whole blocks before it follow, each step
-        a clone of an aligned range well inside both files."""
+        of the whole request and the first budget of whole blocks before
+        it (no other request runs in between: a clone that fits one step,
+        as a small file's does, is atomic, and a source that shrinks after
+        its tail was cloned cannot leave the destination half done and the
+        request failed); the rest of the whole blocks follow, each step a
+        clone of an aligned range well inside both files."""
         # again after the adapter's await: the files may have changed
         self._check_readable(caller, req.src_ino)
         self._check_types(req.src_ino, ino)
@@ -245,8 +249,6 @@ class ControlServer:
         if whole < count:
             self.fs.clone_range(req.src_ino, req.src_off + whole, ino, req.dst_off + whole,
                                 count - whole, **privs)
-            if whole:
-                yield
         done = 0
         while done < whole:
             n = self.fs.clone_range(req.src_ino, req.src_off + done, ino, req.dst_off + done,
