@@ -338,6 +338,25 @@ def test_server_clone_and_ranges(engine):
     assert all(e.flags & FIEMAP_EXTENT_SHARED for e in ext)
 
 
+def test_server_clone_that_fits_one_step_is_atomic(engine):
+    """A whole-file clone of a small file with a partial last block runs in
+    one step: no other request can shrink the source between its tail and
+    its whole blocks (the crash soak saw a destination left extended by a
+    clone that then failed with EINVAL)."""
+    srv = ControlServer(engine, DEV, check_fd=accept_fd)
+    data = os.urandom(12 * BS + 300)
+    a = make(engine, b"a", data)
+    c = make(engine, b"c")
+    action = srv.prepare(ROOT_CALLER, c, control.CLONE_NAME, req(1, a))
+    steps = action.steps()
+    with pytest.raises(StopIteration) as done:
+        next(steps)                     # the first step is the whole clone
+    assert done.value.value == len(data)
+    engine.setattr(a, size=BS)          # what another request could do next
+    assert engine.getattr(c).size == len(data)
+    assert engine.read(c, 0, len(data) + BS) == data
+
+
 def test_server_dedupe(engine):
     srv = ControlServer(engine, DEV, check_fd=accept_fd)
     data = os.urandom(8 * BS)
