@@ -427,8 +427,7 @@ class Bench:
                 try:
                     body(r, t, m)
                 except Exception as e:
-                    res.fail(t, f"{type(e).__name__}: {e}")
-                    say(f"  [{group}] {t} failed: {e}" + log_tail(m))
+                    res.failed(group, t, e, m)
 
     @contextlib.contextmanager
     def passthrough(self):
@@ -557,18 +556,19 @@ class Results:
     def fail(self, target: str, why: str) -> None:
         self.err.setdefault(target, why[:200])
 
-    def failed(self, group: str, target: str, exc: Exception) -> None:
+    def failed(self, group: str, target: str, exc: Exception, mnt=None) -> None:
         """A target that could not run (Unavailable: said once, no fuss) or
-        broke: the error, and for daxfs the tail of its daemon's log."""
+        broke: the error and the tail of its daemon's log (the one at
+        `mnt`, else daxfs's latest)."""
         if isinstance(exc, Unavailable):
             self.fail(target, str(exc))
             return
         self.fail(target, f"{type(exc).__name__}: {exc}")
-        say(f"  [{group}] {target} failed: {exc}")
-        if target == "daxfs":
-            for mnt in [k for k in REG.logs if "mnt-daxfs" in k][-1:]:
-                say(log_tail(mnt))
-        traceback.print_exc()
+        if mnt is None and target == "daxfs":
+            mnt = next(iter([k for k in REG.logs if "mnt-daxfs" in k][-1:]), None)
+        say(f"  [{group}] {target} failed: {exc}" + (log_tail(mnt) if mnt else ""))
+        if mnt is None:
+            traceback.print_exc()
 
     def note(self, target: str, metric: str, text: str) -> None:
         self.notes.setdefault(target, {})[metric] = text
@@ -802,8 +802,7 @@ def group_meta(bench: Bench) -> list[dict]:
         mnts = bench.mount_all(stack, ("daxfs",) + META_PEERS, 2 * GiB, "meta", res)
 
         def failed(t, e):
-            res.fail(t, f"{type(e).__name__}: {e}")
-            say(f"  [meta] {t} failed: {e}" + log_tail(mnts[t]))
+            res.failed("meta", t, e, mnts[t])
 
         def interleaved(tag, names, r):
             live = [t for t in mnts if t not in res.err]

@@ -15,6 +15,7 @@ import re
 import sys
 
 from daxfs.control.protocol import PROBE_NAME
+from daxfs.engine.errors import DaxfsError
 
 # ---- the command line ----------------------------------------------------------
 
@@ -126,7 +127,6 @@ def one_line_errors(prog: str, what: str, body, hints: dict | None = None) -> in
     """`body()`'s exit status, or 1 with one line on stderr when it fails: a
     CommandError or an engine error says itself, a failed system call says
     what could not be done (`failed`) and the hint for its errno."""
-    from daxfs.engine.errors import DaxfsError
     try:
         return body()
     except (CommandError, DaxfsError) as e:
