@@ -130,6 +130,55 @@ def test_names_with_one_hash(tmp_path):
     fs.close()
 
 
+def test_new_directory_answers_from_its_cache(tmp_path, monkeypatch):
+    """A directory made by this mount is complete in the name cache
+    (dirs.py): a missing name is answered without the tree, and colliding
+    names still get distinct collision indexes, reused after a removal;
+    after a rollback or a full cache the tree answers again, the same."""
+    from daxfs.engine import dirs as dirs_mod
+    from daxfs.engine.dirs import name_hash
+    a, b = b"c1371838", b"c2000402"
+    assert name_hash(a) == name_hash(b)
+    fs = make_fs(tmp_path / "n.img")
+    d = fs.mkdir(1, b"d", 0o755, 0, 0).ino
+    assert d in fs.dirs._complete
+    searched = []
+    real = fs.dirs._same_hash
+    monkeypatch.setattr(fs.dirs, "_same_hash",
+                        lambda p, n: searched.append(n) or real(p, n))
+    with pytest.raises(NotFound):
+        fs.lookup(d, a)
+    ia = fs.mknod(d, a, REG, 0, 0).ino
+    ib = fs.mknod(d, b, REG, 0, 0).ino
+    assert searched == []                         # no tree search at all
+    pa, pb = fs.dirs.lookup(d, a)[0], fs.dirs.lookup(d, b)[0]
+    assert pa >> 32 == pb >> 32 and {pa & 0xFFFFFFFF, pb & 0xFFFFFFFF} == {0, 1}
+    fs.unlink(d, a)
+    ic = fs.mknod(d, a, REG, 0, 0).ino            # index 0 is free again
+    assert fs.dirs.lookup(d, a)[0] == pa and ic != ia
+    fs.rename(d, b, 1, b"moved", 0, 0, 0)         # out of the complete directory
+    fs.rename(1, b"moved", d, b"back", 0, 0, 0)   # and into it
+
+    def body():
+        fs.mknod(d, b, REG, 0, 0)
+
+    _fail_inside_op(fs, body)                     # forgets completeness
+    assert d not in fs.dirs._complete
+    with pytest.raises(NotFound):
+        fs.lookup(d, b)
+    assert searched                                # the tree answered
+    assert fs.lookup(d, a).ino == ic and fs.lookup(d, b"back").ino == ib
+    e = fs.mkdir(1, b"e", 0o755, 0, 0).ino
+    monkeypatch.setattr(dirs_mod, "CACHE_MAX", len(fs.dirs._cache) + 1)
+    fs.mknod(e, b"one", REG, 0, 0)
+    fs.mknod(e, b"two", REG, 0, 0)                 # the cache was full: cleared
+    assert e not in fs.dirs._complete
+    assert sorted(x.name for x in fs.readdir(e))[2:] == [b"one", b"two"]
+    assert sorted(x.name for x in fs.readdir(d))[2:] == sorted([a, b"back"])
+    assert_clean(fs)
+    fs.close()
+
+
 def test_name_cache_follows_rollback(tmp_path):
     fs = make_fs(tmp_path / "c.img")
     fs.mknod(1, b"keep", REG, 0, 0)

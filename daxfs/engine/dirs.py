@@ -16,6 +16,14 @@ ranges known to be empty, so that creating a name just looked up in vain
 needs no second search for its collision index: every change of the dir
 tree goes through add/remove/retarget here, which keep both exact, and a
 rolled-back operation must call `forget_cache()`.
+
+A directory made by this mount starts *complete* (`note_empty`): every
+entry it gets is added here, so the name cache holds all of them, and a
+name it lacks is absent without a tree search (the negative lookup that
+precedes every create).  The collision indexes in use are kept per hash
+for complete directories.  Completeness ends with the cache (a full cache
+is cleared, a rollback forgets it), after which lookups search the tree
+as for any directory.
 """
 
 import logging
@@ -63,15 +71,22 @@ class Dirs:
         self.tree = vol.trees["dir"]
         self._cache: dict[tuple[int, bytes], tuple | None] = {}
         self._vacant: set[tuple[int, int]] = set()     # (parent, hash): no entries
+        self._complete: set[int] = set()        # directories whose entries are all cached
+        self._used: dict[tuple[int, int], int] = {}   # their (parent, hash) -> index bits
 
     def forget_cache(self) -> None:
         self._cache.clear()
         self._vacant.clear()
+        self._complete.clear()
+        self._used.clear()
+
+    def note_empty(self, ino: int) -> None:
+        """`ino` is a directory just made, with no entries: complete."""
+        self._complete.add(ino)
 
     def _remember(self, parent: int, name: bytes, ent) -> None:
         if len(self._cache) >= CACHE_MAX:
-            self._cache.clear()
-            self._vacant.clear()
+            self.forget_cache()
         self._cache[(parent, name)] = ent
 
     def _same_hash(self, parent: int, name: bytes):
@@ -83,7 +98,8 @@ class Dirs:
         try:
             return self._cache[(parent, name)]
         except KeyError:
-            pass
+            if parent in self._complete:
+                return None
         ent = None
         empty = True
         for rec in self._same_hash(parent, name):
@@ -99,7 +115,11 @@ class Dirs:
     def add(self, parent: int, name: bytes, ino: int, ftype: int) -> int:
         h = name_hash(name)
         seq = 0
-        if (parent, h) in self._vacant:
+        if parent in self._complete:
+            used = self._used.get((parent, h), 0)
+            seq = (~used & (used + 1)).bit_length() - 1      # the lowest free index
+            self._used[(parent, h)] = used | 1 << seq
+        elif (parent, h) in self._vacant:
             self._vacant.discard((parent, h))
         else:
             used = {rec[1] & _LOW for rec in self._same_hash(parent, name)}
@@ -114,6 +134,13 @@ class Dirs:
         """Remove the entry `name` found at `pos`."""
         if not self.tree.discard((parent, pos)):
             raise Corrupted(0, f"directory {parent}: entry {pos:#x} vanished")
+        if parent in self._complete:
+            key = (parent, pos >> 32)
+            used = self._used.get(key, 0) & ~(1 << (pos & _LOW))
+            if used:
+                self._used[key] = used
+            else:
+                self._used.pop(key, None)
         self._remember(parent, name, None)
 
     def retarget(self, parent: int, pos: int, name: bytes, ino: int, ftype: int) -> None:

@@ -464,6 +464,7 @@ class Filesystem:
             if parent.nlink >= LINK_MAX:
                 raise TooManyLinks("too many subdirectories")
             parent.nlink += 1
+            self.dirs.note_empty(inode.ino)
             inode.size = DIR_HEAD_BYTES
             self.inodes.put(inode)
         self._touch(parent)
