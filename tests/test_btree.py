@@ -97,6 +97,31 @@ def test_scan_bounds_and_update(vol):
     assert t.height <= 1 and t.count == 0 and list(t.scan()) == []
 
 
+def test_rekey_grows_keys_in_place_and_keeps_the_shape(vol):
+    """rekey (the free extent that loses its first blocks) moves a key up
+    inside its gap, first records of leaves included (the parent's entry
+    stays a lower bound): every lookup, scan and the tree's own walk agree
+    afterwards; a key that would pass its neighbour is refused."""
+    t = vol.trees["refcount"]
+    for i in range(3000):
+        t.insert((i * 10, 5, 2))
+    vol.alloc.settle()
+    for i in range(3000):
+        t.rekey((i * 10,), (i * 10 + 1 + i % 8, 5, 3))
+    keys = [i * 10 + 1 + i % 8 for i in range(3000)]
+    assert [r[0] for r in t.scan()] == keys
+    assert all(t.lookup((k,)) == (k, 5, 3) for k in keys[::37])
+    assert t.lookup((0,)) is None and t.count == 3000
+    assert all(not v.problems for v in t.walk())
+    with pytest.raises(ValueError):
+        t.rekey((keys[5],), (keys[6], 5, 3))      # would equal the next key
+    with pytest.raises(ValueError):
+        t.rekey((keys[5],), (keys[5] - 1, 5, 3))  # keys only grow
+    with pytest.raises(KeyError):
+        t.rekey((keys[5] + 1,), (keys[5] + 2, 5, 3))
+    assert t.lookup((keys[5],)) == (keys[5], 5, 3)
+
+
 def test_short_range_matches_scan(vol):
     """short_range (a name's hash range, one descent) answers as scan does,
     also for ranges that end past their first leaf, start past every key,

@@ -434,9 +434,10 @@ class Allocator:
         rs, rl = r
         re = rs + rl
         if rs == s:
-            tree.discard((rs,))
-            if re > s + n:
-                tree.insert((s + n, re - s - n))
+            if re > s + n:      # (the next free extent starts after re)
+                tree.rekey((rs,), (s + n, re - s - n))
+            else:
+                tree.discard((rs,))
         else:
             tree.update((rs, s - rs))
             if re > s + n:

@@ -801,6 +801,25 @@ class BTree:
         leaf.recs[i] = rec
         self._fix_hi(path, len(path) - 1)
 
+    def rekey(self, key, rec: tuple) -> None:
+        """Replace the record with key `key` by `rec`, whose key is greater
+        but still below the key of the record after it (a free extent that
+        loses its first blocks): one descent and one leaf write instead of
+        a delete and an insert.  A parent's entry for this leaf stays a
+        valid lower bound, since the key only grows.  The caller vouches
+        for the record after it when that one lives in the next leaf."""
+        path = self._path_to(key)
+        if path is None:
+            raise KeyError(key)
+        leaf, i = path[-1]
+        new = tuple(int(v) for v in rec[:self.spec.nkey])
+        if not new > tuple(int(v) for v in key) or \
+                (i + 1 < leaf.n and not new < self._key_at(leaf, i + 1)):
+            raise ValueError(f"rekey {tuple(key)} -> {new} would break the key order")
+        leaf = path[-1][0] = self._w(leaf)
+        leaf.recs[i] = rec
+        self._fix_hi(path, len(path) - 1)
+
     def _path_to(self, key) -> list | None:
         """Path to the record with exactly this key, or None."""
         if not self.height:
