@@ -2,8 +2,8 @@
 figures, readdir entries, FIEMAP extents and dedupe results.
 
 Plain frozen dataclasses of Python ints and bytes (Attr, made for every
-lookup and getattr, is a NamedTuple: as immutable, and made several times
-faster); the on-disk records they come from are described in format.py.
+lookup and getattr, and DirEntry, made for every name readdir lists, are
+NamedTuples: as immutable, and made several times faster); the on-disk records they come from are described in format.py.
 """
 
 from dataclasses import dataclass
@@ -52,8 +52,7 @@ class StatFs:
     name_max: int = 255
 
 
-@dataclass(frozen=True)
-class DirEntry:
+class DirEntry(NamedTuple):     # (one per name listed: a NamedTuple is made fastest)
     name: bytes
     attr: Attr
     next_pos: int          # readdir cookie to resume after this entry
