@@ -61,6 +61,8 @@ def metadata(workdir, n) -> dict:
     if hasattr(fs.dirs, "forget_cache"):           # (older commits had no name cache)
         fs.dirs.forget_cache()
     out["lookup, nothing cached"] = _per_op(lambda: [fs.lookup(d, nm) for nm in names], n)
+    out["readdir, per name listed (inodes cached)"] = _per_op(
+        lambda: sum(1 for _ in fs.readdir(d, 0)), n + 2)
     deferred = hasattr(fs, "reap_inactive")        # (older commits freed in forget)
     fs.defer_inactive = True                       # as the daemon runs it
 
