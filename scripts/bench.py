@@ -504,6 +504,8 @@ class Bench:
         if name == "daxfs":
             return self.daxfs(size, tag)
         if name == SINGLE:
+            if self.args.aa:        # an A/A check: a second, identical daxfs
+                return self.daxfs(size, tag + "-aa", "dup")
             return self.daxfs(size, tag, "single")
         if name == CEILING:
             return self.memfs()
@@ -1330,6 +1332,9 @@ def main(argv=None) -> int:
     p.add_argument("--group-timeout", type=float, default=None, metavar="S",
                    help="watchdog limit per group (default 600 s quick, 5400 s full)")
     p.add_argument("--list", action="store_true", help="list the groups and exit")
+    p.add_argument("--aa", action="store_true",
+                   help="A/A check of the bench itself: the daxfs-single peer is a second"
+                        " daxfs with dup metadata, so its ratios should read 1x")
     args = p.parse_args(argv)
     if args.list:
         print("Groups" + __doc__.split("Groups")[1].split("Output:")[0].rstrip())
@@ -1345,6 +1350,8 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, _sigterm)
     bench = Bench(args)
     say(f"daxfs benchmark: {machine_line(args)}")
+    if args.aa:
+        say(f"A/A check: {SINGLE} is a second daxfs with dup metadata (ratios should be 1x)")
     say(f"work directory {bench.dir}; groups {', '.join(groups)}"
         + (f" ({', '.join(sub)})" if sub else ""))
     if args.runs < 3:
