@@ -122,6 +122,32 @@ def test_rekey_grows_keys_in_place_and_keeps_the_shape(vol):
     assert t.lookup((keys[5],)) == (keys[5], 5, 3)
 
 
+def test_rekey_past_the_next_leafs_entry_moves_the_record(vol):
+    """A parent's entry for a leaf is a lower bound that may lie below the
+    leaf's first record (its first record was deleted).  Rekeying the last
+    record of the leaf before it to a key at or above that entry must move
+    the record into the next leaf, or lookups descend past it (the crash
+    soak found this: a free extent's record lost, KeyError on the next
+    allocation from it)."""
+    t = vol.trees["refcount"]
+    for i in range(3000):
+        t.insert((i * 10, 5, 2))
+    vol.alloc.settle()
+    leaves = [v.records for v in t.walk() if v.level == 0 and v.records]
+    a, b = leaves[3], leaves[4]
+    sep = b[0][0]
+    assert t.delete((sep,)) is not None         # the entry stays: sep < b's first record
+    t.rekey((a[-1][0],), (sep, 5, 3))
+    assert t.lookup((sep,)) == (sep, 5, 3)
+    assert t.lookup((a[-1][0],)) is None
+    keys = [r[0] for r in t.scan()]
+    assert keys == sorted(keys) and len(keys) == 2999 and sep in keys
+    assert all(not v.problems for v in t.walk())
+    t.rekey((sep,), (sep + 1, 5, 4))               # within the next leaf now: in place
+    assert t.lookup((sep + 1,)) == (sep + 1, 5, 4)
+    assert all(not v.problems for v in t.walk())
+
+
 def test_short_range_matches_scan(vol):
     """short_range (a name's hash range, one descent) answers as scan does,
     also for ranges that end past their first leaf, start past every key,

@@ -806,8 +806,10 @@ class BTree:
         but still below the key of the record after it (a free extent that
         loses its first blocks): one descent and one leaf write instead of
         a delete and an insert.  A parent's entry for this leaf stays a
-        valid lower bound, since the key only grows.  The caller vouches
-        for the record after it when that one lives in the next leaf."""
+        valid lower bound, since the key only grows.  A key that would
+        reach the entry of the next leaf (which may lie below that leaf's
+        first record: entries are lower bounds) must move to that leaf:
+        then it is a delete and an insert after all."""
         path = self._path_to(key)
         if path is None:
             raise KeyError(key)
@@ -816,6 +818,15 @@ class BTree:
         if not new > tuple(int(v) for v in key) or \
                 (i + 1 < leaf.n and not new < self._key_at(leaf, i + 1)):
             raise ValueError(f"rekey {tuple(key)} -> {new} would break the key order")
+        if i + 1 == leaf.n:
+            for node, j in reversed(path[:-1]):    # the next leaf's entry, if any
+                if j + 1 < node.n:
+                    if not new < self._key_at(node, j + 1):
+                        self._remove_at(path, len(path) - 1, i)
+                        self._add_count(-1)
+                        self.insert(rec)
+                        return
+                    break
         leaf = path[-1][0] = self._w(leaf)
         leaf.recs[i] = rec
         self._fix_hi(path, len(path) - 1)
