@@ -1077,9 +1077,12 @@ class Soak:
     def say(self, text: str) -> None:
         print(text, flush=True)
 
-    def fresh_image(self) -> None:
+    def fresh_image(self, replace: bool = False) -> None:
+        """A new image; `replace`: over the one a failed iteration of this
+        run left (already copied to failures/)."""
         from daxfs.engine.mkfs import mkfs
-        mkfs(self.image, self.args.size, rmap=True, dup=self.args.metadata == "dup")
+        mkfs(self.image, self.args.size, rmap=True, dup=self.args.metadata == "dup",
+             force=replace)
         self.logs.clear()
 
     def check(self, it: int) -> None:
@@ -1349,7 +1352,7 @@ class Soak:
                 except Failure as f:
                     self.save_failure(it, str(f))
                     take_down(self.mnt)
-                    self.fresh_image()
+                    self.fresh_image(replace=True)
                 if not args.verbose and it % 50 == 0:
                     self.say(f"... {it} iterations, {len(self.failures)} failures,"
                              f" {time.monotonic() - t0:.0f} s")
@@ -1421,6 +1424,14 @@ def main(argv=None) -> int:
     if made:
         args.workdir = tempfile.mkdtemp(prefix="daxfs-soak-")
     os.makedirs(args.workdir, exist_ok=True)
+    left = [n for n in ("soak.img", "logs", "failures") if os.path.exists(
+        os.path.join(args.workdir, n))]
+    if left:
+        # an earlier soak's image and logs: its logs would be read as this
+        # run's expectations
+        print(f"crash_soak: {args.workdir} holds an earlier soak's {', '.join(left)};"
+              " give an empty or new --workdir", file=sys.stderr)
+        return 2
     soak = Soak(args)
 
     def stop(signum, frame):
