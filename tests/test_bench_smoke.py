@@ -19,6 +19,28 @@ FIELDS = {"name", "unit", "daxfs", "peer", "peer_value", "ratio", "target",
           "higher_is_better", "meets"}
 
 
+def test_turn_order_rotates_fairly():
+    """The meta and untar groups' turns (bench.turn_order): over as many
+    turns as there are systems every system holds every place once, and
+    no system ever runs two turns back to back (the alternating order did
+    at every reversal, and two identical daxfs mounts read 0.72x of each
+    other: docs/benchmarks.md)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("bench_script", ROOT / "scripts" / "bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    systems = ["daxfs", "ceiling", "daxfs-single", "passthrough", "tmpfs", "xfs"]
+    k = len(systems)
+    turns = [bench.turn_order(systems, t) for t in range(5 * k)]
+    flat = [s for turn in turns for s in turn]
+    assert all(a != b for a, b in zip(flat, flat[1:]))
+    for first in range(0, 5 * k, k):
+        places = {s: sorted(turn.index(s) for turn in turns[first:first + k]) for s in systems}
+        assert all(p == list(range(k)) for p in places.values()), places
+    assert all(sorted(turn) == sorted(systems) for turn in turns)
+    assert bench.turn_order([], 3) == [] and bench.turn_order(["a"], 5) == ["a"]
+
+
 def _fuse_mounts(workdir) -> list[str]:
     """The benchmark's mounts under this test's work directory (another
     benchmark running on the machine at the same time is not ours)."""
