@@ -417,10 +417,9 @@ class Bench:
 
     def rounds(self, mnts: dict, res: "Results", group: str, body) -> None:
         """`body(run, target, mountpoint)` for every run and every target
-        still standing, targets taking turns within a run (`turn_order`: the first
-        rotates from run to run); a target whose
-        body raises is failed (its error and daemon log said) and skipped
-        from then on."""
+        still standing, targets taking turns within a run (`turn_order`:
+        the first rotates from run to run); a target whose body raises is
+        failed (its error and daemon log said) and skipped from then on."""
         for r in range(self.runs):
             for t in turn_order(list(mnts), r):
                 m = mnts[t]
@@ -794,18 +793,18 @@ def turn_order(systems: list, turn: int) -> list:
     turn, so that every system holds every place equally often and none
     ever follows itself.  (Alternating forward and reversed orders made
     the first and last systems run two turns back to back at every
-    reversal: two identical daxfs mounts then measured 0.83x and 0.89x
-    of each other in the meta group.)"""
+    reversal: two identical daxfs mounts then measured 0.72x (create)
+    and 0.81x (unlink) of each other, `--aa`, docs/benchmarks.md.)"""
     k = turn % len(systems) if systems else 0
     return systems[k:] + systems[:k]
 
 
 def group_meta(bench: Bench) -> list[dict]:
     """The systems take turns every META_CHUNK files (`turn_order`: which
-    one goes first rotates), each chunk timed on its own: a noisy moment of the machine
-    slows every system alike instead of one system's whole phase.  Within
-    a chunk the calls come back to back, as from any tool that works
-    through a directory; turns file by file would instead measure, for
+    one goes first rotates), each chunk timed on its own: a noisy moment of
+    the machine slows every system alike instead of one system's whole
+    phase.  Within a chunk the calls come back to back, as from any tool
+    that works through a directory; turns file by file would instead measure, for
     the FUSE systems, the wake-up of an idle daemon on every call, on a
     machine where the other systems' daemons and caches just ran."""
     n = bench.nfiles

@@ -11,7 +11,8 @@ floor under any filesystem on this binding: what the engine can never
 win back.  The counts come from `strace -e trace=read` on the daemon
 (strace must be installed; it slows the daemons, but the counts are
 exact): each read of /dev/fuse returns one request, whose header names
-its opcode.  GETXATTR requests are also counted by attribute name.
+its opcode.  GETXATTR requests are also counted by attribute name.  The
+mounts are scripts/bench.py's own (its Bench: options, logs, unmount).
 
 Workloads, N operations each, in a fresh directory: create (open
 O_CREAT|O_EXCL + close), stat after dropping the kernel's caches, unlink,
@@ -27,12 +28,8 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-PY = sys.executable
 
 # linux/fuse.h, enum fuse_opcode
 OPCODES = {
@@ -89,57 +86,25 @@ def traced(pid: int, log: str):
             st.kill()
 
 
-def _wait_mounted(mnt: str, proc=None) -> None:
-    for _ in range(300):
-        if os.path.ismount(mnt):
-            return
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"the daemon for {mnt} exited with {proc.returncode}")
-        time.sleep(0.1)
-    raise RuntimeError(f"{mnt} was not mounted in 30 s")
-
-
-def _unmount(mnt: str) -> None:
-    if os.path.ismount(mnt):
-        r = subprocess.run(["fusermount3", "-u", mnt], capture_output=True, timeout=60)
-        if r.returncode != 0:
-            subprocess.run(["umount", "-l", mnt], capture_output=True, timeout=60)
-
-
 @contextlib.contextmanager
-def mounted(workdir: str):
-    """daxfs and the ceiling, mounted: {name: (mountpoint, daemon pid)}."""
-    img, dmnt, mmnt = (os.path.join(workdir, n) for n in ("img", "daxfs", "ceiling"))
-    os.mkdir(dmnt)
-    os.mkdir(mmnt)
-    daxfs = [PY, "-m", "daxfs.cli"]
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    subprocess.run(daxfs + ["mkfs", "--size", "1G", img], check=True, capture_output=True,
-                   timeout=120, env=env)
-    dproc = subprocess.Popen(daxfs + ["mount", "--foreground", "--log",
-                                      os.path.join(workdir, "daxfs.log"), img, dmnt], env=env)
-    mproc = subprocess.Popen([PY, os.path.join(HERE, "peers", "memfs.py"), mmnt],
-                             cwd=os.path.join(HERE, "peers"))
+def mounted(workdir: str | None):
+    """daxfs and the ceiling, mounted the way scripts/bench.py mounts them
+    (its Bench: the same options, logs and emergency unmount):
+    ({name: (mountpoint, daemon pid)}, the Bench)."""
+    import bench as benchmod
+    b = benchmod.Bench(argparse.Namespace(quick=True, runs=1, workdir=workdir, profile=None,
+                                          keep=False, aa=False))
     try:
-        _wait_mounted(dmnt, dproc)
-        _wait_mounted(mmnt, mproc)
-        yield {"daxfs": (dmnt, dproc.pid), "ceiling": (mmnt, mproc.pid)}
+        with contextlib.ExitStack() as stack:
+            mnts = {"daxfs": stack.enter_context(b.daxfs(1 << 30)),
+                    "ceiling": stack.enter_context(b.memfs())}
+            yield {name: (str(m), benchmod.REG.fuse[str(m)][1].pid)
+                   for name, m in mnts.items()}, b
     finally:
-        for mnt, proc in ((dmnt, dproc), (mmnt, mproc)):
-            _unmount(mnt)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        shutil.rmtree(b.dir, ignore_errors=True)
 
 
-def _drop_caches() -> None:
-    os.sync()
-    with open("/proc/sys/vm/drop_caches", "w") as f:
-        f.write("3\n")
-
-
-def workloads(n: int):
+def workloads(n: int, drop_caches):
     """(name, prepare(dir) -> state, run(state)) for each workload."""
     flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY
     names = lambda d: [os.path.join(d, f"f{i:05d}") for i in range(n)]  # noqa: E731
@@ -163,7 +128,7 @@ def workloads(n: int):
 
     def stat_prepare(d):
         ps = made(d)
-        _drop_caches()
+        drop_caches()
         return ps
 
     return [
@@ -186,23 +151,22 @@ def main(argv=None) -> int:
     if os.geteuid() != 0:
         print("fuse_requests: run as root (it mounts and drops caches)", file=sys.stderr)
         return 2
-    with tempfile.TemporaryDirectory(dir=args.workdir, prefix="daxfs-requests-") as wd:
-        with mounted(wd) as mnts:
-            for k, (name, prepare, run) in enumerate(workloads(args.n)):
-                print(f"{name} ({args.n} operations): requests per operation")
-                for system, (mnt, pid) in mnts.items():
-                    d = os.path.join(mnt, f"w{k}")
-                    os.mkdir(d)
-                    state = prepare(d)
-                    log = os.path.join(wd, f"{system}-{k}.trace")
-                    with traced(pid, log):
-                        run(state)
-                    with open(log, errors="replace") as f:
-                        counts = parse(f.read())
-                    total = sum(counts.values()) / args.n
-                    kinds = "  ".join(f"{op} {c / args.n:.2f}" for op, c in counts.most_common()
-                                      if c / args.n >= 0.01)
-                    print(f"  {system:<8} {total:5.2f}  {kinds}")
+    with mounted(args.workdir) as (mnts, bench):
+        for k, (name, prepare, run) in enumerate(workloads(args.n, bench.drop_caches)):
+            print(f"{name} ({args.n} operations): requests per operation")
+            for system, (mnt, pid) in mnts.items():
+                d = os.path.join(mnt, f"w{k}")
+                os.mkdir(d)
+                state = prepare(d)
+                log = os.path.join(bench.dir, f"{system}-{k}.trace")
+                with traced(pid, log):
+                    run(state)
+                with open(log, errors="replace") as f:
+                    counts = parse(f.read())
+                total = sum(counts.values()) / args.n
+                kinds = "  ".join(f"{op} {c / args.n:.2f}" for op, c in counts.most_common()
+                                  if c / args.n >= 0.01)
+                print(f"  {system:<8} {total:5.2f}  {kinds}")
     return 0
 
 

@@ -3,7 +3,8 @@ figures, readdir entries, FIEMAP extents and dedupe results.
 
 Plain frozen dataclasses of Python ints and bytes (Attr, made for every
 lookup and getattr, and DirEntry, made for every name readdir lists, are
-NamedTuples: as immutable, and made several times faster); the on-disk records they come from are described in format.py.
+NamedTuples: as immutable, and made several times faster); the on-disk
+records they come from are described in format.py.
 """
 
 from dataclasses import dataclass
@@ -52,7 +53,7 @@ class StatFs:
     name_max: int = 255
 
 
-class DirEntry(NamedTuple):     # (one per name listed: a NamedTuple is made fastest)
+class DirEntry(NamedTuple):
     name: bytes
     attr: Attr
     next_pos: int          # readdir cookie to resume after this entry

@@ -822,8 +822,7 @@ class BTree:
             for node, j in reversed(path[:-1]):    # the next leaf's entry, if any
                 if j + 1 < node.n:
                     if not new < self._key_at(node, j + 1):
-                        self._remove_at(path, len(path) - 1, i)
-                        self._add_count(-1)
+                        self.discard(key)         # (rare: a second descent is fine)
                         self.insert(rec)
                         return
                     break
